@@ -1,0 +1,162 @@
+"""The `lvs-operator` command: one console script, one subcommand per job.
+
+    lvs-operator ipvs show [--stats|--rate] [-o json]
+    lvs-operator ipvs apply -f FILE [--interface IF] [--dry-run] [--drain]
+    lvs-operator realserver-init --vip ADDR [--vip ADDR ...] --mode dr|tunnel
+
+Imports are deferred to the subcommand that needs them: `ipvs apply` is benchmarked end to
+end against `ipvsadm -R`, and importing the Kubernetes client alone costs more than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lvs_operator import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
+    args = _parser().parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    status: int = handler(args)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvs-operator",
+        description="Linux Virtual Server (kernel IPVS) as a declarative load balancer.",
+    )
+    parser.add_argument("--version", action="version", version=f"lvs-operator {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    ipvs = commands.add_parser("ipvs", help="show or program this node's IPVS table")
+    ipvs_commands = ipvs.add_subparsers(metavar="ACTION")
+    show = ipvs_commands.add_parser("show", help="list virtual services (like ipvsadm -L -n)")
+    numbers = show.add_mutually_exclusive_group()
+    numbers.add_argument("--stats", action="store_true", help="show counters")
+    numbers.add_argument("--rate", action="store_true", help="show rates")
+    show.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    show.set_defaults(handler=_ipvs_show)
+
+    apply = ipvs_commands.add_parser(
+        "apply",
+        help="make FILE's VirtualServers the whole IPVS state of this director",
+        description="FILE holds VirtualServer documents (YAML stream or JSON) with static "
+        "backend.addresses. Services created by earlier applies and missing from FILE are "
+        "withdrawn; services this tool never created are left alone.",
+    )
+    apply.add_argument("-f", "--filename", required=True, type=Path, help="'-' reads stdin")
+    apply.add_argument("--interface", help="also hold each VIP on this interface and send "
+                       "gratuitous ARP / unsolicited neighbour advertisements")
+    apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    apply.add_argument("--drain", action="store_true",
+                       help="withdraw real servers gracefully: weight 0 first, delete when they "
+                       "have no connections (re-run to finish)")
+    apply.add_argument("--state-file", type=Path, default=_default_state_file(),
+                       help="record of what this tool created (default %(default)s, "
+                       "or $LVS_STATE_FILE)")
+    apply.set_defaults(handler=_ipvs_apply)
+
+    realserver = commands.add_parser(
+        "realserver-init",
+        help="make this network namespace a DR or Tunnel real server for VIPs",
+        description="DR: VIPs on lo, arp_ignore=1, arp_announce=2. Tunnel: VIPs on tunl0, "
+        "rp_filter relaxed. Needs only CAP_NET_ADMIN; idempotent.",
+    )
+    realserver.add_argument("--vip", action="append", required=True, type=ipaddress.ip_address,
+                            help="a virtual IP this server answers for (repeatable)")
+    realserver.add_argument("--mode", required=True, choices=("dr", "tunnel"))
+    realserver.set_defaults(handler=_realserver_init)
+    return parser
+
+
+def _default_state_file() -> Path:
+    from lvs_operator.ownership import DEFAULT_STATE_FILE
+
+    return Path(os.environ.get("LVS_STATE_FILE", DEFAULT_STATE_FILE))
+
+
+def _ipvs_show(args: argparse.Namespace) -> int:
+    from lvs_operator import show
+    from lvs_operator.ipvs import IPVSError
+    from lvs_operator.ipvs.kernel import KernelIPVS
+
+    try:
+        table = KernelIPVS().dump()
+    except IPVSError as error:
+        return _fail(str(error))
+    if args.output == "json":
+        print(json.dumps(show.table_to_json(table), indent=2))
+    else:
+        print(show.format_table(table, stats=args.stats, rate=args.rate))
+    return EXIT_OK
+
+
+def _ipvs_apply(args: argparse.Namespace) -> int:
+    from lvs_operator import documents, syncer
+    from lvs_operator.ipvs import IPVSError
+    from lvs_operator.ipvs.kernel import KernelIPVS
+    from lvs_operator.ownership import OwnershipStore
+
+    source = "<stdin>" if str(args.filename) == "-" else str(args.filename)
+    try:
+        text = sys.stdin.read() if source == "<stdin>" else args.filename.read_text()
+    except OSError as error:
+        return _fail(f"cannot read {source}: {error.strerror}", status=EXIT_USAGE)
+    try:
+        servers = documents.load(text, source=source)
+        desired = documents.desired_table(servers)
+    except documents.DocumentError as error:
+        return _fail(f"{error}\nnothing was changed", status=EXIT_USAGE)
+    try:
+        result = syncer.sync(KernelIPVS(), desired, store=OwnershipStore(args.state_file),
+                             drain=args.drain, dry_run=args.dry_run)
+    except (IPVSError, ValueError) as error:
+        return _fail(str(error))
+    if args.dry_run:
+        for operation in result.operations:
+            print(operation)
+    print(_summary(result.operations, dry_run=args.dry_run))
+    return EXIT_OK
+
+
+def _summary(operations: Sequence[object], *, dry_run: bool) -> str:
+    if not operations:
+        return "no changes: the kernel already matches"
+    counts = collections.Counter(type(op).__name__ for op in operations)
+    parts = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    return f"{'would apply' if dry_run else 'applied'} {len(operations)} operations ({parts})"
+
+
+def _realserver_init(args: argparse.Namespace) -> int:
+    from lvs_operator import realserver
+
+    try:
+        report = realserver.setup(vips=args.vip, mode=args.mode)
+    except realserver.SetupError as error:
+        return _fail(str(error))
+    print(report)
+    return EXIT_OK
+
+
+def _fail(message: str, *, status: int = EXIT_FAILED) -> int:
+    print(f"lvs-operator: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The record of what this director created, so it never touches anything else.
+
+The kernel has no place to tag a virtual service with its creator, so the keys (and the
+VIPs) that lvs-operator created are kept in a small JSON file that survives restarts. It is
+written *before* the kernel is changed (recording the union of old and new), so a crash in
+between can only make us own too much of what we were about to create, never lose track of
+something we created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvs_operator.model import IPAddress, Protocol, ServiceKey
+
+DEFAULT_STATE_FILE = Path("/var/lib/lvs-operator/owned.json")
+
+
+@dataclass
+class Owned:
+    """Virtual services and VIPs (per interface) this director created."""
+
+    services: set[ServiceKey] = field(default_factory=set)
+    vips: dict[str, set[IPAddress]] = field(default_factory=dict)
+
+    def union(self, other: Owned) -> Owned:
+        """Return what either record owns."""
+        vips = {name: set(addresses) for name, addresses in self.vips.items()}
+        for name, addresses in other.vips.items():
+            vips.setdefault(name, set()).update(addresses)
+        return Owned(services=self.services | other.services, vips=vips)
+
+
+class OwnershipStore:
+    """Loads and saves an `Owned` record as JSON at `path`."""
+
+    def __init__(self, path: Path = DEFAULT_STATE_FILE) -> None:
+        self.path = path
+
+    def load(self) -> Owned:
+        """Return the saved record; an empty one when the file does not exist yet.
+
+        Raises:
+            ValueError: when the file exists but is not a record this code wrote.
+        """
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return Owned()
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read the ownership record {self.path}: {error}; "
+                             "fix or remove it (removing it forgets what was created)") from None
+        try:
+            return Owned(
+                services={_key_from_json(item) for item in raw["services"]},
+                vips={name: {ipaddress.ip_address(a) for a in addresses}
+                      for name, addresses in raw.get("vips", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"the ownership record {self.path} is malformed ({error}); "
+                             "fix or remove it") from None
+
+    def save(self, owned: Owned) -> None:
+        """Write `owned` atomically (write a temporary file, then rename it over the old one)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "services": [
+                _key_to_json(key) for key in sorted(owned.services, key=ServiceKey.sort_key)
+            ],
+            "vips": {name: sorted(str(a) for a in addresses)
+                     for name, addresses in sorted(owned.vips.items()) if addresses},
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".owned.")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(tmp, self.path)
+
+
+def _key_to_json(key: ServiceKey) -> list[str | int]:
+    if key.fwmark:
+        return ["FWM", key.fwmark, key.family]
+    assert key.protocol is not None and key.address is not None
+    return [key.protocol.name, str(key.address), key.port]
+
+
+def _key_from_json(item: list[str | int]) -> ServiceKey:
+    kind, first, second = item
+    if kind == "FWM":
+        return ServiceKey.mark(int(first), family=int(second))
+    return ServiceKey.inet(Protocol[str(kind)], ipaddress.ip_address(first), int(second))

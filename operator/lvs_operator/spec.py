@@ -1,0 +1,577 @@
+"""Parse a VirtualServer document once, at the edge, into frozen `model` types.
+
+`parse` checks everything the CRD checks (same rules, same field paths: a test walks one
+table of cases through both) and raises `SpecError` naming the field path, what was wrong
+and what to do. Everything after `parse` can trust its input.
+
+`services` turns a parsed VirtualServer plus its real servers into the IPVS virtual
+services a director must hold: one per entry of `spec.ports`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from lvs_operator import model
+from lvs_operator.model import (
+    Forwarding,
+    IPAddress,
+    Persistence,
+    Protocol,
+    RealServer,
+    SchedulerFlag,
+    ServiceKey,
+    Tunnel,
+    TunnelChecksum,
+    TunnelType,
+    VirtualService,
+)
+
+API_VERSION = "lvs.dev/v1alpha1"
+KIND = "VirtualServer"
+
+FORWARDING = {
+    "DirectRouting": Forwarding.DIRECT_ROUTING,
+    "Tunnel": Forwarding.TUNNEL,
+    "NAT": Forwarding.NAT,
+}
+TUNNEL_TYPES = {"ipip": TunnelType.IPIP, "gue": TunnelType.GUE, "gre": TunnelType.GRE}
+TUNNEL_CHECKSUMS = {
+    "none": TunnelChecksum.NONE,
+    "checksum": TunnelChecksum.CHECKSUM,
+    "remote": TunnelChecksum.REMOTE,
+}
+# ipvsadm's -b names; the scheduler prefix says which scheduler may use the flag.
+SCHEDULER_FLAGS = {
+    "sh-fallback": SchedulerFlag.FALLBACK,
+    "sh-port": SchedulerFlag.PORT,
+    "mh-fallback": SchedulerFlag.FALLBACK,
+    "mh-port": SchedulerFlag.PORT,
+}
+MAX_PERSISTENCE_SECONDS = 31 * 24 * 3600
+MAX_DRAIN_SECONDS = 7 * 24 * 3600
+
+_T = TypeVar("_T")
+
+
+class SpecError(ValueError):
+    """A VirtualServer document is invalid.
+
+    Attributes:
+        path: the offending field, e.g. `spec.ports[1].port`.
+        reason: what was wrong and what to do.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Port:
+    """One entry of `spec.ports`: a virtual service on the VIP."""
+
+    port: int
+    protocol: Protocol
+    target_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A real server as resolved from the backend (static address or ready endpoint).
+
+    `port` is the real server's port where it may differ from the virtual port (NAT only);
+    None means the virtual port. `weight` None means the VirtualServer's default weight.
+    """
+
+    address: IPAddress
+    port: int | None = None
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceBackend:
+    """`spec.backend.service`: the ready endpoints of a Kubernetes Service."""
+
+    name: str
+    port: str | int | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """`spec.healthCheck`: director-side checks of each real server."""
+
+    kind: str  # "tcp" or "http"
+    path: str = "/"
+    status_codes: tuple[int, ...] = (200,)
+    interval_seconds: int = 2
+    timeout_seconds: int = 1
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class Directors:
+    """`spec.directors`: which nodes direct this VirtualServer and where they hold the VIP."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    interface: str | None = None
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """A parsed, validated VirtualServer."""
+
+    namespace: str
+    name: str
+    vip: IPAddress
+    ports: tuple[Port, ...]
+    forwarding: Forwarding
+    scheduler: str
+    scheduler_flags: frozenset[SchedulerFlag]
+    backend: ServiceBackend | tuple[Endpoint, ...]
+    tunnel: Tunnel | None = None
+    persistence: Persistence | None = None
+    one_packet: bool = False
+    weight: int = 1
+    upper_threshold: int = 0
+    lower_threshold: int = 0
+    directors: Directors = Directors()
+    health_check: HealthCheck | None = None
+    drain_timeout_seconds: int = 300
+
+    @property
+    def id(self) -> str:
+        """Return `namespace/name`."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def keys(self) -> list[ServiceKey]:
+        """Return the keys of the virtual services this VirtualServer asks for."""
+        return [ServiceKey.inet(p.protocol, self.vip, p.port) for p in self.ports]
+
+
+def parse(document: Mapping[str, Any], *, default_namespace: str = "default") -> VirtualServer:
+    """Return the VirtualServer described by `document` (a parsed YAML/JSON object).
+
+    Raises:
+        SpecError: naming the first invalid field and what to do about it.
+    """
+    document = _object(document, "")
+    if document.get("apiVersion") not in (None, API_VERSION):
+        raise SpecError("apiVersion", f"must be {API_VERSION}, got {document.get('apiVersion')!r}")
+    if document.get("kind") not in (None, KIND):
+        raise SpecError("kind", f"must be {KIND}, got {document.get('kind')!r}")
+    meta = _mapping(document, "metadata", "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name", "is required: give the VirtualServer a name")
+    namespace = meta.get("namespace") or default_namespace
+    spec = _mapping(document, "spec", "spec", required=True)
+    return _Parser(spec).parse(namespace=str(namespace), name=name)
+
+
+def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualService]:
+    """Return the virtual services of `vs`, each holding a real server per endpoint.
+
+    Endpoints of the other address family are left out unless the mode is Tunnel (the only
+    mode in which the kernel forwards between families).
+
+    Raises:
+        SpecError: when an endpoint asks for a port remap that the mode cannot do.
+    """
+    endpoints = list(endpoints)
+    result = []
+    for index, port in enumerate(vs.ports):
+        reals = [
+            _real(vs, port, endpoint, path=f"spec.ports[{index}]")
+            for endpoint in endpoints
+            if vs.forwarding is Forwarding.TUNNEL or endpoint.address.version == vs.vip.version
+        ]
+        result.append(
+            VirtualService(
+                key=ServiceKey.inet(port.protocol, vs.vip, port.port),
+                scheduler=vs.scheduler,
+                flags=vs.scheduler_flags,
+                persistence=vs.persistence,
+                one_packet=vs.one_packet,
+                reals={real.key: real for real in reals},
+            )
+        )
+    return result
+
+
+def static_endpoints(vs: VirtualServer) -> tuple[Endpoint, ...]:
+    """Return `spec.backend.addresses`, or nothing for a Service backend."""
+    return () if isinstance(vs.backend, ServiceBackend) else vs.backend
+
+
+def _real(vs: VirtualServer, port: Port, endpoint: Endpoint, *, path: str) -> RealServer:
+    if vs.forwarding is Forwarding.NAT:
+        real_port = port.target_port or endpoint.port or port.port
+    else:
+        if endpoint.port not in (None, port.port):
+            raise SpecError(
+                path,
+                f"real server {endpoint.address} listens on port {endpoint.port} but "
+                f"{_mode_name(vs.forwarding)} cannot remap port {port.port}: use NAT, or make "
+                "the real server listen on the virtual port",
+            )
+        real_port = port.port
+    return RealServer(
+        address=endpoint.address,
+        port=real_port,
+        forwarding=vs.forwarding,
+        weight=vs.weight if endpoint.weight is None else endpoint.weight,
+        upper_threshold=vs.upper_threshold,
+        lower_threshold=vs.lower_threshold,
+        tunnel=vs.tunnel,
+    )
+
+
+def _mode_name(forwarding: Forwarding) -> str:
+    return next(name for name, value in FORWARDING.items() if value is forwarding)
+
+
+class _Parser:
+    """Walks `spec`, keeping the field path for error messages."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self.spec = spec
+
+    def parse(self, *, namespace: str, name: str) -> VirtualServer:
+        spec = self.spec
+        _known(spec, "spec", {
+            "vip", "ports", "forwarding", "tunnel", "scheduler", "persistence", "onePacket",
+            "backend", "weight", "connectionLimits", "directors", "healthCheck", "drain",
+        })
+        vip = _address(spec.get("vip"), "spec.vip", required=True)
+        forwarding = _enum(spec.get("forwarding", "DirectRouting"), "spec.forwarding", FORWARDING)
+        ports = self._ports(forwarding)
+        scheduler, flags = self._scheduler()
+        upper, lower = self._limits()
+        vs = VirtualServer(
+            namespace=namespace,
+            name=name,
+            vip=vip,
+            ports=ports,
+            forwarding=forwarding,
+            tunnel=self._tunnel(forwarding),
+            scheduler=scheduler,
+            scheduler_flags=flags,
+            persistence=self._persistence(vip),
+            one_packet=self._one_packet(ports),
+            backend=self._backend(vip, forwarding, ports),
+            weight=_int(spec.get("weight", 1), "spec.weight", 0, model.MAX_WEIGHT),
+            upper_threshold=upper,
+            lower_threshold=lower,
+            directors=self._directors(),
+            health_check=self._health_check(),
+            drain_timeout_seconds=self._drain(),
+        )
+        return vs
+
+    def _ports(self, forwarding: Forwarding) -> tuple[Port, ...]:
+        raw = _list(self.spec.get("ports"), "spec.ports", required=True)
+        ports = []
+        seen: dict[tuple[int, Protocol], int] = {}
+        for index, item in enumerate(raw):
+            path = f"spec.ports[{index}]"
+            item = _object(item, path)
+            _known(item, path, {"port", "protocol", "targetPort"})
+            port = _int(item.get("port"), f"{path}.port", 1, 65535, required=True)
+            protocol = _enum(item.get("protocol", "TCP"), f"{path}.protocol",
+                             {p.name: p for p in Protocol})
+            target = item.get("targetPort")
+            if target is not None:
+                if forwarding is not Forwarding.NAT:
+                    raise SpecError(
+                        f"{path}.targetPort",
+                        f"only NAT can remap ports; {_mode_name(forwarding)} delivers to the "
+                        "virtual port: remove targetPort or use forwarding: NAT",
+                    )
+                target = _int(target, f"{path}.targetPort", 1, 65535)
+            if (port, protocol) in seen:
+                raise SpecError(
+                    f"{path}",
+                    f"{protocol.name} port {port} is already listed as spec.ports"
+                    f"[{seen[(port, protocol)]}]: list each port/protocol once",
+                )
+            seen[(port, protocol)] = index
+            ports.append(Port(port=port, protocol=protocol, target_port=target))
+        return tuple(ports)
+
+    def _tunnel(self, forwarding: Forwarding) -> Tunnel | None:
+        raw = self.spec.get("tunnel")
+        if forwarding is not Forwarding.TUNNEL:
+            if raw is not None:
+                raise SpecError("spec.tunnel", "is only for forwarding: Tunnel; remove it")
+            return None
+        if raw is None:
+            return Tunnel()
+        raw = _object(raw, "spec.tunnel")
+        _known(raw, "spec.tunnel", {"type", "port", "checksum"})
+        kind = _enum(raw.get("type", "ipip"), "spec.tunnel.type", TUNNEL_TYPES)
+        checksum = _enum(raw.get("checksum", "none"), "spec.tunnel.checksum", TUNNEL_CHECKSUMS)
+        port = 0
+        if kind is TunnelType.GUE:
+            port = _int(raw.get("port"), "spec.tunnel.port", 1, 65535, required=True)
+        elif raw.get("port") is not None:
+            raise SpecError("spec.tunnel.port", "is only for type: gue (the UDP port of GUE)")
+        if kind is TunnelType.IPIP and checksum is not TunnelChecksum.NONE:
+            raise SpecError("spec.tunnel.checksum", "ipip has no checksum: use none")
+        if kind is TunnelType.GRE and checksum is TunnelChecksum.REMOTE:
+            raise SpecError("spec.tunnel.checksum", "remote checksum offload is for gue only")
+        return Tunnel(type=kind, port=port, checksum=checksum)
+
+    def _scheduler(self) -> tuple[str, frozenset[SchedulerFlag]]:
+        raw = self.spec.get("scheduler", {})
+        if isinstance(raw, str):  # `scheduler: rr` is the obvious shorthand
+            raw = {"name": raw}
+        raw = _object(raw, "spec.scheduler")
+        _known(raw, "spec.scheduler", {"name", "flags"})
+        name = raw.get("name", "wlc")
+        if name not in model.SCHEDULERS:
+            raise SpecError(
+                "spec.scheduler.name",
+                f"unknown scheduler {name!r}: use one of {', '.join(sorted(model.SCHEDULERS))}",
+            )
+        flags = set()
+        for index, flag in enumerate(_list(raw.get("flags", []), "spec.scheduler.flags")):
+            path = f"spec.scheduler.flags[{index}]"
+            if flag not in SCHEDULER_FLAGS:
+                raise SpecError(path, f"unknown flag {flag!r}: use {', '.join(SCHEDULER_FLAGS)}")
+            if not flag.startswith(f"{name}-"):
+                raise SpecError(path, f"{flag} is a flag of the {flag.split('-')[0]} scheduler, "
+                                      f"not of {name}")
+            flags.add(SCHEDULER_FLAGS[flag])
+        return str(name), frozenset(flags)
+
+    def _persistence(self, vip: IPAddress) -> Persistence | None:
+        raw = self.spec.get("persistence")
+        if raw is None:
+            return None
+        raw = _object(raw, "spec.persistence")
+        _known(raw, "spec.persistence", {"timeoutSeconds", "netmask"})
+        timeout = _int(raw.get("timeoutSeconds", 300), "spec.persistence.timeoutSeconds",
+                       1, MAX_PERSISTENCE_SECONDS)
+        return Persistence(timeout=timeout, prefix=_netmask(raw.get("netmask"), vip))
+
+    def _one_packet(self, ports: tuple[Port, ...]) -> bool:
+        raw = self.spec.get("onePacket", False)
+        if not isinstance(raw, bool):
+            raise SpecError("spec.onePacket", f"must be true or false, got {raw!r}")
+        if raw and any(p.protocol is not Protocol.UDP for p in ports):
+            raise SpecError("spec.onePacket", "one-packet scheduling is for UDP ports only")
+        return raw
+
+    def _backend(self, vip: IPAddress, forwarding: Forwarding,
+                 ports: tuple[Port, ...]) -> ServiceBackend | tuple[Endpoint, ...]:
+        raw = self.spec.get("backend")
+        raw = _object(raw, "spec.backend")
+        _known(raw, "spec.backend", {"service", "addresses"})
+        if ("service" in raw) == ("addresses" in raw):
+            raise SpecError("spec.backend", "give exactly one of service or addresses")
+        if "service" in raw:
+            svc = raw["service"]
+            svc = _object(svc, "spec.backend.service")
+            _known(svc, "spec.backend.service", {"name", "port"})
+            name = svc.get("name")
+            if not isinstance(name, str) or not name:
+                raise SpecError("spec.backend.service.name", "is required: the Service's name")
+            port = svc.get("port")
+            if port is not None and not isinstance(port, str):
+                port = _int(port, "spec.backend.service.port", 1, 65535)
+            return ServiceBackend(name=name, port=port)
+        endpoints = []
+        seen: set[tuple[IPAddress, int | None]] = set()
+        for index, item in enumerate(_list(raw["addresses"], "spec.backend.addresses")):
+            path = f"spec.backend.addresses[{index}]"
+            item = _object(item, path)
+            _known(item, path, {"ip", "port", "weight"})
+            address = _address(item.get("ip"), f"{path}.ip", required=True)
+            if address.version != vip.version and forwarding is not Forwarding.TUNNEL:
+                raise SpecError(f"{path}.ip", f"{address} is IPv{address.version} but the VIP "
+                                f"is IPv{vip.version}; only Tunnel mode may mix families")
+            port = item.get("port")
+            if port is not None:
+                port = _int(port, f"{path}.port", 1, 65535)
+                if forwarding is Forwarding.NAT and len(ports) > 1:
+                    raise SpecError(f"{path}.port", "with several spec.ports, give each "
+                                    "port's targetPort instead of a port per address")
+                if forwarding is not Forwarding.NAT and any(p.port != port for p in ports):
+                    raise SpecError(f"{path}.port", f"{_mode_name(forwarding)} cannot remap "
+                                    "ports: the real server must listen on the virtual port; "
+                                    "remove port or use forwarding: NAT")
+            weight = item.get("weight")
+            if weight is not None:
+                weight = _int(weight, f"{path}.weight", 0, model.MAX_WEIGHT)
+            if (address, port) in seen:
+                raise SpecError(f"{path}.ip", f"{address} is listed twice: list it once")
+            seen.add((address, port))
+            endpoints.append(Endpoint(address=address, port=port, weight=weight))
+        return tuple(endpoints)
+
+    def _limits(self) -> tuple[int, int]:
+        raw = self.spec.get("connectionLimits", {})
+        raw = _object(raw, "spec.connectionLimits")
+        _known(raw, "spec.connectionLimits", {"upper", "lower"})
+        upper = _int(raw.get("upper", 0), "spec.connectionLimits.upper", 0, model.MAX_THRESHOLD)
+        lower = _int(raw.get("lower", 0), "spec.connectionLimits.lower", 0, model.MAX_THRESHOLD)
+        if lower and (not upper or lower > upper):
+            raise SpecError("spec.connectionLimits.lower",
+                            "must not exceed upper (the server is let back in below lower)")
+        return upper, lower
+
+    def _directors(self) -> Directors:
+        raw = self.spec.get("directors", {})
+        raw = _object(raw, "spec.directors")
+        _known(raw, "spec.directors", {"nodeSelector", "interface"})
+        selector = raw.get("nodeSelector", {})
+        selector = _object(selector, "spec.directors.nodeSelector")
+        for key, value in selector.items():
+            if not isinstance(value, str):
+                raise SpecError(f"spec.directors.nodeSelector.{key}", "must be a string")
+        interface = raw.get("interface")
+        if interface is not None and (not isinstance(interface, str) or not
+                                      _valid_interface_name(interface)):
+            raise SpecError("spec.directors.interface",
+                            f"{interface!r} is not a valid interface name (1-15 characters, "
+                            "no '/', no whitespace)")
+        return Directors(node_selector=dict(selector), interface=interface)
+
+    def _health_check(self) -> HealthCheck | None:
+        raw = self.spec.get("healthCheck")
+        if raw is None:
+            return None
+        path = "spec.healthCheck"
+        raw = _object(raw, path)
+        _known(raw, path, {"tcp", "http", "intervalSeconds", "timeoutSeconds",
+                           "failureThreshold", "successThreshold"})
+        if ("tcp" in raw) == ("http" in raw):
+            raise SpecError(path, "give exactly one of tcp or http")
+        interval = _int(raw.get("intervalSeconds", 2), f"{path}.intervalSeconds", 1, 3600)
+        timeout = _int(raw.get("timeoutSeconds", 1), f"{path}.timeoutSeconds", 1, 3600)
+        if timeout > interval:
+            raise SpecError(f"{path}.timeoutSeconds", "must not exceed intervalSeconds")
+        check = HealthCheck(
+            kind="tcp",
+            interval_seconds=interval,
+            timeout_seconds=timeout,
+            failure_threshold=_int(raw.get("failureThreshold", 3),
+                                   f"{path}.failureThreshold", 1, 100),
+            success_threshold=_int(raw.get("successThreshold", 1),
+                                   f"{path}.successThreshold", 1, 100),
+        )
+        if "tcp" in raw:
+            _known(_object(raw["tcp"], f"{path}.tcp"), f"{path}.tcp", set())
+            return check
+        http = raw["http"]
+        http = _object(http, f"{path}.http")
+        _known(http, f"{path}.http", {"path", "statusCodes"})
+        url_path = http.get("path", "/")
+        if not isinstance(url_path, str) or not url_path.startswith("/"):
+            raise SpecError(f"{path}.http.path", "must start with '/'")
+        codes = tuple(
+            _int(code, f"{path}.http.statusCodes[{i}]", 100, 599)
+            for i, code in enumerate(_list(http.get("statusCodes", [200]),
+                                           f"{path}.http.statusCodes"))
+        )
+        return replace(check, kind="http", path=url_path, status_codes=codes)
+
+    def _drain(self) -> int:
+        raw = self.spec.get("drain", {})
+        raw = _object(raw, "spec.drain")
+        _known(raw, "spec.drain", {"timeoutSeconds"})
+        return _int(raw.get("timeoutSeconds", 300), "spec.drain.timeoutSeconds",
+                    0, MAX_DRAIN_SECONDS)
+
+
+def _valid_interface_name(name: str) -> bool:
+    return 0 < len(name) <= 15 and "/" not in name and not any(c.isspace() for c in name) \
+        and name not in (".", "..")
+
+
+def _netmask(raw: object, vip: IPAddress) -> int:
+    """Return the persistence netmask as a prefix length (dotted IPv4 mask or a length)."""
+    path = "spec.persistence.netmask"
+    bits = vip.max_prefixlen
+    if raw is None:
+        return bits
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return _int(raw, path, 1, bits)
+    if isinstance(raw, str) and vip.version == 4:
+        try:
+            return ipaddress.IPv4Network(f"0.0.0.0/{raw}").prefixlen
+        except ValueError:
+            pass
+    hint = "a dotted mask like 255.255.255.0 or a prefix length" if vip.version == 4 \
+        else "a prefix length from 1 to 128"
+    raise SpecError(path, f"{raw!r} is not a valid netmask: use {hint}")
+
+
+def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
+    if raw is None and required:
+        raise SpecError(path, "is required: give an IPv4 or IPv6 address")
+    try:
+        address = ipaddress.ip_address(str(raw))
+    except ValueError:
+        raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address") from None
+    if address.is_unspecified or address.is_multicast or address.is_loopback:
+        raise SpecError(path, f"{address} cannot be used: give a unicast address")
+    return address
+
+
+def _int(raw: object, path: str, low: int, high: int, *, required: bool = False) -> int:
+    if raw is None and required:
+        raise SpecError(path, f"is required: give a number from {low} to {high}")
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise SpecError(path, f"must be a whole number from {low} to {high}, got {raw!r}")
+    if not low <= raw <= high:
+        raise SpecError(path, f"must be from {low} to {high}, got {raw}")
+    return raw
+
+
+def _enum(raw: object, path: str, choices: Mapping[str, _T]) -> _T:
+    if not isinstance(raw, str) or raw not in choices:
+        raise SpecError(path, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return choices[raw]
+
+
+def _list(raw: object, path: str, *, required: bool = False) -> Sequence[Any]:
+    if raw is None and required:
+        raise SpecError(path, "is required: give at least one entry")
+    if not isinstance(raw, list):
+        raise SpecError(path, f"must be a list, got {type(raw).__name__}")
+    if required and not raw:
+        raise SpecError(path, "must not be empty: give at least one entry")
+    return raw
+
+
+def _mapping(parent: Mapping[str, Any], key: str, path: str,
+             *, required: bool = False) -> Mapping[str, Any]:
+    raw = parent.get(key)
+    if raw is None and not required:
+        return {}
+    return _object(raw, path)
+
+
+def _object(raw: object, path: str) -> Mapping[str, Any]:
+    """Return `raw` if it is an object (a mapping); raise SpecError naming `path` if not."""
+    if raw is None:
+        raise SpecError(path or "document", "is required: give an object")
+    if not isinstance(raw, Mapping):
+        raise SpecError(path or "document", f"must be an object, got {type(raw).__name__}")
+    return raw
+
+
+def _known(raw: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        field_path = f"{path}.{unknown[0]}"
+        hint = f"known fields: {', '.join(sorted(allowed))}" if allowed else "it takes no fields"
+        raise SpecError(field_path, f"unknown field ({hint})")
