@@ -1,0 +1,65 @@
+"""Reading VirtualServer files: YAML streams, JSON, Lists, errors that name the document."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from spec_cases import base
+
+from lvs_operator import documents
+
+
+def stream(*docs):
+    return yaml.safe_dump_all(docs)
+
+
+def renamed(name, vip="192.0.2.10"):
+    doc = base()
+    doc["metadata"]["name"] = name
+    doc["spec"]["vip"] = vip
+    return doc
+
+
+def test_yaml_stream_json_and_list_agree():
+    docs = [renamed("a"), renamed("b", "192.0.2.11")]
+    from_yaml = documents.load("---\n" + stream(*docs) + "---\n", source="f")
+    from_json = documents.load(json.dumps(docs[0]), source="f")
+    from_list = documents.load(json.dumps({"kind": "List", "items": docs}), source="f")
+    assert [vs.id for vs in from_yaml] == ["shop/a", "shop/b"]
+    assert from_json == from_yaml[:1]
+    assert from_list == from_yaml
+
+
+def test_bad_document_is_named():
+    bad = renamed("b")
+    bad["spec"]["ports"][0]["port"] = 0
+    with pytest.raises(documents.DocumentError) as caught:
+        documents.load(stream(renamed("a", "192.0.2.9"), bad), source="vs.yaml")
+    assert str(caught.value) == ("vs.yaml: VirtualServer shop/b: spec.ports[0].port: "
+                                 "must be from 1 to 65535, got 0")
+
+
+def test_two_documents_claiming_one_service():
+    with pytest.raises(documents.DocumentError, match=r"shop/b and shop/a both claim TCP "):
+        documents.load(stream(renamed("a"), renamed("b")), source="f")
+
+
+def test_syntax_error():
+    with pytest.raises(documents.DocumentError, match="^f: not valid YAML or JSON"):
+        documents.load("a: [", source="f")
+
+
+def test_service_backend_needs_a_cluster():
+    doc = base()
+    doc["spec"]["backend"] = {"service": {"name": "web"}}
+    servers = documents.load(stream(doc), source="f")
+    with pytest.raises(documents.DocumentError, match=r"spec.backend.service needs the controller"):
+        documents.desired_table(servers)
+
+
+def test_desired_table():
+    servers = documents.load(stream(renamed("a"), renamed("b", "192.0.2.11")), source="f")
+    table = documents.desired_table(servers)
+    assert sorted(str(k) for k in table) == ["TCP 192.0.2.10:80", "TCP 192.0.2.11:80"]
