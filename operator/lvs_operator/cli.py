@@ -110,6 +110,8 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
     from lvs_operator import documents, syncer
     from lvs_operator.ipvs import IPVSError
     from lvs_operator.ipvs.kernel import KernelIPVS
+    from lvs_operator.network.errors import NetworkError
+    from lvs_operator.network.holder import KernelVipHolder
     from lvs_operator.ownership import OwnershipStore
 
     source = "<stdin>" if str(args.filename) == "-" else str(args.filename)
@@ -122,14 +124,21 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
         desired = documents.desired_table(servers)
     except documents.DocumentError as error:
         return _fail(f"{error}\nnothing was changed", status=EXIT_USAGE)
+    store = OwnershipStore(args.state_file)
     try:
-        result = syncer.sync(KernelIPVS(), desired, store=OwnershipStore(args.state_file),
-                             drain=args.drain, dry_run=args.dry_run)
-    except (IPVSError, ValueError) as error:
+        result = syncer.sync(KernelIPVS(), desired, store=store, drain=args.drain,
+                             dry_run=args.dry_run)
+        vips = syncer.sync_vips(args.interface, {vs.vip for vs in servers}, store=store,
+                                holder=KernelVipHolder(), dry_run=args.dry_run)
+    except (IPVSError, NetworkError, ValueError) as error:
         return _fail(str(error))
     if args.dry_run:
         for operation in result.operations:
             print(operation)
+    for interface, address in vips.removed:
+        print(f"{'would release' if args.dry_run else 'released'} VIP {address} on {interface}")
+    for interface, address in vips.added:
+        print(f"{'would hold' if args.dry_run else 'holding'} VIP {address} on {interface}")
     print(_summary(result.operations, dry_run=args.dry_run))
     return EXIT_OK
 

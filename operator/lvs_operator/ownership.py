@@ -65,6 +65,25 @@ class OwnershipStore:
             raise ValueError(f"the ownership record {self.path} is malformed ({error}); "
                              "fix or remove it") from None
 
+    def update(
+        self,
+        *,
+        services: set[ServiceKey] | None = None,
+        vips: dict[str, set[IPAddress]] | None = None,
+    ) -> None:
+        """Replace the given parts of the saved record, keeping the others; save if changed.
+
+        Raises:
+            ValueError: when the saved record is unreadable.
+        """
+        old = self.load()
+        new = Owned(
+            services=old.services if services is None else services,
+            vips=old.vips if vips is None else {k: v for k, v in vips.items() if v},
+        )
+        if new != old:
+            self.save(new)
+
     def save(self, owned: Owned) -> None:
         """Write `owned` atomically (write a temporary file, then rename it over the old one)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,11 @@ Used by `lvs-operator ipvs apply` and by the agent. Only services recorded as ou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from lvs_operator.ipvs import IPVS
-from lvs_operator.model import Table
-from lvs_operator.ownership import Owned, OwnershipStore
+from lvs_operator.model import IPAddress, Table
+from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import DeleteService, Operation, plan
 
 
@@ -48,15 +49,92 @@ def sync(
         return SyncResult(operations, dry_run=True)
     if operations:
         # Record intent first: a crash mid-apply must not orphan what we are creating.
-        intent = owned.union(Owned(services=set(desired)))
-        if intent.services != owned.services:
-            store.save(intent)
+        store.update(services=owned.services | set(desired))
         ipvs.apply(operations)
     deleted = {op.key for op in operations if isinstance(op, DeleteService)}
     # Services being drained (withdrawn but not yet deleted) stay ours until they are gone.
     draining = {key for key in owned.services if key in actual and key not in deleted}
-    now_owned = set(desired) | draining
-    if now_owned != owned.services:
-        store.save(Owned(services=now_owned, vips=owned.vips))
+    store.update(services=set(desired) | draining)
     return SyncResult(operations)
 
+
+
+@dataclass(frozen=True)
+class VipResult:
+    """What a VIP sync did (or would do, with dry-run)."""
+
+    added: list[tuple[str, IPAddress]]
+    removed: list[tuple[str, IPAddress]]
+
+
+def sync_vips(
+    interface: str | None,
+    wanted: set[IPAddress],
+    *,
+    store: OwnershipStore,
+    holder: VipHolder,
+    dry_run: bool = False,
+) -> VipResult:
+    """Hold exactly `wanted` on `interface` among the VIPs this director owns.
+
+    VIPs recorded as ours on another interface (the interface changed) or no longer wanted
+    are released; VIPs someone else put on an interface are never removed. Newly added
+    VIPs are announced (gratuitous ARP / unsolicited NA) so neighbours update their caches.
+
+    Returns:
+        The VIPs added and removed, as (interface, address) pairs.
+
+    Raises:
+        NetworkError: when an interface does not exist or the kernel refuses.
+        ValueError: when the ownership record is unreadable.
+    """
+    owned = store.load().vips
+    here = interface or ""
+    wanted = wanted if interface else set()
+    held = set(holder.list_vips(here)) if wanted else set()
+    added = [(here, address) for address in sorted(wanted - held, key=_address_order)]
+    # A VIP somebody else put on the interface is used but never becomes ours to remove.
+    ours = {address for _, address in added} | (wanted & owned.get(here, set()))
+    removed = [
+        (name, address)
+        for name in sorted(owned)
+        for address in sorted(owned[name], key=_address_order)
+        if name != here or address not in wanted
+    ]
+    if dry_run:
+        return VipResult(added=added, removed=removed)
+    if added:
+        # Record intent first, as for services.
+        store.update(vips={**owned, here: owned.get(here, set()) | ours})
+    for name, address in removed:
+        holder.remove_vip(name, address)
+    for name, address in added:
+        holder.add_vip(name, address)
+    if added:
+        holder.announce(here, [address for _, address in added])
+    store.update(vips={here: ours})
+    return VipResult(added=added, removed=removed)
+
+
+class VipHolder(Protocol):
+    """The network operations `sync_vips` needs (`lvs_operator.network` implements them)."""
+
+    def list_vips(self, interface: str) -> list[IPAddress]:
+        """Return the host addresses held on `interface`."""
+        ...
+
+    def add_vip(self, interface: str, address: IPAddress) -> bool:
+        """Add `address` to `interface`; return False when it was already there."""
+        ...
+
+    def remove_vip(self, interface: str, address: IPAddress) -> bool:
+        """Remove `address` from `interface`; return False when it was not there."""
+        ...
+
+    def announce(self, interface: str, addresses: list[IPAddress]) -> None:
+        """Tell the neighbours that `addresses` now live at `interface`."""
+        ...
+
+
+def _address_order(address: IPAddress) -> tuple[int, int]:
+    return (address.version, int(address))
