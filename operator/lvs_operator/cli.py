@@ -110,8 +110,10 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
     from lvs_operator import documents, syncer
     from lvs_operator.ipvs import IPVSError
     from lvs_operator.ipvs.kernel import KernelIPVS
+    from lvs_operator.model import Forwarding
     from lvs_operator.network.errors import NetworkError
     from lvs_operator.network.holder import KernelVipHolder
+    from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
     from lvs_operator.ownership import OwnershipStore
 
     source = "<stdin>" if str(args.filename) == "-" else str(args.filename)
@@ -130,11 +132,17 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
                              dry_run=args.dry_run)
         vips = syncer.sync_vips(args.interface, {vs.vip for vs in servers}, store=store,
                                 holder=KernelVipHolder(), dry_run=args.dry_run)
+        nat = any(vs.forwarding is Forwarding.NAT for vs in servers)
+        # NAT needs forwarding for the replies; DR and Tunnel leave the node's setting alone.
+        sysctls = [] if args.dry_run or not desired else apply_director_sysctls(
+            DirectorSysctls(ip_forward=True if nat else None))
     except (IPVSError, NetworkError, ValueError) as error:
         return _fail(str(error))
     if args.dry_run:
         for operation in result.operations:
             print(operation)
+    for change in sysctls:
+        print(f"set {change}")
     for interface, address in vips.removed:
         print(f"{'would release' if args.dry_run else 'released'} VIP {address} on {interface}")
     for interface, address in vips.added:
