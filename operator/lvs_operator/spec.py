@@ -54,6 +54,9 @@ SCHEDULER_FLAGS = {
 MAX_PERSISTENCE_SECONDS = 31 * 24 * 3600
 MAX_DRAIN_SECONDS = 7 * 24 * 3600
 
+MAX_PORTS = 64
+MAX_ADDRESSES = 256
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _T = TypeVar("_T")
 
 
@@ -276,7 +279,7 @@ class _Parser:
         return vs
 
     def _ports(self, forwarding: Forwarding) -> tuple[Port, ...]:
-        raw = _list(self.spec.get("ports"), "spec.ports", required=True)
+        raw = _list(self.spec.get("ports"), "spec.ports", required=True, most=MAX_PORTS)
         ports = []
         seen: dict[tuple[int, Protocol], int] = {}
         for index, item in enumerate(raw):
@@ -329,10 +332,7 @@ class _Parser:
         return Tunnel(type=kind, port=port, checksum=checksum)
 
     def _scheduler(self) -> tuple[str, frozenset[SchedulerFlag]]:
-        raw = self.spec.get("scheduler", {})
-        if isinstance(raw, str):  # `scheduler: rr` is the obvious shorthand
-            raw = {"name": raw}
-        raw = _object(raw, "spec.scheduler")
+        raw = _object(self.spec.get("scheduler", {}), "spec.scheduler")
         _known(raw, "spec.scheduler", {"name", "flags"})
         name = raw.get("name", "wlc")
         if name not in model.SCHEDULERS:
@@ -389,7 +389,8 @@ class _Parser:
             return ServiceBackend(name=name, port=port)
         endpoints = []
         seen: set[tuple[IPAddress, int | None]] = set()
-        for index, item in enumerate(_list(raw["addresses"], "spec.backend.addresses")):
+        for index, item in enumerate(_list(raw["addresses"], "spec.backend.addresses",
+                                           most=MAX_ADDRESSES)):
             path = f"spec.backend.addresses[{index}]"
             item = _object(item, path)
             _known(item, path, {"ip", "port", "weight"})
@@ -521,7 +522,9 @@ def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
         address = ipaddress.ip_address(str(raw))
     except ValueError:
         raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address") from None
-    if address.is_unspecified or address.is_multicast or address.is_loopback:
+    # The same test as the CRD's CEL `ip(x).isGlobalUnicast()` (private ranges included).
+    if (address.is_unspecified or address.is_multicast or address.is_loopback
+            or address.is_link_local or address == _BROADCAST):
         raise SpecError(path, f"{address} cannot be used: give a unicast address")
     return address
 
@@ -542,13 +545,15 @@ def _enum(raw: object, path: str, choices: Mapping[str, _T]) -> _T:
     return choices[raw]
 
 
-def _list(raw: object, path: str, *, required: bool = False) -> Sequence[Any]:
+def _list(raw: object, path: str, *, required: bool = False, most: int = 0) -> Sequence[Any]:
     if raw is None and required:
         raise SpecError(path, "is required: give at least one entry")
     if not isinstance(raw, list):
         raise SpecError(path, f"must be a list, got {type(raw).__name__}")
     if required and not raw:
         raise SpecError(path, "must not be empty: give at least one entry")
+    if most and len(raw) > most:
+        raise SpecError(path, f"has {len(raw)} entries; at most {most} are allowed")
     return raw
 
 

@@ -87,12 +87,6 @@ def test_persistence_and_flags():
     assert (vs.persistence.timeout, vs.persistence.prefix) == (60, 24)
 
 
-def test_scheduler_shorthand():
-    doc = base()
-    doc["spec"]["scheduler"] = "rr"
-    assert spec.parse(doc).scheduler == "rr"
-
-
 def test_wrong_kind():
     doc = base()
     doc["kind"] = "Service"
