@@ -112,7 +112,6 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
     from lvs_operator.ipvs.kernel import KernelIPVS
     from lvs_operator.model import Forwarding
     from lvs_operator.network.errors import NetworkError
-    from lvs_operator.network.holder import KernelVipHolder
     from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
     from lvs_operator.ownership import OwnershipStore
 
@@ -130,8 +129,13 @@ def _ipvs_apply(args: argparse.Namespace) -> int:
     try:
         result = syncer.sync(KernelIPVS(), desired, store=store, drain=args.drain,
                              dry_run=args.dry_run)
-        vips = syncer.sync_vips(args.interface, {vs.vip for vs in servers}, store=store,
-                                holder=KernelVipHolder(), dry_run=args.dry_run)
+        vips = syncer.VipResult(added=[], removed=[])
+        if args.interface or store.load().vips:
+            # Imported here: it loads pyroute2, which costs more than a whole bulk apply.
+            from lvs_operator.network.holder import KernelVipHolder
+
+            vips = syncer.sync_vips(args.interface, {vs.vip for vs in servers}, store=store,
+                                    holder=KernelVipHolder(), dry_run=args.dry_run)
         nat = any(vs.forwarding is Forwarding.NAT for vs in servers)
         # NAT needs forwarding for the replies; DR and Tunnel leave the node's setting alone.
         sysctls = [] if args.dry_run or not desired else apply_director_sysctls(

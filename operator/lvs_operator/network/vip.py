@@ -1,0 +1,141 @@
+"""Virtual IP addresses on an interface: add, remove, list; all idempotent.
+
+A VIP is always a host address: /32 for IPv4, /128 for IPv6. IPv6 VIPs are added with
+`nodad` so they are usable at once: duplicate address detection would keep a moved VIP
+tentative (unusable) for a second or more, and the operator, not DAD, guarantees that one
+node holds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from lvs_operator.model import IPAddress
+from lvs_operator.network import _netlink as nl
+from lvs_operator.network.errors import NetlinkError
+from lvs_operator.network.links import get_link
+
+
+def host_prefix(address: IPAddress) -> int:
+    """Return the prefix length of a VIP: 32 for IPv4, 128 for IPv6."""
+    return address.max_prefixlen
+
+
+def _family(address: IPAddress) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+
+
+def _addr_msg(index: int, address: IPAddress) -> nl.AddrMsg:
+    msg = nl.AddrMsg()
+    msg["family"] = _family(address)
+    msg["prefixlen"] = host_prefix(address)
+    msg["index"] = index
+    msg["scope"] = 0  # RT_SCOPE_UNIVERSE: a VIP is reachable from anywhere
+    packed = address.packed
+    msg["attrs"] = [("IFA_LOCAL", packed), ("IFA_ADDRESS", packed)]
+    return msg
+
+
+def add_vip(interface: str, address: IPAddress) -> bool:
+    """Add `address` as a host address (/32 or /128) to `interface`.
+
+    Returns:
+        True when the address was added, False when it was already there.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses (EPERM: the process lacks CAP_NET_ADMIN).
+    """
+    link = get_link(interface)
+    prefix = f"{address}/{host_prefix(address)}"
+    msg = _addr_msg(link.index, address)
+    if address.version == 6:
+        msg["flags"] = nl.IFA_F_NODAD
+        msg["attrs"].append(("IFA_FLAGS", nl.IFA_F_NODAD))
+    try:
+        with nl.RouteSocket() as rt:
+            rt.request(
+                msg,
+                nl.RTM_NEWADDR,
+                nl.NLM_F_CREATE | nl.NLM_F_EXCL,
+                what=f"adding VIP {prefix} to interface {interface!r}",
+            )
+    except NetlinkError as e:
+        if e.errno == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def remove_vip(interface: str, address: IPAddress) -> bool:
+    """Remove the host address `address` (/32 or /128) from `interface`.
+
+    Only the host-prefix address is removed: the same address with another prefix length
+    (say a node's own 192.0.2.5/24) is not a VIP and is left alone.
+
+    Returns:
+        True when the address was removed, False when it was not there.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses (EPERM: the process lacks CAP_NET_ADMIN).
+    """
+    link = get_link(interface)
+    prefix = f"{address}/{host_prefix(address)}"
+    try:
+        with nl.RouteSocket() as rt:
+            rt.request(
+                _addr_msg(link.index, address),
+                nl.RTM_DELADDR,
+                0,
+                what=f"removing VIP {prefix} from interface {interface!r}",
+            )
+    except NetlinkError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            return False
+        raise
+    return True
+
+
+def list_addresses(interface: str) -> list[tuple[IPAddress, int]]:
+    """Return every address of `interface` with its prefix length, IPv4 first.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses the dump.
+    """
+    link = get_link(interface)
+    with nl.RouteSocket() as rt:
+        replies = rt.request(
+            nl.AddrMsg(), nl.RTM_GETADDR, nl.NLM_F_DUMP, what=f"listing addresses of {interface!r}"
+        )
+    result: list[tuple[IPAddress, int]] = []
+    for data in replies:
+        msg = nl.decode(nl.AddrMsg, data)
+        if msg["index"] != link.index:
+            continue
+        # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on a
+        # point-to-point link, and the only one IPv6 sends.
+        raw = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if raw is None:
+            continue
+        result.append((ipaddress.ip_address(bytes(raw)), msg["prefixlen"]))
+    return sorted(result, key=lambda item: (item[0].version, int(item[0]), item[1]))
+
+
+def list_vips(interface: str) -> list[IPAddress]:
+    """Return the VIPs held on `interface`: its host-prefix (/32, /128) addresses.
+
+    Loopback addresses (127.0.0.0/8, ::1) are never VIPs and are left out.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses the dump.
+    """
+    return [
+        address
+        for address, prefix in list_addresses(interface)
+        if prefix == host_prefix(address) and not address.is_loopback
+    ]
