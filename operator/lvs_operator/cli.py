@@ -165,10 +165,15 @@ def _summary(operations: Sequence[object], *, dry_run: bool) -> str:
 
 def _realserver_init(args: argparse.Namespace) -> int:
     from lvs_operator import realserver
+    from lvs_operator.network.errors import NetworkError
 
     try:
         report = realserver.setup(vips=args.vip, mode=args.mode)
     except realserver.SetupError as error:
+        if error.report is not None:
+            print(error.report)  # what was set before the failure: it stays set
+        return _fail(str(error))
+    except (ValueError, NetworkError) as error:
         return _fail(str(error))
     print(report)
     return EXIT_OK

@@ -115,9 +115,8 @@ class ServiceKey:
 
     def __str__(self) -> str:
         """Render like `ipvsadm -L -n`: `TCP 192.0.2.1:80` or `FWM 5 IPv4`."""
-        if self.fwmark:
+        if self.protocol is None or self.address is None:
             return f"FWM {self.fwmark} IPv{self.family}"
-        assert self.protocol is not None and self.address is not None
         return f"{self.protocol.name} {format_endpoint(self.address, self.port)}"
 
 
