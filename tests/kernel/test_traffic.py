@@ -12,12 +12,15 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from netlab import Lab, Lan, Netns, http_get, udp_query
+
+from lvs_operator import realserver
 
 pytestmark = pytest.mark.usefixtures("ipvs_module")
 
@@ -66,14 +69,16 @@ class Director:
 
 def make_real_servers(lab: Lab, lan: Lan, roles: list[str], *, vips: list[str], mode: str,
                       udp: bool = False) -> dict[str, str]:
-    """Turn bare hosts into real servers with realserver-init; return {server name: role}."""
+    """Turn bare hosts into real servers with realserver-init; return {server name: role}.
+
+    The setup runs in-process (in a thread inside each namespace): the CLI itself, confined
+    to CAP_NET_ADMIN, is tested in test_realserver.py, and a process per server would only
+    add interpreter start-up time under emulation.
+    """
     names = {}
     for role in roles:
         ns = lan[role]
-        args = [LVS, "realserver-init", "--mode", mode]
-        for vip in vips:
-            args += ["--vip", vip]
-        ns.run(args)
+        ns.call(realserver.setup, [ip_address(vip) for vip in vips], mode)
         names[lab.http_server(ns).name] = role
         if udp:
             lab.udp_server(ns, port=5353)
