@@ -27,6 +27,9 @@ pytestmark = pytest.mark.usefixtures("ipvs_module")
 VIP4 = "10.200.0.100"
 VIP6 = "fd00:200::100"
 LVS = str(Path(sys.executable).with_name("lvs-operator"))
+# A CLI call is a new Python process: under software emulation on a busy machine, start-up
+# alone (and pyroute2's import, for --interface) can take tens of seconds.
+CLI_TIMEOUT = 600.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -57,10 +60,10 @@ class Director:
         argv = [LVS, "ipvs", "apply", "-f", str(path), "--state-file", str(self.state), *extra]
         if interface:
             argv += ["--interface", interface]
-        return self.ns.run(argv, check=check)
+        return self.ns.run(argv, check=check, timeout=CLI_TIMEOUT)
 
     def table(self) -> list[dict[str, Any]]:
-        out = self.ns.run([LVS, "ipvs", "show", "-o", "json"]).stdout
+        out = self.ns.run([LVS, "ipvs", "show", "-o", "json"], timeout=CLI_TIMEOUT).stdout
         return json.loads(out)
 
     def ipvsadm_save(self) -> str:

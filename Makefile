@@ -1,0 +1,141 @@
+# lvs-operator: developer and CI entry points. `make help` lists the targets.
+#
+# Everything runs as root on a fresh Debian machine with only the package registries as
+# network (that is what CI does: .ci/run -> `make test`, with CI=true and no stdin).
+# The kernel tier and the benchmarks run inside a qemu VM (tests/vm/run): the host kernel has
+# no IPVS.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-print-directory
+
+VENV := .venv
+BIN := $(VENV)/bin
+VENV_STAMP := $(VENV)/.lvs-installed
+# The first Python >= 3.11 on PATH (override: make venv PYTHON=/path/to/python3.12).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && { command -v $$p; break; }; done)
+
+# Announce a step: make's own echo of the recipe is silenced, so say what is happening.
+say = @printf '\n==> %s\n' "$(1)"
+
+# Run a pytest tier; exit code 5 ("no tests collected") is a failure: a tier that ran
+# nothing has not passed. $(1) = tier name, $(2) = command.
+define pytest_tier
+rc=0; $(2) || rc=$$?; \
+if [[ $$rc == 5 ]]; then \
+	echo "make: $(1): pytest collected no tests (exit 5): a tier that ran nothing has not passed" >&2; \
+	exit 1; \
+fi; exit $$rc
+endef
+
+.PHONY: help venv provision lint _lint test-unit _test-unit test-kernel _test-kernel test bench \
+	clean distclean
+
+help:
+	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
+	@echo "make provision    Debian packages + the cached IPVS kernel for the test VM (root)"
+	@echo "make lint         ruff check + mypy on operator/ and tests/"
+	@echo "make test-unit    pytest tests/unit (no root, seconds)"
+	@echo "make test-kernel  boot the VM once, run pytest tests/kernel inside it"
+	@echo "make test         venv provision lint test-unit test-kernel (what CI runs)"
+	@echo "make bench        boot the VM once, run pytest tests/bench inside it"
+	@echo "make clean        remove build output and caches (distclean: the venv too)"
+
+# --- environment ------------------------------------------------------------------------------
+
+venv: $(VENV_STAMP)
+
+# Rebuilt when pyproject.toml changes (or the venv is missing or broken).
+$(VENV_STAMP): pyproject.toml
+	$(call say,venv: $(VENV) with $(or $(PYTHON),NO PYTHON >= 3.11 FOUND))
+	@if [[ -z "$(PYTHON)" ]]; then echo "make: no python >= 3.11 on PATH (set PYTHON=...)" >&2; exit 1; fi
+	@if [[ -x $(BIN)/python ]] && ! $(BIN)/python -c '' 2>/dev/null; then \
+		echo "$(VENV) is broken (its python does not run): recreating it"; rm -rf $(VENV); fi
+	@if [[ ! -x $(BIN)/python ]]; then \
+		echo "$(PYTHON) -m venv $(VENV)"; \
+		$(PYTHON) -m venv $(VENV) || { echo "make: venv creation failed (Debian: apt-get install python3-venv)" >&2; exit 1; }; \
+	fi
+	@echo "$(BIN)/pip install -e '.[test,dev]'"
+	@$(BIN)/pip install --disable-pip-version-check --progress-bar off -q -e '.[test,dev]'
+	@touch $@
+	@echo "$(VENV) ready"
+
+provision:
+	$(call say,provision: Debian packages and the cached kernel for the test VM (tests/vm/provision))
+	@tests/vm/provision
+
+# --- checks -----------------------------------------------------------------------------------
+
+# mypy runs once per test folder: the folders are not packages, so two conftest.py files in one
+# run would clash. Tests may leave functions unannotated (as ruff's ANN rules allow there), but
+# their bodies are still type-checked.
+MYPY_TEST_FLAGS := --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --check-untyped-defs
+
+# tests/ itself is on the path (tests/conftest.py puts it on sys.path for shared case tables).
+# All runs are attempted; lint fails if any did.
+# Each check has a public target (with its prerequisites) and a "_" one without them, which
+# `make test` calls once venv and provision are done.
+lint: venv
+	@$(MAKE) _lint
+_lint:
+	@rc=0; \
+	printf '\n==> lint: ruff check operator tests\n'; \
+	$(BIN)/ruff check operator tests || rc=1; \
+	echo "==> lint: mypy (strict, per pyproject.toml) on the lvs_operator package"; \
+	$(BIN)/mypy || rc=1; \
+	if ls tests/*.py >/dev/null 2>&1; then \
+		echo "==> lint: mypy tests/*.py"; \
+		MYPYPATH=tests $(BIN)/mypy $(MYPY_TEST_FLAGS) tests/*.py || rc=1; \
+	fi; \
+	for d in tests/*/; do \
+		ls "$$d"*.py >/dev/null 2>&1 || continue; \
+		echo "==> lint: mypy $$d"; \
+		MYPYPATH=tests $(BIN)/mypy $(MYPY_TEST_FLAGS) "$$d" || rc=1; \
+	done; \
+	exit $$rc
+
+test-unit: venv
+	@$(MAKE) _test-unit
+_test-unit:
+	$(call say,test-unit: pytest tests/unit)
+	@$(call pytest_tier,test-unit,$(BIN)/pytest tests/unit)
+
+test-kernel: venv provision
+	@$(MAKE) _test-kernel
+_test-kernel:
+	$(call say,test-kernel: boot the VM once; pytest tests/kernel inside it)
+	@$(call pytest_tier,test-kernel,tests/vm/run $(BIN)/pytest tests/kernel -v)
+
+# Every step runs even if an earlier check failed (one CI run tells everything); the target
+# fails if any did. venv and provision must succeed first.
+test: venv provision
+	@failed=(); summary=(); \
+	for step in lint test-unit test-kernel; do \
+		start=$$SECONDS; \
+		if $(MAKE) _$$step; then r=ok; else r=FAILED; failed+=($$step); fi; \
+		summary+=("$$(printf '%-12s %-7s %4ss' $$step $$r $$((SECONDS - start)))"); \
+	done; \
+	printf '\n==> make test summary\n'; printf '    %s\n' "$${summary[@]}"; \
+	if (( $${#failed[@]} )); then echo "make test: FAILED: $${failed[*]}" >&2; exit 1; fi; \
+	echo "make test: all steps passed"
+
+bench: venv provision
+	$(call say,bench: boot the VM once; pytest tests/bench inside it (results in build/vm-out))
+	@rc=0; tests/vm/run $(BIN)/pytest tests/bench -s -v || rc=$$?; \
+	if [[ $$rc == 5 ]]; then \
+		echo "make bench: no benchmarks collected in tests/bench" >&2; \
+		[[ "$${CI:-}" != true ]] || exit 1; rc=0; \
+	fi; exit $$rc
+
+clean:
+	$(call say,clean: build output and tool caches)
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache
+	find operator tests -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	$(call say,distclean: the virtualenv too (the kernel cache in ~/.cache/lvs-operator stays))
+	rm -rf $(VENV)

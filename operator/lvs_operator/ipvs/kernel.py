@@ -1,0 +1,455 @@
+"""`KernelIPVS`: the `IPVS` interface over a plain generic netlink socket.
+
+Speed is the point of this module (a director may carry thousands of services and the agent
+re-reads the whole table on every resync), hence a raw socket and `lvs_operator.ipvs.netlink`
+rather than a general netlink library:
+
+- apply: messages are joined into batches of about 64 KiB, one `sendmsg` each. Only the last
+  message of a batch asks for an ACK; the kernel processes a batch synchronously inside
+  `sendmsg` and still answers every failing message with an NLMSG_ERROR, which is mapped back
+  to its operation by sequence number. NETLINK_CAP_ACK keeps those errors small and a large
+  receive buffer keeps them from being dropped.
+- dump: one GET_SERVICE dump, then one GET_DEST dump per service, decoded straight from a
+  reused receive buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+
+from lvs_operator.ipvs import IPVSError, idempotence, netlink
+from lvs_operator.model import (
+    IPAddress,
+    RealServer,
+    ServiceKey,
+    SyncDaemon,
+    SyncState,
+    Timeouts,
+    VirtualService,
+)
+from lvs_operator.plan import Operation
+
+# Found = what netlink.messages returns for one received chunk.
+Found = list[tuple[int, int, int, int, int]]
+
+BATCH_BYTES = 64 * 1024
+# Each failing message of a batch queues its own error reply (~1 KiB of receive-buffer
+# accounting with skb overhead): cap a batch's messages so that every error fits.
+_ERROR_TRUESIZE = 1024
+_SOCKET_BUFFER = 8 * 1024 * 1024
+_RECV_BYTES = 64 * 1024  # a dump part is at most 32 KiB (the kernel caps it)
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+NO_IPVS = ("this kernel has no IPVS (generic netlink family 'IPVS' not found): load the ip_vs "
+           "module on this node (modprobe ip_vs) or use a kernel built with CONFIG_IP_VS")
+
+
+class KernelIPVS:
+    """Kernel IPVS in the network namespace where this object first talks to the kernel.
+
+    The socket opens on first use and is kept (one socket = one namespace); `close` it, or use
+    the object as a context manager. Not thread-safe: use one object per thread.
+    """
+
+    def __init__(self, *, batch_bytes: int = BATCH_BYTES) -> None:
+        """Prepare a client that sends at most `batch_bytes` of requests per sendmsg."""
+        self._batch_bytes = batch_bytes
+        self._sock: socket.socket | None = None
+        self._family = 0
+        self._max_batch_messages = 0
+        self._seq = 0  # the last sequence number used
+        self._buf = bytearray(_RECV_BYTES)
+
+    def __enter__(self) -> KernelIPVS:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def connect(self) -> KernelIPVS:
+        """Open the socket now, in the calling thread's network namespace; return self.
+
+        Raises:
+            IPVSError: when the kernel has no IPVS or the socket cannot be set up.
+        """
+        self._family_id()
+        return self
+
+    def close(self) -> None:
+        """Close the socket; the next call opens a new one (in the then current namespace)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- the IPVS interface ------------------------------------------------------------------
+
+    def dump(self) -> dict[ServiceKey, VirtualService]:
+        """Return every virtual service with its real servers, counters and stats.
+
+        Raises:
+            IPVSError: when the table cannot be read (no IPVS, no permission) or holds a
+                service the model cannot represent.
+        """
+        services: list[VirtualService] = []
+
+        def collect(buf: bytearray, found: Found) -> None:
+            for kind, _flags, _seq, start, end in found:
+                if kind >= 0x10 and buf[start] == netlink.CMD_NEW_SERVICE:
+                    services.append(netlink.decode_service(buf, start, end))
+
+        # Decoding allocates tens of thousands of objects and no reference cycles: the cyclic
+        # collector would only re-scan the caller's whole heap again and again meanwhile.
+        with _collector_paused():
+            self._transact(netlink.CMD_GET_SERVICE, b"", what="dump IPVS services", dump=True,
+                           on_reply=collect)
+            reals = self._dump_reals([s.key for s in services])
+        # The constructor, not `with_reals`: dataclasses.replace costs more than the decoding.
+        return {s.key: VirtualService(key=s.key, scheduler=s.scheduler, flags=s.flags,
+                                      persistence=s.persistence, one_packet=s.one_packet,
+                                      reals={real.key: real for real in r}, stats=s.stats)
+                for s, r in zip(services, reals, strict=True)}
+
+    def apply(self, operations: Sequence[Operation]) -> None:
+        """Apply `operations` in order, idempotently (see `lvs_operator.ipvs.idempotence`).
+
+        Raises:
+            ApplyError: naming every operation that failed; the others have been applied.
+            IPVSError: when IPVS cannot be reached at all, or replies were lost (then the
+                outcome is unknown: dump again).
+        """
+        idempotence.apply(operations, self._execute)
+
+    def timeouts(self) -> Timeouts:
+        """Return the current tcp / tcpfin / udp timeouts in seconds.
+
+        Raises:
+            IPVSError: when the kernel refuses.
+        """
+        found: list[Timeouts] = []
+
+        def collect(buf: bytearray, msgs: Found) -> None:
+            for kind, _flags, _seq, start, end in msgs:
+                if kind >= 0x10 and buf[start] == netlink.CMD_SET_CONFIG:
+                    found.append(netlink.decode_timeouts(buf, start, end))
+
+        self._transact(netlink.CMD_GET_CONFIG, b"", what="read IPVS timeouts", on_reply=collect)
+        if not found:
+            raise IPVSError("read IPVS timeouts: the kernel sent no configuration")
+        return found[0]
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        """Set the non-zero fields of `timeouts`; zero fields keep their current value.
+
+        Raises:
+            IPVSError: when the kernel refuses (EINVAL for a value it cannot hold).
+        """
+        what = f"set IPVS timeouts tcp {timeouts.tcp} tcpfin {timeouts.tcp_fin} udp {timeouts.udp}"
+        try:
+            payload = netlink.encode_timeouts(timeouts)
+        except ValueError as exc:
+            raise IPVSError(f"{what}: {exc}", code=errno.EINVAL) from exc
+        if payload:
+            self._transact(netlink.CMD_SET_CONFIG, payload, what=what)
+
+    def daemons(self) -> list[SyncDaemon]:
+        """Return the running connection-sync daemons (at most one master, one backup).
+
+        Raises:
+            IPVSError: when the kernel refuses.
+        """
+        found: list[SyncDaemon] = []
+
+        def collect(buf: bytearray, msgs: Found) -> None:
+            for kind, _flags, _seq, start, end in msgs:
+                if kind >= 0x10 and buf[start] == netlink.CMD_NEW_DAEMON:
+                    found.append(netlink.decode_daemon(buf, start, end))
+
+        self._transact(netlink.CMD_GET_DAEMON, b"", what="list IPVS sync daemons", dump=True,
+                       on_reply=collect)
+        return found
+
+    def start_daemon(self, daemon: SyncDaemon) -> None:
+        """Start a connection-sync daemon; one already running exactly as asked is a no-op.
+
+        Raises:
+            IPVSError: when the kernel refuses (ENODEV: no such interface; EADDRNOTAVAIL: a
+                master's interface has no IPv4 address), or when a daemon of the same state
+                runs with another interface or sync id (EEXIST: stop it first).
+        """
+        what = (f"start IPVS sync daemon {daemon.state.name.lower()} on {daemon.interface} "
+                f"syncid {daemon.sync_id}")
+        try:
+            payload = netlink.encode_daemon(daemon)
+        except ValueError as exc:
+            raise IPVSError(f"{what}: {exc}", code=errno.EINVAL) from exc
+        try:
+            self._transact(netlink.CMD_NEW_DAEMON, payload, what=what)
+        except IPVSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            running = [d for d in self.daemons() if d.state is daemon.state]
+            if running == [daemon]:
+                return
+            other = ", ".join(f"on {d.interface} syncid {d.sync_id}" for d in running)
+            raise IPVSError(f"{what}: one already runs {other}: stop it first",
+                            code=errno.EEXIST) from exc
+
+    def stop_daemon(self, state: SyncState) -> None:
+        """Stop the daemon of `state`; stopping one that does not run is a no-op.
+
+        Raises:
+            IPVSError: when the kernel refuses.
+        """
+        try:
+            self._transact(netlink.CMD_DEL_DAEMON, netlink.encode_daemon_state(state),
+                           what=f"stop IPVS sync daemon {state.name.lower()}")
+        except IPVSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    # --- apply -------------------------------------------------------------------------------
+
+    def _execute(self, operations: Sequence[Operation]) -> list[IPVSError | None]:
+        """Send `operations` in batches; return None or the error of each, in order."""
+        family = self._family_id()
+        results: list[IPVSError | None] = [None] * len(operations)
+        keys: dict[ServiceKey, bytes] = {}
+        batch: list[tuple[int, int, bytes]] = []  # (operation index, command, attributes)
+        size = 0
+        limit = self._batch_bytes
+        most = self._max_batch_messages
+        encode = netlink.encode_operation
+        for index, op in enumerate(operations):
+            try:
+                cmd, payload = encode(op, keys)
+            except ValueError as exc:
+                results[index] = idempotence.error(op, errno.EINVAL, str(exc))
+                continue
+            length = netlink.HEADER_SIZE + len(payload)
+            if batch and (size + length > limit or len(batch) >= most):
+                self._send_batch(family, batch, operations, results)
+                batch, size = [], 0
+            batch.append((index, cmd, payload))
+            size += length
+        if batch:
+            self._send_batch(family, batch, operations, results)
+        return results
+
+    def _send_batch(self, family: int, batch: list[tuple[int, int, bytes]],
+                    operations: Sequence[Operation], results: list[IPVSError | None]) -> None:
+        first = self._next_seq(len(batch))
+        last = first + len(batch) - 1
+        request = netlink.request
+        data = b"".join([request(family, cmd, payload, seq=first + i, flags=0)
+                         for i, (_index, cmd, payload) in enumerate(batch[:-1])]
+                        + [request(family, batch[-1][1], batch[-1][2], seq=last,
+                                   flags=netlink.NLM_F_ACK)])
+        sock = self._socket()
+        try:
+            sock.send(data)
+        except OSError as exc:
+            raise IPVSError(f"send {len(batch)} IPVS requests: {exc}", code=exc.errno or 0) from exc
+        while True:
+            buf, found = self._recv("apply IPVS operations")
+            for kind, flags, seq, start, end in found:
+                if kind != netlink.NLMSG_ERROR or not first <= seq <= last:
+                    continue
+                code, text = netlink.decode_error(buf, start, end, flags)
+                if code:
+                    index = batch[seq - first][0]
+                    results[index] = idempotence.error(operations[index], code, text)
+                if seq == last:
+                    return
+
+    # --- dumps -------------------------------------------------------------------------------
+
+    def _dump_reals(self, keys: list[ServiceKey]) -> list[list[RealServer]]:
+        """Return the real servers of each service in `keys`: one GET_DEST dump each.
+
+        The dumps run one after the other: a socket holds one dump at a time, and a dump is
+        still running after its first part (its NLMSG_DONE comes with the next read), so a
+        second request in the same sendmsg would only be refused with EBUSY.
+        """
+        family = self._family_id()
+        sock = self._socket()
+        buf = self._buf
+        size = len(buf)
+        reals: list[list[RealServer]] = []
+        addresses: dict[bytes, IPAddress] = {}
+        request, encode_key = netlink.request, netlink.encode_service_key
+        decode = netlink.decode_dest_dump
+        for key in keys:
+            seq = self._next_seq(1)
+            found: list[RealServer] = []
+            try:
+                sock.send(request(family, netlink.CMD_GET_DEST, encode_key(key), seq=seq,
+                                  flags=netlink.NLM_F_DUMP))
+                status = None
+                while status is None:
+                    got = sock.recv_into(buf, size, socket.MSG_TRUNC)
+                    if got > size:
+                        raise ValueError(f"a reply of {got} bytes did not fit the buffer")
+                    status = decode(buf, got, seq=seq, family=key.family, out=found,
+                                    addresses=addresses)
+            except OSError as exc:
+                raise IPVSError(f"dump real servers of {key}: {exc}",
+                                code=exc.errno or 0) from exc
+            except ValueError as exc:
+                raise IPVSError(f"dump real servers of {key}: {exc}") from exc
+            if status:
+                raise idempotence.error(None, status, what=f"dump real servers of {key}")
+            reals.append(found)
+        return reals
+
+    # --- one request -------------------------------------------------------------------------
+
+    def _transact(self, cmd: int, payload: bytes, *, what: str, dump: bool = False,
+                  on_reply: Callable[[bytearray, Found], None] | None = None) -> None:
+        """Send one request and pass its replies to `on_reply` until DONE or the ACK.
+
+        Raises:
+            IPVSError: for an error reply, or a reply that does not decode.
+        """
+        family = self._family_id()
+        seq = self._next_seq(1)
+        flags = netlink.NLM_F_DUMP if dump else netlink.NLM_F_ACK
+        sock = self._socket()
+        try:
+            sock.send(netlink.request(family, cmd, payload, seq=seq, flags=flags))
+        except OSError as exc:
+            raise IPVSError(f"{what}: {exc}", code=exc.errno or 0) from exc
+        while True:
+            buf, found = self._recv(what)
+            mine = [m for m in found if m[2] == seq]
+            if on_reply is not None and mine:
+                try:
+                    on_reply(buf, mine)
+                except ValueError as exc:
+                    raise IPVSError(f"{what}: {exc}") from exc
+            for kind, msg_flags, _seq, start, end in mine:
+                if kind == netlink.NLMSG_ERROR:
+                    code, text = netlink.decode_error(buf, start, end, msg_flags)
+                    if code:
+                        raise idempotence.error(None, code, text, what=what)
+                    return
+                if kind == netlink.NLMSG_DONE:
+                    return
+
+    def _recv(self, what: str) -> tuple[bytearray, Found]:
+        """Receive one chunk into the reusable buffer; return it and its messages.
+
+        The buffer is overwritten by the next call: decode before receiving again.
+
+        Raises:
+            IPVSError: when the socket fails, notably ENOBUFS (replies were dropped, so the
+                outcome of a batch is unknown).
+        """
+        sock = self._socket()
+        try:
+            size = sock.recv_into(self._buf, len(self._buf), socket.MSG_TRUNC)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise IPVSError(f"{what}: the kernel dropped netlink replies (ENOBUFS); the "
+                                "outcome is unknown: read the table again",
+                                code=errno.ENOBUFS) from exc
+            raise IPVSError(f"{what}: {exc}", code=exc.errno or 0) from exc
+        if size > len(self._buf):
+            raise IPVSError(f"{what}: a netlink reply of {size} bytes did not fit the buffer")
+        try:
+            return self._buf, netlink.messages(self._buf, size)
+        except ValueError as exc:
+            raise IPVSError(f"{what}: {exc}") from exc
+
+    def _next_seq(self, count: int) -> int:
+        """Reserve `count` consecutive sequence numbers; return the first."""
+        if self._seq + count >= 2**32:
+            self._seq = 0
+        first = self._seq + 1
+        self._seq += count
+        return first
+
+    # --- the socket --------------------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            try:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_GENERIC)
+            except OSError as exc:
+                raise IPVSError(f"open a generic netlink socket: {exc}",
+                                code=exc.errno or 0) from exc
+            try:
+                sock.bind((0, 0))
+                # Errors then echo only the failed request's header, not all of it.
+                sock.setsockopt(netlink.SOL_NETLINK, netlink.NETLINK_CAP_ACK, 1)
+                sock.setsockopt(netlink.SOL_NETLINK, netlink.NETLINK_EXT_ACK, 1)
+                _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+                received = _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF)
+            except OSError as exc:
+                sock.close()
+                raise IPVSError(f"set up a generic netlink socket: {exc}",
+                                code=exc.errno or 0) from exc
+            self._max_batch_messages = max(1, received // 2 // _ERROR_TRUESIZE)
+            self._sock = sock
+        return self._sock
+
+    def _family_id(self) -> int:
+        """Return the IPVS generic netlink family id, resolving it on first use.
+
+        Raises:
+            IPVSError: when the kernel has no IPVS (with what to do about it).
+        """
+        if self._family:
+            return self._family
+        sock = self._socket()
+        seq = self._next_seq(1)
+        try:
+            sock.send(netlink.get_family_request(seq=seq))
+        except OSError as exc:
+            raise IPVSError(f"resolve the IPVS netlink family: {exc}", code=exc.errno or 0) from exc
+        while not self._family:
+            buf, found = self._recv("resolve the IPVS netlink family")
+            for kind, flags, msg_seq, start, end in found:
+                if msg_seq != seq:
+                    continue
+                if kind == netlink.NLMSG_ERROR:
+                    code, _text = netlink.decode_error(buf, start, end, flags)
+                    if code == errno.ENOENT:
+                        raise IPVSError(NO_IPVS, code=code)
+                    if code:
+                        raise idempotence.error(None, code, what="resolve the IPVS netlink family")
+                elif kind == netlink.GENL_ID_CTRL:
+                    try:
+                        self._family = netlink.decode_family_id(buf, start, end)
+                    except ValueError as exc:
+                        raise IPVSError(f"resolve the IPVS netlink family: {exc}") from exc
+        return self._family
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (if it runs) for the duration."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int) -> int:
+    """Grow a socket buffer (beyond the sysctl limit when privileged); return its size."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
+    # The kernel doubles the value it was given and reports the doubled size.
+    return int(sock.getsockopt(socket.SOL_SOCKET, plain)) // 2

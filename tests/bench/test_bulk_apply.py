@@ -1,0 +1,230 @@
+"""Bulk programming and no-op resync of 2,000 virtual services x 4 real servers vs ipvsadm.
+
+Runs inside the test VM (`make bench`, or `tests/vm/run .venv/bin/pytest tests/bench -s`).
+Each program works in a fresh network namespace of its own; absolute times under software
+emulation mean little, so the figures that count are ratios between two programs measured
+in the same guest, alternated and repeated (the best of each is compared):
+
+- end to end, from an empty table: `lvs-operator ipvs apply -f FILE` (a new process: Python
+  start-up, CLI parsing, YAML, planning, netlink) vs `ipvsadm -R < RULES` (target <= 0.75);
+- the no-op re-apply (dump + plan, zero operations) vs `ipvsadm -S -n` (target <= 0.5);
+- in-process, for where the time goes: KernelIPVS.apply of the plan from empty vs
+  `ipvsadm -R`, and KernelIPVS.dump vs `ipvsadm -S -n`.
+
+Both kernel tables must be identical (`ipvsadm -S -n`, sorted). The figures are printed and
+written to $LVS_VM_OUT/bench_bulk_apply.json; the targets are enforced only with
+LVS_BENCH_STRICT=1 (timing on a shared, emulated machine is too noisy to gate CI on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import yaml
+
+from lvs_operator import documents
+from lvs_operator.ipvs.kernel import KernelIPVS
+from lvs_operator.plan import plan
+
+T = TypeVar("T")
+
+SERVICES = 2000
+REALS = 4
+# Rounds of each measurement (alternating the two programs); the best of each counts.
+ROUNDS = int(os.environ.get("LVS_BENCH_ROUNDS", "2"))
+TARGET_APPLY = 0.75
+TARGET_NOOP = 0.5
+REPO = Path(__file__).resolve().parents[2]
+CLI = [str(Path(sys.executable).with_name("lvs-operator"))]
+IN_VM = os.environ.get("LVS_IN_VM") == "1"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+pytestmark = pytest.mark.kernel
+
+_MODES = [("DirectRouting", "-g"), ("NAT", "-m"), ("Tunnel", "-i")]
+_SCHEDULERS = ["rr", "wrr", "wlc", "sh"]
+
+
+@pytest.fixture(autouse=True)
+def _in_vm() -> None:
+    if IN_VM:
+        return
+    reason = "the benchmark needs the test VM: run `make bench`"
+    if IN_CI:
+        pytest.fail(f"not inside the test VM under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def workload() -> tuple[str, str]:
+    """Return (YAML stream of VirtualServers, the same table as `ipvsadm -R` rules).
+
+    Addresses come from 198.18.0.0/15 (RFC 2544, set aside for benchmarks); modes and
+    schedulers rotate, weights vary, NAT remaps the port.
+    """
+    docs, rules = [], []
+    for i in range(SERVICES):
+        vip = f"198.18.{i // 250}.{i % 250 + 1}"
+        mode, flag = _MODES[i % 3]
+        scheduler = _SCHEDULERS[i % 4]
+        port = 80
+        real_port = 8080 if mode == "NAT" else port
+        addresses = [{"ip": f"198.19.{(i * REALS + j) // 250 % 250}.{(i * REALS + j) % 250 + 1}",
+                      "port": real_port, "weight": j + 1} for j in range(REALS)]
+        spec = {"vip": vip, "ports": [{"port": port, "protocol": "TCP"}], "forwarding": mode,
+                "scheduler": {"name": scheduler}, "backend": {"addresses": addresses}}
+        if mode == "NAT":
+            spec["ports"][0]["targetPort"] = real_port
+        docs.append({"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",
+                     "metadata": {"name": f"vs-{i}", "namespace": "bench"}, "spec": spec})
+        rules.append(f"-A -t {vip}:{port} -s {scheduler}")
+        rules += [f"-a -t {vip}:{port} -r {a['ip']}:{real_port} {flag} -w {a['weight']}"
+                  for a in addresses]
+    return yaml.safe_dump_all(docs, sort_keys=False), "\n".join(rules) + "\n"
+
+
+# --- namespaces --------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Callable[[str], str]]:
+    """Make fresh namespaces (with `lo` up) on demand; delete them afterwards."""
+    made: list[str] = []
+
+    def make(role: str) -> str:
+        name = f"bench-{role}-{os.getpid()}"
+        _run(["ip", "netns", "add", name])
+        made.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _inside(namespace: str, fn: Callable[[], T]) -> T:
+    """Run `fn` in a thread that has entered `namespace` (sockets stay there)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _timed(argv: list[str], namespace: str, *, stdin: str | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = _run(["ip", "netns", "exec", namespace, *argv], input=stdin)
+    return time.perf_counter() - start, done.stdout
+
+
+def _saved(namespace: str) -> list[str]:
+    return sorted(_timed(["ipvsadm", "-S", "-n"], namespace)[1].splitlines())
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: Path) -> None:
+    text, rules = workload()
+    manifest = tmp_path / "virtualservers.yaml"
+    manifest.write_text(text)
+    ours, theirs = namespaces("ours"), namespaces("ipvsadm")
+    state = tmp_path / "owned.json"
+    apply = [*CLI, "ipvs", "apply", "-f", str(manifest), "--state-file", str(state)]
+    figures: dict[str, list[float]] = {k: [] for k in (
+        "cli_apply", "ipvsadm_restore", "cli_noop", "ipvsadm_save",
+        "inprocess_apply", "inprocess_dump")}
+
+    desired = documents.desired_table(documents.load(text, source=str(manifest)))
+    operations = plan(desired, {}, owned=set(desired))
+
+    def flush(namespace: str) -> None:
+        _run(["ip", "netns", "exec", namespace, "ipvsadm", "-C"])
+
+    def restore() -> None:
+        flush(theirs)
+        figures["ipvsadm_restore"].append(_timed(["ipvsadm", "-R"], theirs, stdin=rules)[0])
+
+    def save() -> None:
+        figures["ipvsadm_save"].append(_timed(["ipvsadm", "-S", "-n"], ours)[0])
+
+    # Each figure is measured right next to the ipvsadm run it is compared with: the load of
+    # a shared machine drifts over minutes.
+    for _round in range(ROUNDS):
+        flush(ours)
+        state.unlink(missing_ok=True)
+        seconds, out = _timed(apply, ours)
+        assert "applied 10000 operations" in out, out
+        figures["cli_apply"].append(seconds)
+        restore()
+        assert _saved(ours) == _saved(theirs), "the two kernel tables differ"
+        seconds, out = _timed(apply, ours)
+        assert "no changes" in out, out
+        figures["cli_noop"].append(seconds)
+        save()
+
+        flush(ours)
+        with _inside(ours, lambda: KernelIPVS().connect()) as kernel:
+            start = time.perf_counter()
+            kernel.apply(operations)
+            figures["inprocess_apply"].append(time.perf_counter() - start)
+            restore()
+            start = time.perf_counter()
+            dumped = kernel.dump()
+            figures["inprocess_dump"].append(time.perf_counter() - start)
+            save()
+        assert dumped == desired
+        assert _saved(ours) == _saved(theirs), "the two kernel tables differ"
+
+    best = {name: min(values) for name, values in figures.items()}
+    ratios = {
+        "end-to-end apply / ipvsadm -R": best["cli_apply"] / best["ipvsadm_restore"],
+        "end-to-end no-op re-apply / ipvsadm -S": best["cli_noop"] / best["ipvsadm_save"],
+        "in-process apply / ipvsadm -R": best["inprocess_apply"] / best["ipvsadm_restore"],
+        "in-process dump / ipvsadm -S": best["inprocess_dump"] / best["ipvsadm_save"],
+    }
+    print(f"\n{SERVICES} services x {REALS} real servers, best of {ROUNDS} (seconds):")
+    for name, values in figures.items():
+        print(f"  {name:16} best {best[name]:7.2f}   all {' '.join(f'{v:.2f}' for v in values)}")
+    for name, ratio in ratios.items():
+        print(f"  {name:40} {ratio:5.2f}")
+    out = os.environ.get("LVS_VM_OUT")
+    if out:
+        Path(out, "bench_bulk_apply.json").write_text(json.dumps(
+            {"figures": figures, "best": best, "ratios": ratios}, indent=2))
+    if os.environ.get("LVS_BENCH_STRICT") == "1":
+        assert ratios["end-to-end apply / ipvsadm -R"] <= TARGET_APPLY
+        assert ratios["end-to-end no-op re-apply / ipvsadm -S"] <= TARGET_NOOP
