@@ -56,7 +56,6 @@ MAX_DRAIN_SECONDS = 7 * 24 * 3600
 
 MAX_PORTS = 64
 MAX_ADDRESSES = 256
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _T = TypeVar("_T")
 
 
@@ -522,11 +521,22 @@ def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
         address = ipaddress.ip_address(str(raw))
     except ValueError:
         raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address") from None
-    # The same test as the CRD's CEL `ip(x).isGlobalUnicast()` (private ranges included).
-    if (address.is_unspecified or address.is_multicast or address.is_loopback
-            or address.is_link_local or address == _BROADCAST):
+    if not _global_unicast(address):
         raise SpecError(path, f"{address} cannot be used: give a unicast address")
     return address
+
+
+def _global_unicast(address: IPAddress) -> bool:
+    """Return the CRD's CEL `ip(x).isGlobalUnicast()` (private ranges included).
+
+    Integer tests rather than the `ipaddress` properties, which build a network object per
+    check: a bulk file has thousands of addresses.
+    """
+    n = int(address)
+    if address.version == 4:
+        return not (n == 0 or n == 0xFFFFFFFF or n >> 24 == 127 or n >> 28 == 0xE
+                    or n >> 16 == 0xA9FE)
+    return not (n <= 1 or n >> 120 == 0xFF or n >> 118 == 0x3FA)
 
 
 def _int(raw: object, path: str, low: int, high: int, *, required: bool = False) -> int:
