@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -82,8 +82,9 @@ def workload() -> tuple[str, str]:
         real_port = 8080 if mode == "NAT" else port
         addresses = [{"ip": f"198.19.{(i * REALS + j) // 250 % 250}.{(i * REALS + j) % 250 + 1}",
                       "port": real_port, "weight": j + 1} for j in range(REALS)]
-        spec = {"vip": vip, "ports": [{"port": port, "protocol": "TCP"}], "forwarding": mode,
-                "scheduler": {"name": scheduler}, "backend": {"addresses": addresses}}
+        spec: dict[str, Any] = {
+            "vip": vip, "ports": [{"port": port, "protocol": "TCP"}], "forwarding": mode,
+            "scheduler": {"name": scheduler}, "backend": {"addresses": addresses}}
         if mode == "NAT":
             spec["ports"][0]["targetPort"] = real_port
         docs.append({"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",
@@ -224,9 +225,9 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
         print(f"  {name:16} best {best[name]:7.2f}   all {' '.join(f'{v:.2f}' for v in values)}")
     for name, ratio in ratios.items():
         print(f"  {name:40} {ratio:5.2f}")
-    out = os.environ.get("LVS_VM_OUT")
-    if out:
-        Path(out, "bench_bulk_apply.json").write_text(json.dumps(
+    out_dir = os.environ.get("LVS_VM_OUT")
+    if out_dir:
+        Path(out_dir, "bench_bulk_apply.json").write_text(json.dumps(
             {"figures": figures, "best": best, "ratios": ratios}, indent=2))
     if os.environ.get("LVS_BENCH_STRICT") == "1":
         assert ratios["end-to-end apply / ipvsadm -R"] <= TARGET_APPLY

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from ipaddress import ip_address
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> N
         time.sleep(0.05)
 
 
-def addresses(ns, ifname: str) -> dict[str, dict]:
+def addresses(ns, ifname: str) -> dict[str, dict[str, Any]]:
     """`ip -j address show` of one interface, keyed by address."""
     info = json.loads(ns.ip("-j", "address", "show", "dev", ifname))[0]["addr_info"]
     return {a["local"]: a for a in info}

@@ -21,6 +21,7 @@ import sys
 import sysconfig
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netlab import Lab, Netns, http_get
@@ -99,8 +100,9 @@ def addresses(ns: Netns, ifname: str) -> dict[str, int]:
     return {a["local"]: a["prefixlen"] for a in info}
 
 
-def link(ns: Netns, ifname: str) -> dict:
-    return json.loads(ns.ip("-j", "-d", "link", "show", "dev", ifname))[0]
+def link(ns: Netns, ifname: str) -> dict[str, Any]:
+    links: list[dict[str, Any]] = json.loads(ns.ip("-j", "-d", "link", "show", "dev", ifname))
+    return links[0]
 
 
 def test_the_confinement_is_what_the_init_container_gets(lab: Lab, python: str):

@@ -35,7 +35,8 @@ CLI_TIMEOUT = 600.0
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def virtual_server(name: str, vip: str, reals: list[dict[str, Any]], **spec: Any) -> dict:
+def virtual_server(name: str, vip: str, reals: list[dict[str, Any]],
+                   **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "lvs.dev/v1alpha1",
         "kind": "VirtualServer",
@@ -53,8 +54,8 @@ class Director:
         self.workdir = workdir
         self.state = workdir / f"{ns.name}.owned.json"
 
-    def apply(self, *docs: dict, interface: str | None = "eth0", extra: tuple[str, ...] = (),
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+    def apply(self, *docs: dict[str, Any], interface: str | None = "eth0",
+              extra: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess[str]:
         path = self.workdir / "vs.yaml"
         path.write_text(yaml.safe_dump_all(docs))
         argv = [LVS, "ipvs", "apply", "-f", str(path), "--state-file", str(self.state), *extra]
@@ -64,13 +65,15 @@ class Director:
 
     def table(self) -> list[dict[str, Any]]:
         out = self.ns.run([LVS, "ipvs", "show", "-o", "json"], timeout=CLI_TIMEOUT).stdout
-        return json.loads(out)
+        table: list[dict[str, Any]] = json.loads(out)
+        return table
 
     def ipvsadm_save(self) -> str:
         return self.ns.run(["ipvsadm", "-S", "-n"]).stdout
 
 
-def make_real_servers(lab: Lab, lan: Lan, roles: list[str], *, vips: list[str], mode: str,
+def make_real_servers(lab: Lab, lan: Lan, roles: list[str], *, vips: list[str],
+                      mode: realserver.Mode,
                       udp: bool = False) -> dict[str, str]:
     """Turn bare hosts into real servers with realserver-init; return {server name: role}.
 
@@ -111,7 +114,8 @@ def get_from(client: Netns, source: str, vip: str, port: int = 80) -> str:
 
 def service_stats(table: list[dict[str, Any]], protocol: str = "TCP") -> dict[str, int]:
     (service,) = [s for s in table if s["protocol"] == protocol]
-    return service["stats"]
+    stats: dict[str, int] = service["stats"]
+    return stats
 
 
 @pytest.fixture
@@ -295,7 +299,7 @@ def test_reapply_is_a_noop_and_dry_run_changes_nothing(lab, dr_lan, director):
 
 
 def _edit(change):
-    def make(lan: Lan) -> dict:
+    def make(lan: Lan) -> dict[str, Any]:
         doc = virtual_server("bad", "10.200.0.101", reals_of(lan, RS))
         change(doc["spec"])
         return doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import ip_address
+from typing import Any
 
 import pytest
 
@@ -78,8 +79,8 @@ def test_drain_keeps_busy_service_owned_until_deleted(ipvs, store):
 
 class FakeVips:
     def __init__(self, held=None):
-        self.held: dict[str, set] = held or {}
-        self.announced: list = []
+        self.held: dict[str, set[Any]] = held or {}
+        self.announced: list[Any] = []
 
     def list_vips(self, interface):
         return sorted(self.held.get(interface, set()), key=int)
