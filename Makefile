@@ -3,7 +3,8 @@
 # Everything runs as root on a fresh Debian machine with only the package registries as
 # network (that is what CI does: .ci/run -> `make test`, with CI=true and no stdin).
 # The kernel tier and the benchmarks run inside a qemu VM (tests/vm/run): the host kernel has
-# no IPVS.
+# no IPVS. The cluster tier runs a real control plane (etcd, kube-apiserver,
+# kube-controller-manager) on 127.0.0.1, from binaries tests/cluster/build-k8s builds and caches.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -32,17 +33,21 @@ if [[ $$rc == 5 ]]; then \
 fi; exit $$rc
 endef
 
-.PHONY: help venv provision lint _lint test-unit _test-unit test-kernel _test-kernel test bench \
-	clean distclean
+.PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
+	test-kernel _test-kernel test bench cluster cluster-down clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
 	@echo "make provision    Debian packages + the cached IPVS kernel for the test VM (root)"
 	@echo "make lint         ruff check + mypy on operator/ and tests/"
 	@echo "make test-unit    pytest tests/unit (no root, seconds)"
+	@echo "make test-cluster pytest tests/cluster against a real control plane on 127.0.0.1"
+	@echo "                  (the first run builds the Kubernetes binaries: ~30 CPU-minutes)"
 	@echo "make test-kernel  boot the VM once, run pytest tests/kernel inside it"
-	@echo "make test         venv provision lint test-unit test-kernel (what CI runs)"
+	@echo "make test         venv provision lint test-unit test-cluster test-kernel (what CI runs)"
 	@echo "make bench        boot the VM once, run pytest tests/bench inside it"
+	@echo "make cluster      start that control plane in the background (tests/cluster/cluster up);"
+	@echo "                  prints the KUBECONFIG to use. make cluster-down stops it"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
 
 # --- environment ------------------------------------------------------------------------------
@@ -104,6 +109,13 @@ _test-unit:
 	$(call say,test-unit: pytest tests/unit)
 	@$(call pytest_tier,test-unit,$(BIN)/pytest tests/unit)
 
+# The cluster fixture runs tests/cluster/build-k8s itself (cached; a cold build prints progress).
+test-cluster: venv provision
+	@$(MAKE) _test-cluster
+_test-cluster:
+	$(call say,test-cluster: a real control plane on 127.0.0.1; pytest tests/cluster)
+	@$(call pytest_tier,test-cluster,$(BIN)/pytest tests/cluster -v)
+
 test-kernel: venv provision
 	@$(MAKE) _test-kernel
 _test-kernel:
@@ -114,7 +126,7 @@ _test-kernel:
 # fails if any did. venv and provision must succeed first.
 test: venv provision
 	@failed=(); summary=(); \
-	for step in lint test-unit test-kernel; do \
+	for step in lint test-unit test-cluster test-kernel; do \
 		start=$$SECONDS; \
 		if $(MAKE) _$$step; then r=ok; else r=FAILED; failed+=($$step); fi; \
 		summary+=("$$(printf '%-12s %-7s %4ss' $$step $$r $$((SECONDS - start)))"); \
@@ -122,6 +134,15 @@ test: venv provision
 	printf '\n==> make test summary\n'; printf '    %s\n' "$${summary[@]}"; \
 	if (( $${#failed[@]} )); then echo "make test: FAILED: $${failed[*]}" >&2; exit 1; fi; \
 	echo "make test: all steps passed"
+
+# --- by hand ---------------------------------------------------------------------------------
+
+# The cluster tier's control plane, left running (state in ~/.cache/lvs-operator/cluster).
+cluster:
+	$(call say,cluster: etcd + kube-apiserver + kube-controller-manager on 127.0.0.1 (tests/cluster/cluster up))
+	@tests/cluster/cluster up
+cluster-down:
+	@tests/cluster/cluster down
 
 bench: venv provision
 	$(call say,bench: boot the VM once; pytest tests/bench inside it (results in build/vm-out))
