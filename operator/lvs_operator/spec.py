@@ -11,6 +11,7 @@ services a director must hold: one per entry of `spec.ports`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -56,6 +57,23 @@ MAX_DRAIN_SECONDS = 7 * 24 * 3600
 
 MAX_PORTS = 64
 MAX_ADDRESSES = 256
+MAX_NODE_SELECTOR_LABELS = 32
+MAX_STATUS_CODES = 16
+MAX_HTTP_PATH = 1024
+# The dotted IPv4 masks a persistence netmask may be (/1 to /32), as the CRD lists them.
+DOTTED_NETMASKS = {
+    str(ipaddress.IPv4Network(f"0.0.0.0/{bits}").netmask): bits for bits in range(1, 33)
+}
+# The same patterns as the CRD's (Python's re and the API server's RE2 agree on these).
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # a DNS-1035 label
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
+_INTERFACE = re.compile(r"[!-.0-9;-~]{1,15}")  # printable ASCII but '/' and ':'
+_HTTP_PATH = re.compile(r"/[!-~]*")
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _T = TypeVar("_T")
 
 
@@ -311,7 +329,8 @@ class _Parser:
         raw = self.spec.get("tunnel")
         if forwarding is not Forwarding.TUNNEL:
             if raw is not None:
-                raise SpecError("spec.tunnel", "is only for forwarding: Tunnel; remove it")
+                raise SpecError("spec.tunnel", "is only for forwarding: Tunnel: remove it, or set "
+                                "forwarding: Tunnel")
             return None
         if raw is None:
             return Tunnel()
@@ -321,32 +340,40 @@ class _Parser:
         checksum = _enum(raw.get("checksum", "none"), "spec.tunnel.checksum", TUNNEL_CHECKSUMS)
         port = 0
         if kind is TunnelType.GUE:
-            port = _int(raw.get("port"), "spec.tunnel.port", 1, 65535, required=True)
+            if raw.get("port") is None:
+                raise SpecError("spec.tunnel.port", "is required for type gue: the UDP port on "
+                                "which the real servers decapsulate GUE")
+            port = _int(raw.get("port"), "spec.tunnel.port", 1, 65535)
         elif raw.get("port") is not None:
-            raise SpecError("spec.tunnel.port", "is only for type: gue (the UDP port of GUE)")
+            raise SpecError("spec.tunnel.port", "is only for type gue (its UDP port): remove it")
         if kind is TunnelType.IPIP and checksum is not TunnelChecksum.NONE:
-            raise SpecError("spec.tunnel.checksum", "ipip has no checksum: use none")
+            raise SpecError("spec.tunnel.checksum", "ipip has no checksum: use none, or type gue "
+                            "or gre")
         if kind is TunnelType.GRE and checksum is TunnelChecksum.REMOTE:
-            raise SpecError("spec.tunnel.checksum", "remote checksum offload is for gue only")
+            raise SpecError("spec.tunnel.checksum", "remote checksum offload is for gue only: use "
+                            "none or checksum")
         return Tunnel(type=kind, port=port, checksum=checksum)
 
     def _scheduler(self) -> tuple[str, frozenset[SchedulerFlag]]:
         raw = _object(self.spec.get("scheduler", {}), "spec.scheduler")
         _known(raw, "spec.scheduler", {"name", "flags"})
         name = raw.get("name", "wlc")
-        if name not in model.SCHEDULERS:
+        if not isinstance(name, str) or name not in model.SCHEDULERS:
             raise SpecError(
                 "spec.scheduler.name",
                 f"unknown scheduler {name!r}: use one of {', '.join(sorted(model.SCHEDULERS))}",
             )
         flags = set()
-        for index, flag in enumerate(_list(raw.get("flags", []), "spec.scheduler.flags")):
+        raw_flags = _list(raw.get("flags", []), "spec.scheduler.flags", most=2)
+        for index, flag in enumerate(raw_flags):
             path = f"spec.scheduler.flags[{index}]"
-            if flag not in SCHEDULER_FLAGS:
+            if not isinstance(flag, str) or flag not in SCHEDULER_FLAGS:
                 raise SpecError(path, f"unknown flag {flag!r}: use {', '.join(SCHEDULER_FLAGS)}")
+            if flag in raw_flags[:index]:
+                raise SpecError(path, f"{flag} is listed twice: list it once")
             if not flag.startswith(f"{name}-"):
-                raise SpecError(path, f"{flag} is a flag of the {flag.split('-')[0]} scheduler, "
-                                      f"not of {name}")
+                raise SpecError(path, f"is not a flag of the {name} scheduler: sh-* flags are "
+                                "for sh, mh-* flags for mh; remove it or change the scheduler")
             flags.add(SCHEDULER_FLAGS[flag])
         return str(name), frozenset(flags)
 
@@ -365,7 +392,8 @@ class _Parser:
         if not isinstance(raw, bool):
             raise SpecError("spec.onePacket", f"must be true or false, got {raw!r}")
         if raw and any(p.protocol is not Protocol.UDP for p in ports):
-            raise SpecError("spec.onePacket", "one-packet scheduling is for UDP ports only")
+            raise SpecError("spec.onePacket", "one-packet scheduling is for UDP ports only: "
+                            "remove onePacket or the TCP/SCTP ports")
         return raw
 
     def _backend(self, vip: IPAddress, forwarding: Forwarding,
@@ -382,27 +410,45 @@ class _Parser:
             name = svc.get("name")
             if not isinstance(name, str) or not name:
                 raise SpecError("spec.backend.service.name", "is required: the Service's name")
+            if len(name) > 63 or not _SERVICE_NAME.fullmatch(name):
+                raise SpecError("spec.backend.service.name", f"{name!r} is not a Service name "
+                                "(lower case letters, digits and '-', starting with a letter, "
+                                "at most 63)")
             port = svc.get("port")
-            if port is not None and not isinstance(port, str):
+            if isinstance(port, str):
+                if not _PORT_NAME.fullmatch(port):
+                    raise SpecError("spec.backend.service.port", f"{port!r} is not a Service "
+                                    "port name (lower case letters, digits and '-', at most "
+                                    "63) or number")
+            elif port is not None:
                 port = _int(port, "spec.backend.service.port", 1, 65535)
             return ServiceBackend(name=name, port=port)
         endpoints = []
         seen: set[tuple[IPAddress, int | None]] = set()
-        for index, item in enumerate(_list(raw["addresses"], "spec.backend.addresses",
-                                           most=MAX_ADDRESSES)):
+        addresses = _list(raw["addresses"], "spec.backend.addresses", most=MAX_ADDRESSES)
+        if not addresses:
+            raise SpecError("spec.backend.addresses", "must not be empty: give at least one "
+                            "address, or use backend.service")
+        for index, item in enumerate(addresses):
             path = f"spec.backend.addresses[{index}]"
             item = _object(item, path)
             _known(item, path, {"ip", "port", "weight"})
             address = _address(item.get("ip"), f"{path}.ip", required=True)
             if address.version != vip.version and forwarding is not Forwarding.TUNNEL:
-                raise SpecError(f"{path}.ip", f"{address} is IPv{address.version} but the VIP "
-                                f"is IPv{vip.version}; only Tunnel mode may mix families")
+                raise SpecError(f"{path}.ip", f"{address} is not an IPv{vip.version} address "
+                                "like the VIP; only forwarding: Tunnel may mix IPv4 and IPv6: "
+                                "use an address of the VIP's family or forwarding: Tunnel")
             port = item.get("port")
             if port is not None:
                 port = _int(port, f"{path}.port", 1, 65535)
                 if forwarding is Forwarding.NAT and len(ports) > 1:
-                    raise SpecError(f"{path}.port", "with several spec.ports, give each "
-                                    "port's targetPort instead of a port per address")
+                    raise SpecError(f"{path}.port", "with several spec.ports a port per "
+                                    "address is ambiguous: remove it and give each spec.ports "
+                                    "entry its targetPort")
+                if forwarding is Forwarding.NAT and ports[0].target_port not in (None, port):
+                    raise SpecError(f"{path}.port", "differs from spec.ports[0].targetPort, "
+                                    "which already sets the real servers' port: remove one "
+                                    "of them")
                 if forwarding is not Forwarding.NAT and any(p.port != port for p in ports):
                     raise SpecError(f"{path}.port", f"{_mode_name(forwarding)} cannot remap "
                                     "ports: the real server must listen on the virtual port; "
@@ -411,7 +457,8 @@ class _Parser:
             if weight is not None:
                 weight = _int(weight, f"{path}.weight", 0, model.MAX_WEIGHT)
             if (address, port) in seen:
-                raise SpecError(f"{path}.ip", f"{address} is listed twice: list it once")
+                raise SpecError(f"{path}.ip", f"{address} is listed twice: list each real "
+                                "server once")
             seen.add((address, port))
             endpoints.append(Endpoint(address=address, port=port, weight=weight))
         return tuple(endpoints)
@@ -424,7 +471,8 @@ class _Parser:
         lower = _int(raw.get("lower", 0), "spec.connectionLimits.lower", 0, model.MAX_THRESHOLD)
         if lower and (not upper or lower > upper):
             raise SpecError("spec.connectionLimits.lower",
-                            "must not exceed upper (the server is let back in below lower)")
+                            "must not exceed upper, and needs an upper limit (a full server "
+                            "is let back in below lower): lower it or raise upper")
         return upper, lower
 
     def _directors(self) -> Directors:
@@ -433,15 +481,25 @@ class _Parser:
         _known(raw, "spec.directors", {"nodeSelector", "interface"})
         selector = raw.get("nodeSelector", {})
         selector = _object(selector, "spec.directors.nodeSelector")
+        if len(selector) > MAX_NODE_SELECTOR_LABELS:
+            raise SpecError("spec.directors.nodeSelector", f"has {len(selector)} labels; at "
+                            f"most {MAX_NODE_SELECTOR_LABELS} are allowed")
         for key, value in selector.items():
-            if not isinstance(value, str):
-                raise SpecError(f"spec.directors.nodeSelector.{key}", "must be a string")
+            if not _label_key(key):
+                raise SpecError("spec.directors.nodeSelector", f"{key!r} is not a label key: "
+                                "use name or prefix/name (name: at most 63 letters, digits, "
+                                "'-', '_', '.'; prefix: a DNS subdomain)")
+            if not isinstance(value, str) or len(value) > 63 \
+                    or not _LABEL_VALUE.fullmatch(value):
+                raise SpecError(f"spec.directors.nodeSelector.{key}", f"{value!r} is not a "
+                                "label value (at most 63 letters, digits, '-', '_', '.', "
+                                "starting and ending with a letter or digit)")
         interface = raw.get("interface")
         if interface is not None and (not isinstance(interface, str) or not
                                       _valid_interface_name(interface)):
             raise SpecError("spec.directors.interface",
-                            f"{interface!r} is not a valid interface name (1-15 characters, "
-                            "no '/', no whitespace)")
+                            f"{interface!r} is not a valid interface name (1 to 15 printable "
+                            "ASCII characters, no '/', ':' or space)")
         return Directors(node_selector=dict(selector), interface=interface)
 
     def _health_check(self) -> HealthCheck | None:
@@ -457,7 +515,8 @@ class _Parser:
         interval = _int(raw.get("intervalSeconds", 2), f"{path}.intervalSeconds", 1, 3600)
         timeout = _int(raw.get("timeoutSeconds", 1), f"{path}.timeoutSeconds", 1, 3600)
         if timeout > interval:
-            raise SpecError(f"{path}.timeoutSeconds", "must not exceed intervalSeconds")
+            raise SpecError(f"{path}.timeoutSeconds", "must not exceed intervalSeconds; lower "
+                            "it or raise intervalSeconds")
         check = HealthCheck(
             kind="tcp",
             interval_seconds=interval,
@@ -474,14 +533,21 @@ class _Parser:
         http = _object(http, f"{path}.http")
         _known(http, f"{path}.http", {"path", "statusCodes"})
         url_path = http.get("path", "/")
-        if not isinstance(url_path, str) or not url_path.startswith("/"):
-            raise SpecError(f"{path}.http.path", "must start with '/'")
-        codes = tuple(
-            _int(code, f"{path}.http.statusCodes[{i}]", 100, 599)
-            for i, code in enumerate(_list(http.get("statusCodes", [200]),
-                                           f"{path}.http.statusCodes"))
-        )
-        return replace(check, kind="http", path=url_path, status_codes=codes)
+        if not isinstance(url_path, str) or len(url_path) > MAX_HTTP_PATH \
+                or not _HTTP_PATH.fullmatch(url_path):
+            raise SpecError(f"{path}.http.path", f"must start with '/' and be printable ASCII "
+                            f"without spaces (percent-encode the rest), at most {MAX_HTTP_PATH} "
+                            "characters")
+        codes: list[int] = []
+        raw_codes = _list(http.get("statusCodes", [200]), f"{path}.http.statusCodes",
+                          required=True, most=MAX_STATUS_CODES)
+        for i, code in enumerate(raw_codes):
+            code = _int(code, f"{path}.http.statusCodes[{i}]", 100, 599)
+            if code in codes:
+                raise SpecError(f"{path}.http.statusCodes[{i}]", f"{code} is listed twice: "
+                                "list it once")
+            codes.append(code)
+        return replace(check, kind="http", path=url_path, status_codes=tuple(codes))
 
     def _drain(self) -> int:
         raw = self.spec.get("drain", {})
@@ -492,8 +558,13 @@ class _Parser:
 
 
 def _valid_interface_name(name: str) -> bool:
-    return 0 < len(name) <= 15 and "/" not in name and not any(c.isspace() for c in name) \
-        and name not in (".", "..")
+    return _INTERFACE.fullmatch(name) is not None and name not in (".", "..")
+
+
+def _label_key(key: object) -> bool:
+    if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+        return False
+    return "/" not in key or len(key.split("/")[0]) <= 253
 
 
 def _netmask(raw: object, vip: IPAddress) -> int:
@@ -502,27 +573,34 @@ def _netmask(raw: object, vip: IPAddress) -> int:
     bits = vip.max_prefixlen
     if raw is None:
         return bits
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
         return _int(raw, path, 1, bits)
-    if isinstance(raw, str) and vip.version == 4:
-        try:
-            return ipaddress.IPv4Network(f"0.0.0.0/{raw}").prefixlen
-        except ValueError:
-            pass
-    hint = "a dotted mask like 255.255.255.0 or a prefix length" if vip.version == 4 \
-        else "a prefix length from 1 to 128"
+    if isinstance(raw, str) and vip.version == 4 and raw in DOTTED_NETMASKS:
+        return DOTTED_NETMASKS[raw]
+    hint = "a dotted mask like 255.255.255.0 or a prefix length from 1 to 32" \
+        if vip.version == 4 else "a prefix length from 1 to 128 (the VIP is IPv6)"
     raise SpecError(path, f"{raw!r} is not a valid netmask: use {hint}")
 
 
 def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
+    """Return the address `raw` names, accepting what the CRD's CEL `isIP` accepts.
+
+    Like CEL (Go's netip), no zone ("%eth0") and no IPv4-mapped IPv6 ("::ffff:10.0.0.1").
+    """
     if raw is None and required:
         raise SpecError(path, "is required: give an IPv4 or IPv6 address")
     try:
-        address = ipaddress.ip_address(str(raw))
+        if not isinstance(raw, str) or "%" in raw:
+            raise ValueError(raw)
+        address = ipaddress.ip_address(raw)
     except ValueError:
-        raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address") from None
+        raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address (no zone)") from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        raise SpecError(path, f"{raw} is an IPv4-mapped IPv6 address: write the IPv4 address "
+                        f"{address.ipv4_mapped}")
     if not _global_unicast(address):
-        raise SpecError(path, f"{address} cannot be used: give a unicast address")
+        raise SpecError(path, f"{address} cannot be used: give a unicast address (not "
+                        "loopback, link-local, multicast or unspecified)")
     return address
 
 
@@ -542,6 +620,8 @@ def _global_unicast(address: IPAddress) -> bool:
 def _int(raw: object, path: str, low: int, high: int, *, required: bool = False) -> int:
     if raw is None and required:
         raise SpecError(path, f"is required: give a number from {low} to {high}")
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)  # JSON has one number type: 80.0 is 80 to the API server too
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise SpecError(path, f"must be a whole number from {low} to {high}, got {raw!r}")
     if not low <= raw <= high:
