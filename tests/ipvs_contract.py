@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -289,3 +290,32 @@ def test_sync_daemon_needs_an_existing_interface(ipvs: IPVS) -> None:
     assert caught.value.errno == errno.ENODEV
     assert "nosuch0" in str(caught.value)
     assert ipvs.daemons() == []
+
+
+def test_dump_with_expect_returns_matching_services_as_given(ipvs: IPVS) -> None:
+    services = [s for name in ("dr-nat-tunnel-v4", "fwmark") for s in TABLES[name]]
+    converge(ipvs, services)
+    expect = table(services)
+    dumped = ipvs.dump(expect=expect)
+    assert dumped == expect
+    assert all(dumped[key] is expect[key] for key in expect)
+    # One changed real server, one changed attribute, one service not expected at all: those
+    # come back decoded from the kernel, the rest as given.
+    tunnel_service = expect[V4]
+    changed_real = tunnel_service.with_reals(
+        [*list(tunnel_service.reals.values())[1:],
+         real("10.0.0.1", weight=4)])
+    mark_key = ServiceKey.mark(7)
+    changed_attrs = replace(expect[mark_key], scheduler="rr")
+    expect2 = {**expect, V4: changed_real, mark_key: changed_attrs}
+    del expect2[ServiceKey.mark(0xFFFFFFFF)]
+    dumped2 = ipvs.dump(expect=expect2)
+    assert dumped2 == ipvs.dump() == expect
+    assert dumped2[V4] is not changed_real and dumped2[V4].reals[(A("10.0.0.1"), 80)].weight == 3
+    assert dumped2[mark_key] is not changed_attrs and dumped2[mark_key].scheduler == "lc"
+    assert dumped2[ServiceKey.mark(7, family=6)] is expect[ServiceKey.mark(7, family=6)]
+    # A real server missing from the kernel, or one too many there, is no match either.
+    fewer = tunnel_service.with_reals(list(tunnel_service.reals.values())[1:])
+    more = tunnel_service.with_reals([*tunnel_service.reals.values(), real("10.0.0.8")])
+    for other in (fewer, more):
+        assert ipvs.dump(expect={V4: other})[V4] == tunnel_service

@@ -43,7 +43,8 @@ def sync(
         ValueError: when the ownership record is unreadable.
     """
     owned = store.load()
-    actual = ipvs.dump()
+    # `expect`: services already as desired come back as the desired objects, undecoded.
+    actual = ipvs.dump(expect=desired)
     operations = plan(desired, actual, owned=owned.services | set(desired), drain=drain)
     if dry_run:
         return SyncResult(operations, dry_run=True)

@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import struct
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -375,3 +376,32 @@ def test_daemon_round_trip() -> None:
     with pytest.raises(ValueError):
         netlink.encode_daemon(SyncDaemon(SyncState.MASTER, "eth1", sync_id=256))
     assert netlink.encode_daemon_state(SyncState.MASTER) == _nest(3, _attr(1, b"\1\0\0\0"))
+
+
+def test_dest_signatures_equal_exactly_when_real_servers_do() -> None:
+    """A dump checked in wire form agrees with decoding it and comparing RealServers."""
+    netlink._DEST_LAYOUTS.clear()
+    bodies = [_kernel_dest("10.0.0.1", 80, fwd=3, tun=(0, 0, 0)),  # DR: tunnel fields ignored
+              _kernel_dest("10.0.0.2", 8080, fwd=0, weight=0, tun=(1, 6080, 2)),  # NAT
+              _kernel_dest("10.0.0.3", 80, fwd=2, tun=(1, 6080, 2)),  # Tunnel, GUE
+              _kernel_dest("2001:db8::9", 443, fwd=2, tun=(0, 0, 0))]  # other family, ipip
+    part = _dump_part(*bodies)
+    assert netlink.dest_signatures(part, len(part), seq=9) is None  # no layout learned yet
+    decoded = _decode_part(part)[1]
+    signatures = netlink.dest_signatures(part, len(part), seq=9)
+    assert signatures == [netlink.dest_signature(real) for real in decoded]
+    assert netlink.dest_signatures(part, len(part), seq=8) is None  # not our dump
+    done = struct.pack("=IHHIIi", 20, netlink.NLMSG_DONE, 2, 9, 0, 0)
+    assert netlink.dest_signatures(done, len(done), seq=9) is None
+    # Every field a RealServer compares changes the signature; the counters do not.
+    base = decoded[2]
+    variants = [replace(base, address=A("10.0.0.4")), replace(base, port=81),
+                replace(base, weight=8), replace(base, upper_threshold=51),
+                replace(base, lower_threshold=21), replace(base, forwarding=Forwarding.NAT),
+                replace(base, tunnel=Tunnel(TunnelType.GUE, 6081, TunnelChecksum.REMOTE)),
+                replace(base, tunnel=None)]
+    for variant in variants:
+        assert variant != base
+        assert netlink.dest_signature(variant) != netlink.dest_signature(base)
+    counted = replace(base, active_conns=9, stats=Stats(*range(10)))
+    assert netlink.dest_signature(counted) == netlink.dest_signature(base)

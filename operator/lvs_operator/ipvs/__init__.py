@@ -12,7 +12,14 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from lvs_operator.model import ServiceKey, SyncDaemon, SyncState, Timeouts, VirtualService
+from lvs_operator.model import (
+    ServiceKey,
+    SyncDaemon,
+    SyncState,
+    Table,
+    Timeouts,
+    VirtualService,
+)
 from lvs_operator.plan import Operation
 
 
@@ -57,8 +64,14 @@ class ApplyError(IPVSError):
 class IPVS(Protocol):
     """What the rest of the code may ask of kernel IPVS (in the current network namespace)."""
 
-    def dump(self) -> dict[ServiceKey, VirtualService]:
+    def dump(self, *, expect: Table | None = None) -> dict[ServiceKey, VirtualService]:
         """Return every virtual service with its real servers, counters and stats.
+
+        With `expect`, a service found exactly as `expect` has it (attributes and real
+        servers; counters and stats do not count) is returned as the `expect` object itself,
+        without counters or stats: a resync that only compares configuration (`plan` of
+        wanted services) need not have it decoded. Service stats may then be None for the
+        others too; real servers' connection counters are always there.
 
         Raises:
             IPVSError: when the table cannot be read (no IPVS in this kernel, no permission).

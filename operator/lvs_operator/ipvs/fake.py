@@ -38,6 +38,7 @@ from lvs_operator.model import (
     Stats,
     SyncDaemon,
     SyncState,
+    Table,
     Timeouts,
     Tunnel,
     TunnelType,
@@ -89,10 +90,19 @@ class FakeIPVS:
 
     # --- the IPVS interface ------------------------------------------------------------------
 
-    def dump(self) -> dict[ServiceKey, VirtualService]:
-        """Return every virtual service with its real servers (zero counters unless set)."""
+    def dump(self, *, expect: Table | None = None) -> dict[ServiceKey, VirtualService]:
+        """Return every virtual service with its real servers (zero counters unless set).
+
+        A service equal to `expect[key]` is returned as that object, as `KernelIPVS.dump`
+        does.
+        """
         out = {}
         for key, service in self._services.items():
+            want = expect.get(key) if expect else None
+            if want is not None and want == service.attributes.with_reals(
+                    service.reals.values()):
+                out[key] = want
+                continue
             reals = []
             for real_key, real in service.reals.items():
                 stats, conns = self._counters.get((key, real_key), (Stats(), (0, 0, 0)))

@@ -29,6 +29,7 @@ from lvs_operator.model import (
     ServiceKey,
     SyncDaemon,
     SyncState,
+    Table,
     Timeouts,
     VirtualService,
 )
@@ -90,8 +91,15 @@ class KernelIPVS:
 
     # --- the IPVS interface ------------------------------------------------------------------
 
-    def dump(self) -> dict[ServiceKey, VirtualService]:
+    def dump(self, *, expect: Table | None = None) -> dict[ServiceKey, VirtualService]:
         """Return every virtual service with its real servers, counters and stats.
+
+        With `expect` (what the caller wants the table to be, as for `plan`): a service found
+        exactly as expected (attributes and real servers, counters and stats aside) is
+        returned as the `expect` object itself, without counters or stats. Its real servers
+        are then checked in their wire form and never decoded, which is most of a no-op
+        resync's work; the others come back decoded, with their real servers' counters but
+        without service stats (None).
 
         Raises:
             IPVSError: when the table cannot be read (no IPVS, no permission) or holds a
@@ -99,21 +107,31 @@ class KernelIPVS:
         """
         services: list[VirtualService] = []
 
+        # With `expect` the caller compares configuration: service counters are not read.
+        stats = not expect
+
         def collect(buf: bytearray, found: Found) -> None:
             for kind, _flags, _seq, start, end in found:
                 if kind >= 0x10 and buf[start] == netlink.CMD_NEW_SERVICE:
-                    services.append(netlink.decode_service(buf, start, end))
+                    services.append(netlink.decode_service(buf, start, end, stats=stats))
 
+        wanted: list[VirtualService | None] = []
         # Decoding allocates tens of thousands of objects and no reference cycles: the cyclic
         # collector would only re-scan the caller's whole heap again and again meanwhile.
         with _collector_paused():
             self._transact(netlink.CMD_GET_SERVICE, b"", what="dump IPVS services", dump=True,
                            on_reply=collect)
-            reals = self._dump_reals([s.key for s in services])
+            if expect:
+                for s in services:
+                    want = expect.get(s.key)
+                    wanted.append(want if want is not None and _same_attributes(s, want)
+                                  else None)
+            reals = self._dump_reals([s.key for s in services], wanted)
         # The constructor, not `with_reals`: dataclasses.replace costs more than the decoding.
-        return {s.key: VirtualService(key=s.key, scheduler=s.scheduler, flags=s.flags,
-                                      persistence=s.persistence, one_packet=s.one_packet,
-                                      reals={real.key: real for real in r}, stats=s.stats)
+        return {s.key: r if isinstance(r, VirtualService) else VirtualService(
+                    key=s.key, scheduler=s.scheduler, flags=s.flags,
+                    persistence=s.persistence, one_packet=s.one_packet,
+                    reals={real.key: real for real in r}, stats=s.stats)
                 for s, r in zip(services, reals, strict=True)}
 
     def apply(self, operations: Sequence[Operation]) -> None:
@@ -270,8 +288,13 @@ class KernelIPVS:
 
     # --- dumps -------------------------------------------------------------------------------
 
-    def _dump_reals(self, keys: list[ServiceKey]) -> list[list[RealServer]]:
+    def _dump_reals(self, keys: list[ServiceKey], wanted: Sequence[VirtualService | None],
+                    ) -> list[list[RealServer] | VirtualService]:
         """Return the real servers of each service in `keys`: one GET_DEST dump each.
+
+        Where `wanted` (if not empty) holds a service for a key, its real servers are first
+        compared in wire form (`netlink.dest_signatures`); if they are exactly the wanted
+        ones, that service itself stands in for the list.
 
         The dumps run one after the other: a socket holds one dump at a time, and a dump is
         still running after its first part (its NLMSG_DONE comes with the next read), so a
@@ -281,13 +304,18 @@ class KernelIPVS:
         sock = self._socket()
         buf = self._buf
         size = len(buf)
-        reals: list[list[RealServer]] = []
+        reals: list[list[RealServer] | VirtualService] = []
         addresses: dict[bytes, IPAddress] = {}
         request, encode_key = netlink.request, netlink.encode_service_key
-        decode = netlink.decode_dest_dump
-        for key in keys:
+        decode, signatures = netlink.decode_dest_dump, netlink.dest_signatures
+        for index, key in enumerate(keys):
+            want = wanted[index] if wanted else None
             seq = self._next_seq(1)
             found: list[RealServer] = []
+            # While `want` may still match: the signatures seen, and the parts they came
+            # from (to decode after all if it does not).
+            seen: list[netlink.DestSignature] = []
+            parts: list[bytes] = []
             try:
                 sock.send(request(family, netlink.CMD_GET_DEST, encode_key(key), seq=seq,
                                   flags=netlink.NLM_F_DUMP))
@@ -296,17 +324,50 @@ class KernelIPVS:
                     got = sock.recv_into(buf, size, socket.MSG_TRUNC)
                     if got > size:
                         raise ValueError(f"a reply of {got} bytes did not fit the buffer")
-                    status = decode(buf, got, seq=seq, family=key.family, out=found,
+                    if want is None:
+                        status = decode(buf, got, seq=seq, family=key.family, out=found,
+                                        addresses=addresses)
+                        continue
+                    part = signatures(buf, got, seq=seq)
+                    if part is not None:
+                        seen += part
+                        parts.append(bytes(buf[:got]))
+                        continue
+                    # The end of the dump, an error, or messages of another layout.
+                    tail: list[RealServer] = []
+                    status = decode(buf, got, seq=seq, family=key.family, out=tail,
                                     addresses=addresses)
+                    if tail:
+                        want = self._unmatched(parts, seq, key, found, addresses)
+                        found += tail
+                if status:
+                    raise idempotence.error(None, status, what=f"dump real servers of {key}")
+                if want is not None:
+                    if len(seen) == len(want.reals) and set(seen) == _signatures(want):
+                        reals.append(want)
+                        continue
+                    self._unmatched(parts, seq, key, found, addresses)
             except OSError as exc:
                 raise IPVSError(f"dump real servers of {key}: {exc}",
                                 code=exc.errno or 0) from exc
             except ValueError as exc:
                 raise IPVSError(f"dump real servers of {key}: {exc}") from exc
-            if status:
-                raise idempotence.error(None, status, what=f"dump real servers of {key}")
             reals.append(found)
         return reals
+
+    @staticmethod
+    def _unmatched(parts: list[bytes], seq: int, key: ServiceKey, out: list[RealServer],
+                   addresses: dict[bytes, IPAddress]) -> None:
+        """Decode the parts kept for a signature check that failed into `out`; return None.
+
+        Raises:
+            ValueError: for a real server the model cannot represent.
+        """
+        for part in parts:
+            netlink.decode_dest_dump(part, len(part), seq=seq, family=key.family, out=out,
+                                     addresses=addresses)
+        parts.clear()
+        return None
 
     # --- one request -------------------------------------------------------------------------
 
@@ -430,6 +491,17 @@ class KernelIPVS:
                     except ValueError as exc:
                         raise IPVSError(f"resolve the IPVS netlink family: {exc}") from exc
         return self._family
+
+
+def _same_attributes(a: VirtualService, b: VirtualService) -> bool:
+    """Return whether two services with the same key have equal attributes (reals aside)."""
+    return (a.scheduler == b.scheduler and a.flags == b.flags
+            and a.persistence == b.persistence and a.one_packet == b.one_packet)
+
+
+def _signatures(service: VirtualService) -> set[netlink.DestSignature]:
+    """Return the dump signatures of `service`'s real servers."""
+    return {netlink.dest_signature(real) for real in service.reals.values()}
 
 
 @contextlib.contextmanager

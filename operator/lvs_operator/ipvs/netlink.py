@@ -176,6 +176,9 @@ _PROTOCOLS = {p.value: p for p in Protocol}
 _TUNNEL_TYPES = {t.value: t for t in TunnelType}
 _TUNNEL_CHECKSUMS = {c.value: c for c in TunnelChecksum}
 _SCHED_FLAGS = tuple(SchedulerFlag)
+# The scheduler flags of each IPVS flags word seen (a few at most): building the frozenset of
+# enum members again for every service of a dump costs more than decoding the service.
+_FLAG_SETS: dict[int, frozenset[SchedulerFlag]] = {}
 
 HEADER_SIZE = _HDR.size  # nlmsghdr + genlmsghdr
 
@@ -368,23 +371,24 @@ def encode_service(service: VirtualService) -> bytes:
                  + netmask)
 
 
-def decode_service(buf: Buffer, start: int, end: int) -> VirtualService:
+def decode_service(buf: Buffer, start: int, end: int, *, stats: bool = True) -> VirtualService:
     """Decode a NEW_SERVICE message (a dump entry or a request) into a VirtualService.
 
     Returns:
         The service without real servers; `stats` from IPVS_SVC_ATTR_STATS64, else from
-        IPVS_SVC_ATTR_STATS, else None (a request carries no stats).
+        IPVS_SVC_ATTR_STATS, else None (a request carries no stats, and none are read
+        without `stats`).
 
     Raises:
         ValueError: when the message has no service, or one the model cannot represent.
     """
     for kind, pos, stop in _walk(buf, start + 4, end):
         if kind == CMD_ATTR_SERVICE:
-            return _service(buf, pos, stop)
+            return _service(buf, pos, stop, with_stats=stats)
     raise ValueError("IPVS message without a service attribute")
 
 
-def _service(buf: Buffer, off: int, end: int) -> VirtualService:
+def _service(buf: Buffer, off: int, end: int, *, with_stats: bool) -> VirtualService:
     af = protocol = port = fwmark = timeout = flags = 0
     has_fwmark = False
     addr = sched = b""
@@ -439,16 +443,21 @@ def _service(buf: Buffer, off: int, end: int) -> VirtualService:
             else:
                 prefix = _U32_AT.unpack_from(buf, netmask_pos)[0]
         persistence = Persistence(timeout=timeout, prefix=prefix)
-    if stats64_pos >= 0:
-        stats: Stats | None = _stats(buf, stats64_pos, stats64_end)
+    if not with_stats:
+        stats: Stats | None = None
+    elif stats64_pos >= 0:
+        stats = _stats(buf, stats64_pos, stats64_end)
     elif stats_pos >= 0:
         stats = _stats(buf, stats_pos, stats_end)
     else:
         stats = None
+    flag_set = _FLAG_SETS.get(flags)
+    if flag_set is None:
+        flag_set = _FLAG_SETS[flags] = frozenset(f for f in _SCHED_FLAGS if flags & f.value)
     return VirtualService(
         key=key,
         scheduler=sched.split(b"\0", 1)[0].decode(),
-        flags=frozenset(f for f in _SCHED_FLAGS if flags & f.value),
+        flags=flag_set,
         persistence=persistence,
         one_packet=bool(flags & SVC_F_ONEPACKET),
         stats=stats,
@@ -617,6 +626,8 @@ class _DestLayout:
         seq_at = checked.index(self._SEQ)
         self.before_seq, self.after_seq = tuple(expected[:seq_at]), tuple(expected[seq_at + 1:])
         self.fields = operator.itemgetter(*fields)
+        # What `signatures` reads: every field but the three connection counters.
+        self.config = operator.itemgetter(*fields[:7], *fields[10:])
         self.stats = operator.itemgetter(*stats) if stats else None
 
     @classmethod
@@ -707,6 +718,61 @@ class _DestLayout:
             out.append(RealServer(address, port_hi << 8 | port_lo, forwarding, weight, upper,
                                   lower, tunnel, active, inactive, persistent, counters))
         return out
+
+
+    def signatures(self, buf: Buffer, size: int, seq: int) -> list[DestSignature] | None:
+        """Return the `dest_signature` of each real server in buf[:size], building no objects.
+
+        Returns None if a message is not of this layout (decode the part the slow way).
+        """
+        expected = (*self.before_seq, seq, *self.after_seq)
+        checked, config = self.checked, self.config
+        out = []
+        for values in self.format.iter_unpack(memoryview(buf)[:size]):
+            if checked(values) != expected:
+                return None
+            (raw, port_hi, port_lo, fwd, weight, upper, lower, af, tun_type, tun_hi, tun_lo,
+             tun_flags) = config(values)
+            tunnel = (tun_type, tun_hi << 8 | tun_lo, tun_flags) if fwd == _TUNNEL_FWD else None
+            out.append((raw[:4] if af == AF_INET else raw, port_hi << 8 | port_lo, fwd, weight,
+                        upper, lower, tunnel))
+        return out
+
+
+# A real server's configuration as a dump reports it, in plain values (see dest_signature).
+DestSignature = tuple[bytes, int, int, int, int, int, tuple[int, int, int] | None]
+_TUNNEL_FWD = Forwarding.TUNNEL.value
+
+
+def dest_signature(real: RealServer) -> DestSignature:
+    """Return what a GET_DEST dump of `real` would say about its configuration.
+
+    Two real servers have equal signatures exactly when they are equal as RealServers (the
+    counters and stats are not part of either): a dump can be checked against what is expected
+    without decoding it into objects (`dest_signatures`).
+    """
+    tunnel = real.tunnel
+    # `_value_`, not `.value`: the property is a Python-level descriptor call, and this runs
+    # for every real server of every resync.
+    return (real.address.packed, real.port, real.forwarding._value_, real.weight,
+            real.upper_threshold, real.lower_threshold,
+            None if tunnel is None else (tunnel.type._value_, tunnel.port,
+                                         tunnel.checksum._value_))
+
+
+def dest_signatures(buf: Buffer, size: int, *, seq: int) -> list[DestSignature] | None:
+    """Return the signatures of the real servers in one received part of a GET_DEST dump.
+
+    Returns:
+        One `dest_signature` per real server, or None when the part is not made only of
+        NEW_DEST messages of a known layout (then decode it with `decode_dest_dump`).
+    """
+    if size < 16:
+        return None
+    layout = _DEST_LAYOUTS.get(_U32_AT.unpack_from(buf, 0)[0])
+    if layout is None or size % layout.size:
+        return None
+    return layout.signatures(buf, size, seq)
 
 
 # Layouts by message size: one per kind of kernel (a few at most).
