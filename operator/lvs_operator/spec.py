@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -66,6 +67,7 @@ DOTTED_NETMASKS = {
 }
 # The same patterns as the CRD's (Python's re and the API server's RE2 agree on these).
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # a DNS-1035 label
+_ADDRESS_FIELDS = {"ip", "port", "weight"}  # of spec.backend.addresses[*]
 _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
 _INTERFACE = re.compile(r"[!-.0-9;-~]{1,15}")  # printable ASCII but '/' and ':'
 _HTTP_PATH = re.compile(r"/[!-~]*")
@@ -429,10 +431,14 @@ class _Parser:
         if not addresses:
             raise SpecError("spec.backend.addresses", "must not be empty: give at least one "
                             "address, or use backend.service")
+        # A bulk file has thousands of addresses: the common case below takes no function
+        # call and builds no path string; anything unusual goes through the full checks.
+        fields = _ADDRESS_FIELDS
         for index, item in enumerate(addresses):
             path = f"spec.backend.addresses[{index}]"
-            item = _object(item, path)
-            _known(item, path, {"ip", "port", "weight"})
+            if type(item) is not dict or not item.keys() <= fields:
+                item = _object(item, path)
+                _known(item, path, fields)
             address = _address(item.get("ip"), f"{path}.ip", required=True)
             if address.version != vip.version and forwarding is not Forwarding.TUNNEL:
                 raise SpecError(f"{path}.ip", f"{address} is not an IPv{vip.version} address "
@@ -440,7 +446,8 @@ class _Parser:
                                 "use an address of the VIP's family or forwarding: Tunnel")
             port = item.get("port")
             if port is not None:
-                port = _int(port, f"{path}.port", 1, 65535)
+                if type(port) is not int or not 1 <= port <= 65535:
+                    port = _int(port, f"{path}.port", 1, 65535)
                 if forwarding is Forwarding.NAT and len(ports) > 1:
                     raise SpecError(f"{path}.port", "with several spec.ports a port per "
                                     "address is ambiguous: remove it and give each spec.ports "
@@ -454,7 +461,8 @@ class _Parser:
                                     "ports: the real server must listen on the virtual port; "
                                     "remove port or use forwarding: NAT")
             weight = item.get("weight")
-            if weight is not None:
+            if weight is not None and (type(weight) is not int
+                                       or not 0 <= weight <= model.MAX_WEIGHT):
                 weight = _int(weight, f"{path}.weight", 0, model.MAX_WEIGHT)
             if (address, port) in seen:
                 raise SpecError(f"{path}.ip", f"{address} is listed twice: list each real "
@@ -592,7 +600,12 @@ def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
     try:
         if not isinstance(raw, str) or "%" in raw:
             raise ValueError(raw)
-        address = ipaddress.ip_address(raw)
+        try:
+            # inet_pton is C and as strict as ipaddress for IPv4 (dotted quad, no leading
+            # zeros); ipaddress parses octet by octet in Python.
+            address: IPAddress = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, raw))
+        except OSError:
+            address = ipaddress.ip_address(raw)
     except ValueError:
         raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address (no zone)") from None
     if address.version == 6 and address.ipv4_mapped is not None:
