@@ -21,6 +21,7 @@ import gc
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from lvs_operator.ipvs import IPVSError, idempotence, netlink
 from lvs_operator.model import (
@@ -41,6 +42,7 @@ Found = list[tuple[int, int, int, int, int]]
 BATCH_BYTES = 64 * 1024
 # Each failing message of a batch queues its own error reply (~1 KiB of receive-buffer
 # accounting with skb overhead): cap a batch's messages so that every error fits.
+_T = TypeVar("_T")
 _ERROR_TRUESIZE = 1024
 _SOCKET_BUFFER = 8 * 1024 * 1024
 _RECV_BYTES = 64 * 1024  # a dump part is at most 32 KiB (the kernel caps it)
@@ -105,22 +107,16 @@ class KernelIPVS:
             IPVSError: when the table cannot be read (no IPVS, no permission) or holds a
                 service the model cannot represent.
         """
-        services: list[VirtualService] = []
-
         # With `expect` the caller compares configuration: service counters are not read.
         stats = not expect
-
-        def collect(buf: bytearray, found: Found) -> None:
-            for kind, _flags, _seq, start, end in found:
-                if kind >= 0x10 and buf[start] == netlink.CMD_NEW_SERVICE:
-                    services.append(netlink.decode_service(buf, start, end, stats=stats))
-
         wanted: list[VirtualService | None] = []
         # Decoding allocates tens of thousands of objects and no reference cycles: the cyclic
         # collector would only re-scan the caller's whole heap again and again meanwhile.
         with _collector_paused():
-            self._transact(netlink.CMD_GET_SERVICE, b"", what="dump IPVS services", dump=True,
-                           on_reply=collect)
+            services = self._read(
+                netlink.CMD_GET_SERVICE, netlink.CMD_NEW_SERVICE,
+                lambda buf, start, end: netlink.decode_service(buf, start, end, stats=stats),
+                what="dump IPVS services", dump=True)
             if expect:
                 for s in services:
                     want = expect.get(s.key)
@@ -150,14 +146,8 @@ class KernelIPVS:
         Raises:
             IPVSError: when the kernel refuses.
         """
-        found: list[Timeouts] = []
-
-        def collect(buf: bytearray, msgs: Found) -> None:
-            for kind, _flags, _seq, start, end in msgs:
-                if kind >= 0x10 and buf[start] == netlink.CMD_SET_CONFIG:
-                    found.append(netlink.decode_timeouts(buf, start, end))
-
-        self._transact(netlink.CMD_GET_CONFIG, b"", what="read IPVS timeouts", on_reply=collect)
+        found = self._read(netlink.CMD_GET_CONFIG, netlink.CMD_SET_CONFIG,
+                           netlink.decode_timeouts, what="read IPVS timeouts")
         if not found:
             raise IPVSError("read IPVS timeouts: the kernel sent no configuration")
         return found[0]
@@ -182,16 +172,8 @@ class KernelIPVS:
         Raises:
             IPVSError: when the kernel refuses.
         """
-        found: list[SyncDaemon] = []
-
-        def collect(buf: bytearray, msgs: Found) -> None:
-            for kind, _flags, _seq, start, end in msgs:
-                if kind >= 0x10 and buf[start] == netlink.CMD_NEW_DAEMON:
-                    found.append(netlink.decode_daemon(buf, start, end))
-
-        self._transact(netlink.CMD_GET_DAEMON, b"", what="list IPVS sync daemons", dump=True,
-                       on_reply=collect)
-        return found
+        return self._read(netlink.CMD_GET_DAEMON, netlink.CMD_NEW_DAEMON, netlink.decode_daemon,
+                          what="list IPVS sync daemons", dump=True)
 
     def start_daemon(self, daemon: SyncDaemon) -> None:
         """Start a connection-sync daemon; one already running exactly as asked is a no-op.
@@ -370,6 +352,23 @@ class KernelIPVS:
         return None
 
     # --- one request -------------------------------------------------------------------------
+
+    def _read(self, cmd: int, reply: int, decode: Callable[[bytearray, int, int], _T], *,
+              what: str, dump: bool = False) -> list[_T]:
+        """Send request `cmd` and return every `reply` message it gets, decoded.
+
+        Raises:
+            IPVSError: for an error reply, or a reply that does not decode.
+        """
+        found: list[_T] = []
+
+        def collect(buf: bytearray, msgs: Found) -> None:
+            for kind, _flags, _seq, start, end in msgs:
+                if kind >= 0x10 and buf[start] == reply:
+                    found.append(decode(buf, start, end))
+
+        self._transact(cmd, b"", what=what, dump=dump, on_reply=collect)
+        return found
 
     def _transact(self, cmd: int, payload: bytes, *, what: str, dump: bool = False,
                   on_reply: Callable[[bytearray, Found], None] | None = None) -> None:
