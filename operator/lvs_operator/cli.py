@@ -3,6 +3,8 @@
     lvs-operator ipvs show [--stats|--rate] [-o json]
     lvs-operator ipvs apply -f FILE [--interface IF] [--dry-run] [--drain]
     lvs-operator realserver-init --vip ADDR [--vip ADDR ...] --mode dr|tunnel
+    lvs-operator controller [--kubeconfig FILE] [--namespace NS ...] [--lease-...]
+    lvs-operator agent [--node NODE] [--kubeconfig FILE] [--interface IF] [...]
 
 Imports are deferred to the subcommand that needs them: `ipvs apply` is benchmarked end to
 end against `ipvsadm -R`, and importing the Kubernetes client alone costs more than that.
@@ -81,6 +83,61 @@ def _parser() -> argparse.ArgumentParser:
                             help="a virtual IP this server answers for (repeatable)")
     realserver.add_argument("--mode", required=True, choices=("dr", "tunnel"))
     realserver.set_defaults(handler=_realserver_init)
+
+    controller = commands.add_parser(
+        "controller",
+        help="resolve VirtualServers' real servers and report their status (kopf)",
+        description="Watches VirtualServers, Services and EndpointSlices and keeps each "
+        "VirtualServer's status (real servers, conditions, Events) up to date. Several "
+        "replicas may run: the holder of a coordination.k8s.io Lease acts, the others stand "
+        "by with warm caches.",
+    )
+    controller.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster "
+                            "credentials, else $KUBECONFIG or ~/.kube/config)")
+    controller.add_argument("--namespace", action="append", default=[], metavar="NS",
+                            help="watch only this namespace (repeatable; default: all; "
+                            "conflicts are only seen within the watched namespaces)")
+    controller.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE")
+                            or "default", help="namespace of the leader-election Lease "
+                            "(default: $POD_NAMESPACE, else 'default')")
+    controller.add_argument("--lease-name", default="lvs-operator-controller",
+                            help="name of the Lease (default: %(default)s)")
+    controller.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+                            help="how long a silent leader keeps the Lease; a standby takes "
+                            "over after about that long (default: %(default)s; the leader "
+                            "renews every 2/15 of it and gives up after 2/3 without success)")
+    controller.add_argument("--identity", help="this replica's name in the Lease (default: "
+                            "$POD_NAME or the host name, and a random suffix)")
+    controller.add_argument("--log-level", default="info",
+                            choices=("debug", "info", "warning", "error"))
+    controller.set_defaults(handler=_controller)
+
+    agent = commands.add_parser(
+        "agent",
+        help="the director agent: program this node's IPVS and VIPs from VirtualServers",
+        description="Runs on every director node (DaemonSet, hostNetwork, NET_ADMIN): "
+        "converges the kernel's IPVS table and VIPs to the VirtualServers that select this "
+        "node, drains removed real servers, reports status.directors.<node>, Events and "
+        "Prometheus metrics. Only what it created is ever changed.",
+        epilog="Also read from the environment: LVS_RESYNC_SECONDS (30), "
+        "LVS_MIN_SYNC_INTERVAL_SECONDS (0.05), LVS_DRAIN_POLL_SECONDS (2), LVS_RETRY_SECONDS "
+        "(5), LVS_MANAGE_SYSCTLS (true), LVS_SYSCTL_CONNTRACK, LVS_SYSCTL_EXPIRE_NODEST_CONN, "
+        "LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE, LVS_SYSCTL_CONN_REUSE_MODE (1 each), "
+        "LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP (0: keep the kernel's).",
+    )
+    agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
+    agent.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else "
+                       "in-cluster credentials)")
+    agent.add_argument("--state-file", help="record of what this director created (default: "
+                       "$LVS_STATE_FILE, else /var/lib/lvs-operator/owned.json)")
+    agent.add_argument("--interface", help="hold VIPs here when a VirtualServer names no "
+                       "spec.directors.interface (default: $LVS_INTERFACE, else the "
+                       "interface of the default route)")
+    agent.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus endpoint "
+                       "(default: $LVS_METRICS_ADDRESS, else 0.0.0.0:9640; '' for none)")
+    agent.add_argument("--log-level", default="info",
+                       choices=("debug", "info", "warning", "error"))
+    agent.set_defaults(handler=_agent)
     return parser
 
 
@@ -176,6 +233,68 @@ def _realserver_init(args: argparse.Namespace) -> int:
     except (ValueError, NetworkError) as error:
         return _fail(str(error))
     print(report)
+    return EXIT_OK
+
+
+def _controller(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from lvs_operator import controller
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        # kopf says "Handler ... succeeded" at INFO for every watch event.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        settings = controller.Settings(
+            kubeconfig=args.kubeconfig, namespaces=tuple(args.namespace),
+            lease_namespace=args.lease_namespace, lease_name=args.lease_name,
+            identity=args.identity or controller.default_identity(),
+            lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
+            retry_period=args.lease_duration * 2 / 15)
+    except ValueError as error:
+        return _fail(str(error), status=EXIT_USAGE)
+    asyncio.run(controller.run(settings))
+    return EXIT_OK
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from lvs_operator.agent import kube, loop
+    from lvs_operator.agent import settings as agent_settings
+    from lvs_operator.ipvs import IPVSError
+    from lvs_operator.ipvs.kernel import KernelIPVS
+    from lvs_operator.network.holder import KernelVipHolder
+    from lvs_operator.network.sysctl import apply_director_sysctls
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = agent_settings.from_env(
+            os.environ, node=args.node, kubeconfig=args.kubeconfig, state_file=args.state_file,
+            interface=args.interface, metrics_address=args.metrics_address)
+    except agent_settings.SettingsError as error:
+        return _fail(str(error), status=EXIT_USAGE)
+    try:
+        ipvs = KernelIPVS().connect()
+        api = kube.Kube.connect(settings.kubeconfig)
+    except (IPVSError, kube.ApiError) as error:
+        return _fail(str(error))
+    agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=KernelVipHolder(),
+                       sysctls=apply_director_sysctls)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop())
+    try:
+        agent.run()
+    except OSError as error:
+        return _fail(f"cannot serve metrics at {settings.metrics_address}: {error.strerror}")
+    finally:
+        api.close()
+        ipvs.close()
     return EXIT_OK
 
 

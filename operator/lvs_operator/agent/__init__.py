@@ -1,0 +1,26 @@
+"""The director agent (`lvs-operator agent`): one per director node, cluster in, kernel out.
+
+It lists and watches VirtualServers and its own Node, computes this node's desired IPVS table
+from each selected VirtualServer's spec and `status.realServers`, converges the kernel to it
+(`syncer`: dump, plan, apply; owned services only; never a flush), holds the VIPs, drains
+real servers gracefully, and reports `status.directors.<node>`, Events and metrics.
+
+Pure core (no kubernetes, kopf or pyroute2 imports):
+- `settings`: what the agent is told (environment variables, CLI flags).
+- `desired`: VirtualServer documents + the Node's labels -> the desired table and VIPs.
+- `role`: which role this director plays for a VirtualServer (the election's seam).
+- `drain`: drain deadlines of withdrawn real servers, persisted across restarts.
+- `report`: the content of `status.directors.<node>` patches and of Events.
+- `metrics`: the Prometheus exposition text.
+
+Glue:
+- `watch`: list + watch one resource into a local cache (relists after 410 Gone).
+- `kube`: the Kubernetes API over the `kubernetes` client's REST layer (plain dicts).
+- `routes`: the node's default-route interface (the VIP interface when none is given).
+- `loop`: the `Agent`: threads, the rate-limited sync loop, status writes, the metrics server.
+
+Threads, not asyncio: the `kubernetes` client, the kernel boundary (`KernelIPVS`, the netlink
+VIP calls) and the sysctl writes all block, and pyroute2's synchronous classes refuse to run
+inside an event loop. Two watch threads fill caches and wake the single sync thread, which is
+the only one that touches the kernel (the metrics thread reads it under the same lock).
+"""

@@ -1,0 +1,204 @@
+"""A director's desired state: VirtualServer documents + its Node's labels -> IPVS and VIPs.
+
+Pure. The inputs are the objects as the API server returns them (plain dicts); the output
+says which VirtualServers this director programs (with their services, role and VIP
+interface) and which it withdraws, and why.
+
+A VirtualServer is programmed here when all of these hold:
+- it parses (`spec.parse`); an invalid one cannot be trusted, not even its nodeSelector;
+- its `spec.directors.nodeSelector` matches the Node's labels (empty: every node);
+- its Ready condition does not say Conflict or InvalidSpec (the controller decided), and no
+  older VirtualServer selected here claims one of its VIP:port/protocol (the same rule as
+  the controller's, `conflicts`, so both agree even before the controller has spoken);
+- `status.realServers` is not empty: the controller publishes none for an invalid or
+  conflicting VirtualServer, and none before it has resolved the backend.
+
+Its real servers are the `status.realServers` entries that are ready, at their weight, plus
+the not-ready ones the controller still gives a weight (its fallback: terminating pods that
+still serve when nothing is ready). The others are left out, so the data plane drains them:
+weight 0 first, deleted when idle or when `spec.drain.timeoutSeconds` has passed (`drain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lvs_operator import conflicts, resolve, spec, status
+from lvs_operator.agent import role
+from lvs_operator.model import Forwarding, IPAddress, ServiceKey, VirtualService
+
+# A VirtualServer without a creation time (never from the API server) loses every conflict.
+_NEVER = "9999-12-31T23:59:59Z"
+# Ready reasons with which the controller tells the directors to keep out.
+WITHDRAW_REASONS = frozenset({status.CONFLICT, status.INVALID_SPEC})
+
+
+@dataclass(frozen=True)
+class Program:
+    """A VirtualServer this director programs.
+
+    Attributes:
+        vs: the parsed VirtualServer.
+        generation: its metadata.generation (what status.directors reports once programmed).
+        role: this director's role for it.
+        interface: where this director holds its VIP; None when it holds none (Standby, or
+            no interface known: then `problem` says so).
+        services: its IPVS virtual services with the real servers to program.
+        problem: what could not be done as asked, for status; "" when nothing.
+    """
+
+    vs: spec.VirtualServer
+    generation: int
+    role: role.Role
+    interface: str | None
+    services: tuple[VirtualService, ...]
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Desired:
+    """This director's desired state.
+
+    Attributes:
+        programs: the VirtualServers it programs, by namespace/name.
+        withdrawn: VirtualServers that select this node but are not programmed, and why.
+    """
+
+    programs: dict[str, Program]
+    withdrawn: dict[str, str]
+
+    @property
+    def table(self) -> dict[ServiceKey, VirtualService]:
+        """Return the IPVS table to converge to (every program's services)."""
+        return {s.key: s for p in self.programs.values() for s in p.services}
+
+    @property
+    def owners(self) -> dict[ServiceKey, str]:
+        """Return the namespace/name of the VirtualServer of each service in `table`."""
+        return {s.key: ident for ident, p in self.programs.items() for s in p.services}
+
+    @property
+    def vips(self) -> dict[str, set[IPAddress]]:
+        """Return the VIPs to hold, by interface."""
+        result: dict[str, set[IPAddress]] = {}
+        for p in self.programs.values():
+            if p.interface:
+                result.setdefault(p.interface, set()).add(p.vs.vip)
+        return result
+
+    @property
+    def nat(self) -> bool:
+        """Return whether a NAT VirtualServer is programmed (the node must forward)."""
+        return any(p.vs.forwarding is Forwarding.NAT for p in self.programs.values())
+
+    @property
+    def drain_timeouts(self) -> dict[ServiceKey, int]:
+        """Return each service's spec.drain.timeoutSeconds."""
+        return {s.key: p.vs.drain_timeout_seconds
+                for p in self.programs.values() for s in p.services}
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Return whether a node with `labels` matches `selector` (every label equal)."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[str, str],
+          default_interface: str | None) -> Desired:
+    """Return the desired state of director `node` (with Node `labels`) for `objects`.
+
+    `default_interface` holds the VIPs of VirtualServers that name no
+    spec.directors.interface (None: there is none, which each such program's `problem` says).
+    """
+    candidates: dict[str, tuple[Program, str]] = {}
+    withdrawn: dict[str, str] = {}
+    for obj in objects:
+        try:
+            vs = spec.parse(obj)
+        except spec.SpecError:
+            continue  # the controller reports it (InvalidSpec); nothing here to trust
+        if not selects(vs.directors.node_selector, labels):
+            continue
+        why = _withdrawal(obj)
+        if why:
+            withdrawn[vs.id] = why
+            continue
+        endpoints, problems = _endpoints(obj)
+        try:
+            services = tuple(spec.services(vs, endpoints))
+        except spec.SpecError as e:
+            withdrawn[vs.id] = f"cannot program its real servers: {e}"
+            continue
+        meta = obj.get("metadata") or {}
+        chosen = role.decide(vs, node=node)
+        interface = None
+        if chosen is role.Role.ACTIVE:
+            interface = vs.directors.interface or default_interface
+            if interface is None:
+                problems.append("no interface to hold the VIP on: this node has no default "
+                                "route; set spec.directors.interface (or the agent's "
+                                "LVS_INTERFACE)")
+        program = Program(vs=vs, generation=int(meta.get("generation") or 0), role=chosen,
+                          interface=interface, services=services, problem="; ".join(problems))
+        candidates[vs.id] = (program, str(meta.get("creationTimestamp") or _NEVER))
+    lost = conflicts.conflicts(conflicts.Claimant.of(p.vs, created=created)
+                               for p, created in candidates.values())
+    for ident, conflict in lost.items():
+        withdrawn[ident] = conflict.message
+    return Desired(
+        programs={ident: p for ident, (p, _) in candidates.items() if ident not in lost},
+        withdrawn=withdrawn,
+    )
+
+
+def relevant(obj: Mapping[str, Any], *, node: str) -> tuple[object, ...]:
+    """Return what of a VirtualServer the agent acts on; a change elsewhere (another
+    director's report, managedFields) needs no sync, so N directors reporting do not make
+    each other resync N times."""
+    meta = obj.get("metadata") or {}
+    stat = obj.get("status") or {}
+    return (meta.get("generation"), meta.get("creationTimestamp"), obj.get("spec"),
+            stat.get("realServers"), _ready(stat), (stat.get("directors") or {}).get(node))
+
+
+def node_labels(node: Mapping[str, Any]) -> dict[str, str]:
+    """Return a Node's labels."""
+    return dict((node.get("metadata") or {}).get("labels") or {})
+
+
+def _withdrawal(obj: Mapping[str, Any]) -> str:
+    """Return why a selected VirtualServer must not be programmed, or ""."""
+    stat = obj.get("status") or {}
+    ready = _ready(stat)
+    if ready and ready[0] == "False" and ready[1] in WITHDRAW_REASONS:
+        return f"{ready[1]}: {ready[2]}" if ready[2] else str(ready[1])
+    if not stat.get("realServers"):
+        return "no real servers published (yet) in status.realServers"
+    return ""
+
+
+def _ready(stat: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    for condition in stat.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == status.READY:
+            return (str(condition.get("status", "")), str(condition.get("reason", "")),
+                    str(condition.get("message", "")))
+    return None
+
+
+def _endpoints(obj: Mapping[str, Any]) -> tuple[list[spec.Endpoint], list[str]]:
+    """Return the endpoints to program from status.realServers, and the entries skipped."""
+    endpoints: list[spec.Endpoint] = []
+    problems: list[str] = []
+    for index, raw in enumerate((obj.get("status") or {}).get("realServers") or []):
+        try:
+            if not isinstance(raw, Mapping):
+                raise ValueError("not an object")
+            entry = resolve.RealServerStatus.from_json(raw)
+        except ValueError as e:
+            problems.append(f"status.realServers[{index}] skipped: {e}")
+            continue
+        if entry.ready or entry.weight > 0:
+            endpoints.append(entry.endpoint())
+    return endpoints, problems

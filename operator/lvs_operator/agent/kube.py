@@ -1,0 +1,188 @@
+"""The Kubernetes API as the agent uses it: plain JSON over the `kubernetes` client's REST layer.
+
+The generated client's typed models and per-call validation cost far more than the agent
+needs (it reads a few fields of VirtualServers and Nodes); the `kubernetes` package is used
+for what it does well: loading kubeconfig / in-cluster credentials (refreshing tokens),
+TLS, and a connection pool. Requests and answers are plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Self
+
+import urllib3
+from kubernetes import client, config
+
+from lvs_operator.agent import watch
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION = "lvs.dev/v1alpha1"
+VIRTUALSERVERS = f"/apis/{GROUP_VERSION}/virtualservers"
+NODES = "/api/v1/nodes"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
+
+
+class ApiError(Exception):
+    """A request to the API server failed.
+
+    Attributes:
+        status: the HTTP status (0 when there was no answer).
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Kube:
+    """A connection (pool) to one API server, with credentials."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None) -> Self:
+        """Return a client for the kubeconfig file `kubeconfig`, or in-cluster when None.
+
+        Raises:
+            ApiError: when the configuration cannot be loaded (status 0).
+        """
+        configuration = client.Configuration()
+        # The config loaders carry no annotations (hence the ignores).
+        try:
+            if kubeconfig:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=configuration)
+            else:
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+        except (config.ConfigException, OSError) as e:
+            where = kubeconfig or "the in-cluster service account"
+            raise ApiError(0, f"cannot load the Kubernetes configuration from {where}: {e}; "
+                           "pass --kubeconfig (or KUBECONFIG) outside a pod") from None
+        return cls(client.ApiClient(configuration))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json") -> Any:
+        """Send one request; return the decoded JSON answer.
+
+        Raises:
+            ApiError: on a non-2xx answer (with the API server's message) or no answer.
+        """
+        response = self._send(method, path, query=query, body=body, content_type=content_type,
+                              timeout=REQUEST_TIMEOUT)
+        try:
+            return json.loads(response.data or b"null")
+        except ValueError as e:
+            raise ApiError(response.status, f"{method} {path}: not JSON: {e}") from None
+        finally:
+            response.release_conn()
+
+    def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
+        """Return a function that lists `path`: (items, resourceVersion)."""
+        def list_() -> tuple[list[watch.Object], str]:
+            answer = self.request("GET", path, query=query)
+            return list(answer.get("items") or []), str(answer["metadata"]["resourceVersion"])
+        return list_
+
+    def watcher(self, path: str, *, query: Sequence[tuple[str, str]] = (),
+                timeout_seconds: int = 300, read_timeout: float = 120.0) -> watch.Watcher:
+        """Return a function that watches `path` from a resourceVersion, with bookmarks.
+
+        Each watch asks the server to end it after `timeout_seconds` give or take a fifth
+        (so that many agents do not come back at the same moment); a watch silent for
+        `read_timeout` seconds fails, and the reflector watches again.
+        """
+        def watch_(version: str) -> watch.Stream:
+            seconds = int(timeout_seconds * random.uniform(0.8, 1.2))
+            params = [*query, ("watch", "true"), ("allowWatchBookmarks", "true"),
+                      ("resourceVersion", version), ("timeoutSeconds", str(seconds))]
+            response = self._send("GET", path, query=params, body=None,
+                                  content_type="application/json",
+                                  timeout=(REQUEST_TIMEOUT[0], read_timeout), stream=True)
+            return _Stream(response)
+        return watch_
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any:
+        """Merge-patch the status subresource of VirtualServer namespace/name.
+
+        Raises:
+            ApiError: as `request` (404 when the object is gone).
+        """
+        return self.request(
+            "PATCH", f"/apis/{GROUP_VERSION}/namespaces/{namespace}/virtualservers/{name}/status",
+            body=patch, content_type=MERGE_PATCH)
+
+    def create_event(self, event: Mapping[str, Any]) -> Any:
+        """Create a core/v1 Event in its metadata.namespace.
+
+        Raises:
+            ApiError: as `request`.
+        """
+        namespace = event["metadata"]["namespace"]
+        return self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+
+    def _send(self, method: str, path: str, *, query: Sequence[tuple[str, str]], body: object,
+              content_type: str, timeout: tuple[float, float],
+              stream: bool = False) -> urllib3.BaseHTTPResponse:
+        """Send a request; return the urllib3 response of a 2xx answer.
+
+        Raises:
+            watch.Gone: on 410 to a watch (`stream`).
+            ApiError: on any other non-2xx answer, or no answer.
+        """
+        try:
+            request = self._api.param_serialize(
+                method=method, resource_path=path, query_params=list(query),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body, auth_settings=["BearerToken"])
+            answer = self._api.call_api(*request, _request_timeout=timeout)
+        except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiError(0, f"{method} {path}: {e}") from None
+        response: urllib3.BaseHTTPResponse = answer.response
+        if 200 <= response.status < 300:
+            return response
+        data = response.data
+        response.release_conn()
+        try:
+            message = json.loads(data).get("message") or data.decode(errors="replace")
+        except (ValueError, AttributeError):
+            message = data.decode(errors="replace")
+        if stream and response.status == 410:
+            raise watch.Gone(message)
+        raise ApiError(response.status, f"{method} {path}: {response.status} {message}")
+
+
+class _Stream:
+    """A watch response: one JSON event per line."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[watch.Object]:
+        buffer = bytearray()
+        for chunk in self._response.stream(amt=None, decode_content=False):
+            buffer += chunk
+            # Lines end with "\n"; a chunk may hold several lines, or part of one.
+            start = 0
+            while (end := buffer.find(b"\n", start)) >= 0:
+                line = bytes(buffer[start:end]).strip()
+                start = end + 1
+                if line:
+                    yield json.loads(line)
+            del buffer[:start]
+
+    def close(self) -> None:
+        # shutdown() unblocks a read in progress in another thread; close() frees the socket.
+        self._response.shutdown()
+        self._response.close()

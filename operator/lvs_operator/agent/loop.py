@@ -1,0 +1,421 @@
+"""The agent: VirtualServers and the Node in, kernel IPVS and VIPs out, status back.
+
+Threads: one reflector per watched kind fills a cache and wakes the sync loop; the sync
+loop (the thread that calls `Agent.run`) is the only writer of the kernel; the metrics
+server reads the kernel under the same lock.
+
+The loop is level-based: every sync computes the whole desired state from the caches and
+converges to it, so a burst of events is one sync and a missed event is healed by the next
+one. It syncs
+- only after both first lists are complete (an agent that starts never withdraws what it
+  has not yet listed), and not at all while its Node object is missing;
+- when a cache changed, at most once per `min_interval_seconds`;
+- every `resync_seconds` (a full resync: drift repaired, director settings re-applied);
+- every `drain_poll_seconds` while real servers drain, `retry_seconds` after a failure.
+Stopping the agent changes nothing in the kernel: a restart or an upgrade must not disturb
+traffic, and the next agent finds everything as it was (zero kernel operations).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol
+
+from lvs_operator import syncer
+from lvs_operator.agent import desired, drain, kube, metrics, report, routes, watch
+from lvs_operator.agent.settings import Settings, split_address
+from lvs_operator.ipvs import IPVS, ApplyError, IPVSError
+from lvs_operator.model import IPAddress, ServiceKey, Timeouts, VirtualService
+from lvs_operator.network.errors import NetworkError
+from lvs_operator.network.sysctl import DirectorSysctls, SysctlChange
+from lvs_operator.ownership import Owned, OwnershipStore
+from lvs_operator.plan import AddService, DeleteService, Operation, SetService
+
+log = logging.getLogger(__name__)
+
+SysctlApplier = Callable[[DirectorSysctls], list[SysctlChange]]
+
+
+class Api(Protocol):
+    """What the agent asks of the API server (`kube.Kube` does it; tests may fake it)."""
+
+    def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
+        """Return a function that lists `path`."""
+        ...
+
+    def watcher(self, path: str, *, query: Sequence[tuple[str, str]] = (),
+                timeout_seconds: int = 300, read_timeout: float = 120.0) -> watch.Watcher:
+        """Return a function that watches `path` from a resourceVersion."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any:
+        """Merge-patch a VirtualServer's status; raise kube.ApiError on failure."""
+        ...
+
+    def create_event(self, event: Mapping[str, Any]) -> Any:
+        """Create a core/v1 Event; raise kube.ApiError on failure."""
+        ...
+
+
+class Agent:
+    """One director's agent. `run` it (it returns after `stop`)."""
+
+    def __init__(self, settings: Settings, *, api: Api, ipvs: IPVS,
+                 vips: syncer.VipHolder, sysctls: SysctlApplier,
+                 default_interface: Callable[[], str | None] = routes.default_interface,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        """Prepare an agent talking to the API server through `api`; the kernel boundary
+        comes in as `ipvs`, `vips` and `sysctls` (the real ones, or fakes in tests);
+        `default_interface` finds the VIP interface when neither the VirtualServer nor the
+        settings name one."""
+        self.settings = settings
+        self.api = api
+        self.ipvs = ipvs
+        self.vips = vips
+        self.metrics = metrics.AgentMetrics()
+        self._sysctls = sysctls
+        self._default_interface = default_interface
+        self._now = now
+        self._store = OwnershipStore(settings.state_file)
+        self._drains = drain.DrainStore(settings.drain_file)
+        self._kernel = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        # Spec drain timeouts of every service seen, so a drain that begins after its
+        # VirtualServer was deleted still gets that VirtualServer's timeout.
+        self._drain_timeouts: dict[ServiceKey, int] = {}
+        self._owners: dict[ServiceKey, str] = {}  # namespace/name per owned service
+        # Status writes whose echo has not come back through the watch: namespace/name ->
+        # (what was written (None: removed), resourceVersion of the object it was written
+        # over). Without it every sync until the echo arrives would write again.
+        self._written: dict[str, tuple[report.Report | None, str]] = {}
+        self._nat = False  # whether ip_forward has been asked for
+        self._node_missing = False  # said so in the log already
+        watch_settings = settings.watch
+        self.virtualservers = watch.Reflector(
+            "virtualservers",
+            lister=api.lister(kube.VIRTUALSERVERS),
+            watcher=api.watcher(kube.VIRTUALSERVERS,
+                                 timeout_seconds=watch_settings.timeout_seconds,
+                                 read_timeout=watch_settings.read_timeout_seconds),
+            on_change=self._wake.set,
+            relevant=partial(desired.relevant, node=settings.node),
+            backoff_max=watch_settings.backoff_max_seconds)
+        only_mine = [("fieldSelector", f"metadata.name={settings.node}")]
+        self.node = watch.Reflector(
+            f"node {settings.node}",
+            lister=api.lister(kube.NODES, query=only_mine),
+            watcher=api.watcher(kube.NODES, query=only_mine,
+                                 timeout_seconds=watch_settings.timeout_seconds,
+                                 read_timeout=watch_settings.read_timeout_seconds),
+            on_change=self._wake.set,
+            relevant=desired.node_labels,  # kubelet heartbeats change status, not labels
+            backoff_max=watch_settings.backoff_max_seconds)
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Watch and converge until `stop` is called.
+
+        Raises:
+            OSError: when the metrics address cannot be bound.
+        """
+        server = None
+        if self.settings.metrics_address:
+            host, port = split_address(self.settings.metrics_address)
+            server = metrics.serve(host, port, self.render_metrics)
+        threads = [threading.Thread(target=r.run, name=r.name, daemon=True)
+                   for r in (self.virtualservers, self.node)]
+        for thread in threads:
+            thread.start()
+        try:
+            with self._kernel:
+                for problem in self._apply_director_settings():
+                    log.error("director settings: %s", problem)
+            if self._wait_for_lists():
+                self._loop()
+        finally:
+            for reflector in (self.virtualservers, self.node):
+                reflector.stop()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            for thread in threads:
+                thread.join(timeout=5)
+
+    def stop(self) -> None:
+        """Make `run` return (from any thread or a signal handler). The kernel is left as
+        it is."""
+        self._stopping.set()
+        self._wake.set()
+
+    def table(self) -> dict[ServiceKey, VirtualService]:
+        """Return the kernel's IPVS table (a plain dump, with counters)."""
+        with self._kernel:
+            return dict(self.ipvs.dump())
+
+    def render_metrics(self) -> str:
+        """Return the metrics exposition: kernel figures of owned services and the agent's."""
+        with self._kernel:
+            table = self.ipvs.dump()
+        owners = dict(self._owners)
+        return metrics.render([*metrics.kernel_families(table, owners),
+                               *self.metrics.families()])
+
+    def _wait_for_lists(self) -> bool:
+        """Wait until both reflectors have listed; return False when stopped first."""
+        while not (self.virtualservers.synced.is_set() and self.node.synced.is_set()):
+            if self._stopping.is_set():
+                return False
+            self._wake.wait(1.0)
+            self._wake.clear()  # the first sync follows the lists anyway
+        return not self._stopping.is_set()
+
+    def _loop(self) -> None:
+        timing = self.settings.sync
+        next_full = 0.0
+        while not self._stopping.is_set():
+            full = time.monotonic() >= next_full
+            self._wake.clear()  # changes from here on wake the next round
+            soon = self._sync(full=full)
+            last = time.monotonic()
+            if full:
+                next_full = last + timing.resync_seconds
+            deadline = next_full if soon is None else min(next_full, last + soon)
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            # Whatever else arrives within the minimum interval joins the next sync.
+            self._stopping.wait(max(0.0, last + timing.min_interval_seconds - time.monotonic()))
+
+    # --- one sync ----------------------------------------------------------------------------
+
+    def _sync(self, *, full: bool) -> float | None:
+        """Converge once; return how soon another sync is needed (None: at the next resync
+        or change)."""
+        started = time.monotonic()
+        objects = self.virtualservers.snapshot()
+        node = self.node.snapshot().get(self.settings.node)
+        if node is None:
+            if not self._node_missing:
+                log.warning("Node %s does not exist: changing nothing until it does (a "
+                            "missing Node must not withdraw this director's services)",
+                            self.settings.node)
+            self._node_missing = True
+            return self.settings.sync.retry_seconds
+        self._node_missing = False
+        wanted = desired.build(
+            objects.values(), node=self.settings.node, labels=desired.node_labels(node),
+            default_interface=self.settings.interface or self._default_interface())
+        # What failed now (to retry soon), by VirtualServer; `problem`s of the programs are
+        # reported too but wait for a change of their inputs.
+        errors: dict[str, list[str]] = {ident: [] for ident in wanted.programs}
+        with self._kernel:
+            node_errors = self._apply_director_settings(nat=wanted.nat) \
+                if full or (wanted.nat and not self._nat) else []
+            stray: list[str] = []  # failures that belong to no VirtualServer (withdrawals)
+            operations, timers = self._program(wanted, errors, node_errors, stray)
+            owned = self._safe_load()
+        self._owners = {key: wanted.owners.get(key) or self._owners.get(key, "")
+                        for key in owned.services}
+        failed = bool(node_errors or stray) or any(errors.values())
+        for problem in stray:
+            log.error("withdrawing: %s", problem)
+        for ident, program in wanted.programs.items():
+            if program.problem:
+                errors[ident].insert(0, program.problem)
+        self.metrics.observe_sync(time.monotonic() - started, operations, failed=failed)
+        self.metrics.set_state(vips=sum(len(v) for v in owned.vips.values()), draining=timers)
+        if operations:
+            log.info("applied %d IPVS operations: %s", len(operations),
+                     "; ".join(str(op) for op in operations[:10])
+                     + (" ..." if len(operations) > 10 else ""))
+        for ident, why in sorted(wanted.withdrawn.items()):
+            log.debug("%s: withdrawn: %s", ident, why)
+        reported = self._report(objects, wanted, errors, node_errors)
+        if failed or not reported:
+            return self.settings.sync.retry_seconds
+        return self.settings.sync.drain_poll_seconds if timers else None
+
+    def _program(self, wanted: desired.Desired, errors: dict[str, list[str]],
+                 node_errors: list[str], stray: list[str]) -> tuple[list[Operation], int]:
+        """Converge IPVS and VIPs; add what failed to `errors` (per VirtualServer),
+        `node_errors` (all of them) or `stray` (none of them). Return the operations applied
+        and the number of drains in progress."""
+        self._drain_timeouts.update(wanted.drain_timeouts)
+        # Release VIPs that are no longer wanted before their services go (a VIP without a
+        # service would be answered by this node's own stack, with resets), and hold new
+        # ones only once their services exist.
+        self._blame(self._sync_vips(wanted.vips, release_only=True), wanted, errors, stray)
+        timed = drain.TimedDrain(self.ipvs, store=self._drains,
+                                 owned=lambda: self._store.load().services,
+                                 drain_timeouts=self._drain_timeouts)
+        operations: list[Operation] = []
+        try:
+            operations = syncer.sync(timed, wanted.table, store=self._store,
+                                     drain=True).operations
+        except ApplyError as e:
+            owners = wanted.owners
+            for failure in e.errors:
+                owner = owners.get(_key(failure.operation)) if failure.operation else None
+                if owner:
+                    errors[owner].append(str(failure))
+                else:
+                    stray.append(str(failure))
+        except (IPVSError, ValueError) as e:
+            node_errors.append(str(e))
+        self._blame(self._sync_vips(wanted.vips, release_only=False), wanted, errors, stray)
+        return operations, len(timed.timers)
+
+    def _sync_vips(self, vips: Mapping[str, set[IPAddress]], *,
+                   release_only: bool) -> dict[str, str]:
+        """Hold `vips` (by interface) and release the other VIPs this director owns;
+        with `release_only`, release only. Return the errors by interface."""
+        problems: dict[str, str] = {}
+        try:
+            owned = self._store.load().vips
+        except ValueError as e:
+            return {name: str(e) for name in vips}
+        for name in sorted(set(owned) | set(vips)):
+            want = vips.get(name, set())
+            mine = owned.get(name, set())
+            if release_only:
+                if not mine - want:
+                    continue
+                want = want & mine
+            try:
+                syncer.sync_vips(name, want, store=_InterfaceRecord(self._store, name),
+                                 holder=self.vips)
+            except (NetworkError, ValueError) as e:
+                problems[name] = str(e)
+        return problems
+
+    def _blame(self, problems: Mapping[str, str], wanted: desired.Desired,
+               errors: dict[str, list[str]], stray: list[str]) -> None:
+        """Add interface `problems` to the errors of the VirtualServers held there (to
+        `stray` when none is: a release failed)."""
+        for name, problem in problems.items():
+            owners = [ident for ident, p in wanted.programs.items() if p.interface == name]
+            for ident in owners:
+                errors[ident].append(problem)
+            if not owners:
+                stray.append(f"releasing VIPs on {name}: {problem}")
+
+    def _apply_director_settings(self, *, nat: bool = False) -> list[str]:
+        """Apply the sysctls (ip_forward too when `nat`) and IPVS timeouts; return what
+        failed."""
+        problems = []
+        director = self.settings.director
+        if director.sysctls is not None:
+            # ip_forward is turned on for NAT and never off: it is the node's otherwise.
+            try:
+                for change in self._sysctls(replace(director.sysctls,
+                                                    ip_forward=True if nat else None)):
+                    log.info("sysctl %s", change)
+                self._nat = nat
+            except NetworkError as e:
+                problems.append(str(e))
+        if director.timeouts != Timeouts():
+            try:
+                have = self.ipvs.timeouts()
+                pairs = zip((director.timeouts.tcp, director.timeouts.tcp_fin,
+                             director.timeouts.udp), (have.tcp, have.tcp_fin, have.udp),
+                            strict=True)
+                if any(want and want != value for want, value in pairs):
+                    self.ipvs.set_timeouts(director.timeouts)
+                    log.info("IPVS timeouts set: %s", director.timeouts)
+            except IPVSError as e:
+                problems.append(str(e))
+        return problems
+
+    def _safe_load(self) -> Owned:
+        try:
+            return self._store.load()
+        except ValueError:
+            return Owned()
+
+    # --- status --------------------------------------------------------------------------------
+
+    def _report(self, objects: Mapping[str, watch.Object], wanted: desired.Desired,
+                errors: Mapping[str, list[str]], node_errors: list[str]) -> bool:
+        """Write this director's status.directors entry where it changed, and an Event for
+        each new error. Return False when a write failed (to retry soon)."""
+        node = self.settings.node
+        ok = True
+        self._written = {k: v for k, v in self._written.items() if k in objects}
+        for ident, obj in objects.items():
+            current = report.entry_of(obj, node)
+            program = wanted.programs.get(ident)
+            want: report.Report | None = None
+            if program is not None:
+                error = "; ".join([*node_errors, *errors.get(ident, [])])
+                want = report.report(role=program.role.value, generation=program.generation,
+                                     error=error, previous=current)
+                if want.matches(current):
+                    continue
+            elif current is None:
+                continue
+            version = str((obj.get("metadata") or {}).get("resourceVersion"))
+            if self._written.get(ident) == (want, version):
+                continue  # written already; the watch has not brought it back yet
+            ok = self._write(obj, want, previous=current) and ok
+        return ok
+
+    def _write(self, obj: watch.Object, want: report.Report | None, *,
+               previous: Mapping[str, object] | None) -> bool:
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        now = self._now()
+        value = None if want is None else report.entry(want, now=now)
+        try:
+            self.api.patch_status(namespace, name, report.patch(self.settings.node, value))
+        except kube.ApiError as e:
+            if e.status == 404:
+                return True  # deleted meanwhile: nothing to report on
+            log.warning("cannot write status of VirtualServer %s/%s: %s", namespace, name, e)
+            return False
+        self._written[f"{namespace}/{name}"] = (want, str(meta.get("resourceVersion")))
+        if want is not None and want.error and want.error != (previous or {}).get("error"):
+            log.error("VirtualServer %s/%s: %s", namespace, name, want.error)
+            try:
+                self.api.create_event(report.event(obj, node=self.settings.node,
+                                                    message=want.error, now=now))
+            except kube.ApiError as e:
+                log.warning("cannot post an Event on %s/%s: %s", namespace, name, e)
+        return True
+
+
+class _InterfaceRecord(OwnershipStore):
+    """The ownership record as `syncer.sync_vips` sees it for one interface: that
+    interface's VIPs only; what it writes leaves the other interfaces' VIPs alone.
+    (`sync_vips` holds the VIPs of one interface and releases ours everywhere else.)"""
+
+    def __init__(self, store: OwnershipStore, interface: str) -> None:
+        super().__init__(store.path)
+        self._store = store
+        self._interface = interface
+
+    def load(self) -> Owned:
+        owned = self._store.load()
+        return Owned(services=owned.services,
+                     vips={k: v for k, v in owned.vips.items() if k == self._interface})
+
+    def update(self, *, services: set[ServiceKey] | None = None,
+               vips: dict[str, set[IPAddress]] | None = None) -> None:
+        if vips is not None:
+            others = {k: v for k, v in self._store.load().vips.items() if k != self._interface}
+            vips = {**others, self._interface: vips.get(self._interface, set())}
+        self._store.update(services=services, vips=vips)
+
+
+def _key(operation: Operation) -> ServiceKey:
+    """Return the key of the service `operation` acts on."""
+    if isinstance(operation, DeleteService):
+        return operation.key
+    if isinstance(operation, AddService | SetService):
+        return operation.service.key
+    return operation.service

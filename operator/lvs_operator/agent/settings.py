@@ -1,0 +1,218 @@
+"""The agent's settings: one dataclass per concern, read from the environment.
+
+The DaemonSet (Helm values) sets environment variables; `lvs-operator agent` flags override
+the most common ones. Every variable is optional except the node name:
+
+| variable                               | flag                | default                   |
+|----------------------------------------|---------------------|---------------------------|
+| NODE_NAME                              | --node              | (required)                |
+| KUBECONFIG                             | --kubeconfig        | in-cluster config         |
+| LVS_STATE_FILE                         | --state-file        | /var/lib/lvs-operator/owned.json |
+| LVS_INTERFACE                          | --interface         | the default route's       |
+| LVS_METRICS_ADDRESS                    | --metrics-address   | 0.0.0.0:9640 ("" = off)   |
+| LVS_RESYNC_SECONDS                     |                     | 30                        |
+| LVS_MIN_SYNC_INTERVAL_SECONDS          |                     | 0.05                      |
+| LVS_DRAIN_POLL_SECONDS                 |                     | 2                         |
+| LVS_RETRY_SECONDS                      |                     | 5                         |
+| LVS_MANAGE_SYSCTLS                     |                     | true                      |
+| LVS_SYSCTL_CONNTRACK                   |                     | 1                         |
+| LVS_SYSCTL_EXPIRE_NODEST_CONN          |                     | 1                         |
+| LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE   |                     | 1                         |
+| LVS_SYSCTL_CONN_REUSE_MODE             |                     | 1                         |
+| LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP |      | 0 (keep the kernel's)     |
+
+Why each default is what it is: see the fields below and `DirectorSysctls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvs_operator.model import Timeouts
+from lvs_operator.network.sysctl import DirectorSysctls
+from lvs_operator.ownership import DEFAULT_STATE_FILE
+
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9640"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the agent cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """When the agent converges the kernel.
+
+    Attributes:
+        resync_seconds: period of the full resync, which repairs drift nobody told us about
+            (an `ipvsadm -C`, a missed event) and re-applies the director settings. 30 s as
+            kube-proxy's IPVS mode; a no-op resync is one dump and a diff.
+        min_interval_seconds: shortest gap between two syncs, so a burst of events (a
+            rollout touches many objects) coalesces into one sync. Small next to the 300 ms
+            change-latency target.
+        drain_poll_seconds: while real servers drain, how often their connection counters are
+            re-read so an idle one is deleted soon after its last connection ends.
+        retry_seconds: after a failed sync or status write, retry this soon rather than at the
+            next full resync.
+    """
+
+    resync_seconds: float = 30.0
+    min_interval_seconds: float = 0.05
+    drain_poll_seconds: float = 2.0
+    retry_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How the agent watches the API server.
+
+    Attributes:
+        timeout_seconds: the server ends each watch after this long (the agent then watches
+            again from the last resourceVersion); client-go picks 5 to 10 minutes.
+        read_timeout_seconds: a watch that sends nothing (not even a bookmark, which the API
+            server sends about every minute) for this long is presumed dead and restarted.
+        backoff_max_seconds: longest wait between retries while the API server is unreachable.
+    """
+
+    timeout_seconds: int = 300
+    read_timeout_seconds: float = 120.0
+    backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class DirectorSettings:
+    """The node-wide kernel settings the agent keeps, at start and on every full resync.
+
+    Attributes:
+        sysctls: the IPVS sysctls (see `DirectorSysctls` for each default's reason); None
+            leaves them alone (LVS_MANAGE_SYSCTLS=false), for nodes whose administrator
+            manages them. `ip_forward` is turned on when a NAT VirtualServer is programmed.
+        timeouts: IPVS connection timeouts (ipvsadm --set); 0 keeps the kernel's value.
+    """
+
+    sysctls: DirectorSysctls | None = field(default_factory=DirectorSysctls)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `lvs-operator agent` is told.
+
+    Attributes:
+        node: this node's name (the downward API's spec.nodeName): which Node to watch, and
+            the key of this director's entry in status.directors.
+        kubeconfig: a kubeconfig file; None uses the in-cluster service account.
+        state_file: the record of the services and VIPs this director created (`ownership`);
+            the drain deadlines are kept beside it (`drain_file`). On a hostPath, so that a
+            restarted or upgraded agent knows what is its own.
+        interface: where to hold VIPs whose VirtualServer names no spec.directors.interface;
+            None means the interface of the node's default route.
+        metrics_address: host:port of the Prometheus endpoint; "" serves none.
+    """
+
+    node: str
+    kubeconfig: str | None = None
+    state_file: Path = DEFAULT_STATE_FILE
+    interface: str | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    sync: SyncSettings = SyncSettings()
+    watch: WatchSettings = WatchSettings()
+    director: DirectorSettings = DirectorSettings()
+
+    @property
+    def drain_file(self) -> Path:
+        """Return where the drain deadlines are kept: beside the ownership record."""
+        return self.state_file.with_name(f"{self.state_file.stem}.drains.json")
+
+
+def from_env(env: Mapping[str, str], **flags: str | None) -> Settings:
+    """Return the settings that environment `env` and command-line `flags` give.
+
+    `flags` are node, kubeconfig, state_file, interface, metrics_address; a flag that is
+    None falls back to its environment variable.
+
+    Raises:
+        SettingsError: naming the variable (or flag) that is missing or malformed.
+    """
+    def pick(flag: str, variable: str) -> str | None:
+        value = flags.get(flag)
+        return value if value is not None else env.get(variable)
+
+    node = pick("node", "NODE_NAME")
+    if not node:
+        raise SettingsError("the node name is required: set NODE_NAME (in a DaemonSet from "
+                            "the downward API, fieldRef spec.nodeName) or pass --node")
+    state_file = pick("state_file", "LVS_STATE_FILE")
+    metrics = pick("metrics_address", "LVS_METRICS_ADDRESS")
+    if metrics:
+        split_address(metrics, what="LVS_METRICS_ADDRESS / --metrics-address")
+    sysctls: DirectorSysctls | None = None
+    if _bool(env, "LVS_MANAGE_SYSCTLS", True):
+        sysctls = DirectorSysctls(
+            conntrack=_bool(env, "LVS_SYSCTL_CONNTRACK", True),
+            expire_nodest_conn=_bool(env, "LVS_SYSCTL_EXPIRE_NODEST_CONN", True),
+            expire_quiescent_template=_bool(env, "LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE", True),
+            conn_reuse_mode=int(_number(env, "LVS_SYSCTL_CONN_REUSE_MODE", 1, whole=True)),
+        )
+    return Settings(
+        node=node,
+        kubeconfig=pick("kubeconfig", "KUBECONFIG") or None,
+        state_file=Path(state_file) if state_file else DEFAULT_STATE_FILE,
+        interface=pick("interface", "LVS_INTERFACE") or None,
+        metrics_address=DEFAULT_METRICS_ADDRESS if metrics is None else metrics,
+        sync=SyncSettings(
+            resync_seconds=_number(env, "LVS_RESYNC_SECONDS", 30.0, low=1.0),
+            min_interval_seconds=_number(env, "LVS_MIN_SYNC_INTERVAL_SECONDS", 0.05),
+            drain_poll_seconds=_number(env, "LVS_DRAIN_POLL_SECONDS", 2.0, low=0.1),
+            retry_seconds=_number(env, "LVS_RETRY_SECONDS", 5.0, low=0.1),
+        ),
+        director=DirectorSettings(
+            sysctls=sysctls,
+            timeouts=Timeouts(
+                tcp=int(_number(env, "LVS_TIMEOUT_TCP", 0, whole=True)),
+                tcp_fin=int(_number(env, "LVS_TIMEOUT_TCP_FIN", 0, whole=True)),
+                udp=int(_number(env, "LVS_TIMEOUT_UDP", 0, whole=True)),
+            ),
+        ),
+    )
+
+
+def split_address(address: str, *, what: str = "the metrics address") -> tuple[str, int]:
+    """Return (host, port) of `host:port` (`[v6]:port` for IPv6; an empty host = all).
+
+    Raises:
+        SettingsError: naming `what`, when it is not host:port with a port up to 65535.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{what}: {address!r} is not host:port (e.g. 0.0.0.0:9640, "
+                            "[::]:9640, or empty to serve no metrics)")
+    return host.strip("[]"), int(port)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise SettingsError(f"{name}={env[name]!r}: use true or false (or 1 / 0)")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float = 0.0,
+            whole: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name}={raw!r}: must be {kind}") from None
+    if value < low:
+        raise SettingsError(f"{name}={raw!r}: must be at least {low:g}")
+    return value

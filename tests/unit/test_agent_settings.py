@@ -1,0 +1,73 @@
+"""agent.settings: environment variables and flags -> Settings, errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lvs_operator.agent import settings
+from lvs_operator.model import Timeouts
+from lvs_operator.network.sysctl import DirectorSysctls
+
+
+def test_defaults():
+    made = settings.from_env({"NODE_NAME": "n1"})
+    assert made.node == "n1"
+    assert made.kubeconfig is None
+    assert made.state_file == Path("/var/lib/lvs-operator/owned.json")
+    assert made.drain_file == Path("/var/lib/lvs-operator/owned.drains.json")
+    assert made.interface is None
+    assert made.metrics_address == "0.0.0.0:9640"
+    assert made.sync == settings.SyncSettings()
+    assert made.director.sysctls == DirectorSysctls()
+    assert made.director.timeouts == Timeouts()
+
+
+def test_environment_and_flags():
+    env = {"NODE_NAME": "from-env", "KUBECONFIG": "/k", "LVS_STATE_FILE": "/s/o.json",
+           "LVS_INTERFACE": "eth1", "LVS_METRICS_ADDRESS": "", "LVS_RESYNC_SECONDS": "10",
+           "LVS_MIN_SYNC_INTERVAL_SECONDS": "0", "LVS_DRAIN_POLL_SECONDS": "0.5",
+           "LVS_SYSCTL_CONNTRACK": "false", "LVS_SYSCTL_CONN_REUSE_MODE": "0",
+           "LVS_TIMEOUT_TCP": "600", "LVS_TIMEOUT_UDP": "30"}
+    made = settings.from_env(env, node="from-flag", interface=None, state_file="/f/x.json")
+    assert made.node == "from-flag"
+    assert made.interface == "eth1", "a flag left out falls back to the environment"
+    assert made.state_file == Path("/f/x.json")
+    assert made.drain_file == Path("/f/x.drains.json")
+    assert made.kubeconfig == "/k"
+    assert made.metrics_address == "", "empty serves no metrics"
+    assert (made.sync.resync_seconds, made.sync.min_interval_seconds,
+            made.sync.drain_poll_seconds) == (10, 0, 0.5)
+    assert made.director.sysctls == DirectorSysctls(conntrack=False, conn_reuse_mode=0)
+    assert made.director.timeouts == Timeouts(tcp=600, udp=30)
+
+
+def test_sysctls_can_be_left_alone():
+    made = settings.from_env({"NODE_NAME": "n", "LVS_MANAGE_SYSCTLS": "no"})
+    assert made.director.sysctls is None
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({}, "NODE_NAME"),
+    ({"NODE_NAME": "n", "LVS_RESYNC_SECONDS": "soon"}, "LVS_RESYNC_SECONDS"),
+    ({"NODE_NAME": "n", "LVS_RESYNC_SECONDS": "0"}, "LVS_RESYNC_SECONDS"),
+    ({"NODE_NAME": "n", "LVS_TIMEOUT_TCP": "1.5"}, "LVS_TIMEOUT_TCP"),
+    ({"NODE_NAME": "n", "LVS_TIMEOUT_UDP": "-1"}, "LVS_TIMEOUT_UDP"),
+    ({"NODE_NAME": "n", "LVS_MANAGE_SYSCTLS": "maybe"}, "LVS_MANAGE_SYSCTLS"),
+    ({"NODE_NAME": "n", "LVS_METRICS_ADDRESS": "9640"}, "LVS_METRICS_ADDRESS"),
+    ({"NODE_NAME": "n", "LVS_METRICS_ADDRESS": "host:99999"}, "LVS_METRICS_ADDRESS"),
+])
+def test_errors_name_the_variable(env, named):
+    with pytest.raises(settings.SettingsError, match=named):
+        settings.from_env(env)
+
+
+@pytest.mark.parametrize(("address", "split"), [
+    ("0.0.0.0:9640", ("0.0.0.0", 9640)),
+    (":9640", ("", 9640)),
+    ("[::]:9640", ("::", 9640)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
+])
+def test_split_address(address, split):
+    assert settings.split_address(address) == split
