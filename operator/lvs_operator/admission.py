@@ -349,6 +349,12 @@ def pods_lacking_setup(
         vs = spec.parse(virtualserver)
     except spec.SpecError:
         return []
+    return pods_lacking(vs, service, pods)
+
+
+def pods_lacking(vs: spec.VirtualServer, service: Mapping[str, Any] | None,
+                 pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Return `pods_lacking_setup` for an already parsed VirtualServer `vs`."""
     mode = MODE_OF.get(vs.forwarding)
     if mode is None or not isinstance(vs.backend, spec.ServiceBackend):
         return []

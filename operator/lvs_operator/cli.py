@@ -110,6 +110,35 @@ def _parser() -> argparse.ArgumentParser:
                             "$POD_NAME or the host name, and a random suffix)")
     controller.add_argument("--log-level", default="info",
                             choices=("debug", "info", "warning", "error"))
+    hook = controller.add_argument_group(
+        "real-server Pod webhook",
+        "With --webhook every replica serves a mutating admission webhook that adds the "
+        "realserver-init init container to pods that a DirectRouting or Tunnel VirtualServer's "
+        "Service selects (the MutatingWebhookConfiguration itself comes from the Helm chart).")
+    hook.add_argument("--webhook", action="store_true", help="serve the Pod webhook")
+    hook.add_argument("--webhook-port", type=int, default=9443,
+                      help="HTTPS port to listen on (default: %(default)s)")
+    hook.add_argument("--webhook-service", default="lvs-operator-webhook",
+                      help="the Service in front of the webhook; names the generated "
+                      "certificate (default: %(default)s)")
+    hook.add_argument("--webhook-namespace", default=os.environ.get("POD_NAMESPACE")
+                      or "default", help="namespace of that Service and of the certificate "
+                      "Secret (default: $POD_NAMESPACE, else 'default')")
+    certs = hook.add_mutually_exclusive_group()
+    certs.add_argument("--webhook-secret", metavar="NAME", help="keep a generated "
+                       "certificate in this Secret, shared by all replicas")
+    certs.add_argument("--webhook-cert-dir", metavar="DIR", help="use tls.crt, tls.key and "
+                       "ca.crt from DIR (a mounted Secret, e.g. one cert-manager writes)")
+    hook.add_argument("--webhook-configuration", metavar="NAME", help="keep the caBundle "
+                      "of this MutatingWebhookConfiguration set to our CA (leave out when "
+                      "cert-manager's CA injector does it)")
+    hook.add_argument("--webhook-extra-san", action="append", default=[], metavar="NAME",
+                      help="another DNS name or IP for a generated certificate (repeatable)")
+    hook.add_argument("--realserver-image", default=os.environ.get("LVS_IMAGE", ""),
+                      help="image of the injected init container: this project's image "
+                      "(default: $LVS_IMAGE)")
+    hook.add_argument("--image-pull-policy", choices=("Always", "IfNotPresent", "Never"),
+                      help="pull policy of the injected init container")
     controller.set_defaults(handler=_controller)
 
     agent = commands.add_parser(
@@ -244,12 +273,20 @@ def _controller(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":
-        # kopf says "Handler ... succeeded" at INFO for every watch event.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    webhook = None
+    if args.webhook:
+        if not args.realserver_image:
+            return _fail("--webhook needs the image to inject: give --realserver-image IMAGE "
+                         "(or set LVS_IMAGE)", status=EXIT_USAGE)
+        webhook = controller.WebhookSettings(
+            image=args.realserver_image, namespace=args.webhook_namespace,
+            service_name=args.webhook_service, port=args.webhook_port,
+            cert_dir=args.webhook_cert_dir, secret_name=args.webhook_secret,
+            configuration_name=args.webhook_configuration,
+            extra_sans=tuple(args.webhook_extra_san), image_pull_policy=args.image_pull_policy)
     try:
         settings = controller.Settings(
-            kubeconfig=args.kubeconfig, namespaces=tuple(args.namespace),
+            kubeconfig=args.kubeconfig, namespaces=tuple(args.namespace), webhook=webhook,
             lease_namespace=args.lease_namespace, lease_name=args.lease_name,
             identity=args.identity or controller.default_identity(),
             lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,

@@ -45,7 +45,7 @@ from kubernetes.aio import client
 from kubernetes.aio import config as kube_config
 from kubernetes.aio.client.exceptions import ApiException
 
-from lvs_operator import conflicts, resolve, spec, status
+from lvs_operator import admission, conflicts, resolve, spec, status
 from lvs_operator.conflicts import Claimant
 from lvs_operator.model import ServiceKey
 
@@ -65,7 +65,23 @@ REQUEST_SECONDS = 60.0  # the longest wait for any other answer
 
 log = logging.getLogger(__name__)
 
-VSKey = tuple[str, str]  # (namespace, name)
+Key = tuple[str, str]  # (namespace, name) of an object
+VSKey = Key  # ... of a VirtualServer
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """How this replica serves the real-server Pod webhook (see `webhook.configure`)."""
+
+    image: str
+    namespace: str
+    service_name: str = "lvs-operator-webhook"
+    port: int = 9443
+    cert_dir: str | None = None
+    secret_name: str | None = None
+    configuration_name: str | None = None
+    extra_sans: tuple[str, ...] = ()
+    image_pull_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class Settings:
 
     kubeconfig: str | None = None
     namespaces: tuple[str, ...] = ()
+    webhook: WebhookSettings | None = None  # None: this replica serves no Pod webhook
     lease_namespace: str = "default"
     lease_name: str = "lvs-operator-controller"
     identity: str = ""
@@ -104,7 +121,7 @@ def default_identity() -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """A VirtualServer as the controller's index keeps it."""
+    """A VirtualServer as the controller keeps it in memory."""
 
     namespace: str
     name: str
@@ -156,7 +173,8 @@ class Parser:
         return parsed
 
     def entry(self, body: Mapping[str, Any]) -> Entry:
-        """Return the index entry for a VirtualServer `body`."""
+        """Return the entry the informer keeps for a VirtualServer `body` (fresh from JSON
+        and never changed afterwards: parts of it are kept, not copied)."""
         meta = body.get("metadata") or {}
         return Entry(
             namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
@@ -172,13 +190,15 @@ class Parser:
 
 
 def compact_service(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Return what the controller (and the webhook) need of a Service."""
+    """Return what the controller (and the webhook) need of a Service (`body` is fresh from
+    JSON and never changed: parts of it are kept, not copied)."""
     svc = body.get("spec") or {}
     return {"spec": {k: svc[k] for k in ("type", "ports", "selector") if k in svc}}
 
 
 def compact_slice(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Return what `resolve` needs of an EndpointSlice (a fraction of its size)."""
+    """Return what `resolve` needs of an EndpointSlice (a fraction of its size), and the
+    name of its Service."""
     endpoints = []
     for endpoint in body.get("endpoints") or []:
         ref = endpoint.get("targetRef") or {}
@@ -190,9 +210,6 @@ def compact_slice(body: Mapping[str, Any]) -> dict[str, Any]:
         })
     return {"service": resolve.service_of(body), "addressType": body.get("addressType"),
             "ports": body.get("ports") or [], "endpoints": endpoints}
-
-
-Key = tuple[str, str]  # (namespace, name) of any object
 
 
 class Informer:
@@ -325,6 +342,22 @@ class _Gone(Exception):
     """The resourceVersion to watch from is too old (HTTP 410): list again."""
 
 
+def collections(prefix: str, plural: str, namespaces: Iterable[str]) -> list[str]:
+    """Return the API paths to list and watch `plural` under `prefix` (e.g. /api/v1): one
+    per namespace, or the cluster-wide one when `namespaces` is empty."""
+    return [f"{prefix}/namespaces/{ns}/{plural}" for ns in namespaces] or [f"{prefix}/{plural}"]
+
+
+def _update(index: dict[Any, set[Key]], at: Any, key: Key, *, add: bool) -> None:
+    """Add `key` to, or remove it from, the set `index[at]` (dropping an emptied set)."""
+    if add:
+        index.setdefault(at, set()).add(key)
+    elif at in index:
+        index[at].discard(key)
+        if not index[at]:
+            del index[at]
+
+
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace", "")), str(meta.get("name", "")))
@@ -359,7 +392,11 @@ class Controller:
         self._api: client.ApiClient | None = None
         self._objects: client.CustomObjectsApi | None = None
         self._events: client.EventsV1Api | None = None
+        self._core: client.CoreV1Api | None = None
         self._lease: Lease | None = None
+        # (uid, generation) of the VirtualServers whose selected pods were checked for the
+        # real-server setup (with the webhook on): once per generation and controller life.
+        self._pods_checked: set[tuple[str, int]] = set()
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -370,6 +407,8 @@ class Controller:
         # blocks the event loop for a moment.
         self._objects = client.CustomObjectsApi(self._api)
         self._events = client.EventsV1Api(self._api)
+        if self.settings.webhook is not None:
+            self._core = client.CoreV1Api(self._api)
         self._lease = Lease(client.CoordinationV1Api(self._api), self.settings)
         kinds = {
             "virtualservers": (f"/apis/{GROUP}/{VERSION}", PLURAL, self.parser.entry,
@@ -379,10 +418,8 @@ class Controller:
                                self.slice_changed),
         }
         for kind, (prefix, plural, compact, on_change) in kinds.items():
-            paths = [f"{prefix}/namespaces/{ns}/{plural}" for ns in self.settings.namespaces] \
-                or [f"{prefix}/{plural}"]
-            informer = Informer(self._api, kind=kind, paths=paths, compact=compact,
-                                on_change=on_change)
+            informer = Informer(self._api, kind=kind, compact=compact, on_change=on_change,
+                                paths=collections(prefix, plural, self.settings.namespaces))
             self.informers[kind] = informer
             self._spawn(informer.run())
         self._spawn(self._sync())
@@ -482,26 +519,19 @@ class Controller:
     def _index(self, key: VSKey, old: Entry | None, new: Entry | None) -> None:
         """Keep `claims` and `backends` in step with a VirtualServer's change."""
         for entry, add in ((old, False), (new, True)):
-            if entry is None:
-                continue
-            claimant = entry.claimant()
-            targets = [self.claims.setdefault(c, set()) for c in claimant.keys] \
-                if claimant is not None else []
-            vs = entry.valid
+            claimant = entry.claimant() if entry is not None else None
+            vs = entry.valid if entry is not None else None
+            for claim in claimant.keys if claimant is not None else ():
+                _update(self.claims, claim, key, add=add)
             if vs is not None and isinstance(vs.backend, spec.ServiceBackend):
-                targets.append(self.backends.setdefault((vs.namespace, vs.backend.name), set()))
-            for target in targets:
-                if add:
-                    target.add(key)
-                else:
-                    target.discard(key)
+                _update(self.backends, (vs.namespace, vs.backend.name), key, add=add)
 
     def _index_slice(self, key: Key, old: Mapping[str, Any] | None,
                      new: Mapping[str, Any] | None) -> None:
-        if old and old.get("service"):
-            self.slices_of.get((key[0], old["service"]), set()).discard(key)
-        if new and new.get("service"):
-            self.slices_of.setdefault((key[0], new["service"]), set()).add(key)
+        """Keep `slices_of` in step with an EndpointSlice's change."""
+        for compact, add in ((old, False), (new, True)):
+            if compact and compact.get("service"):
+                _update(self.slices_of, (key[0], compact["service"]), key, add=add)
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -550,6 +580,8 @@ class Controller:
         if not self._synced.is_set():
             return  # everything is queued once every informer has listed
         entry = self._entry(key)
+        if entry is not None and not entry.deleting and self.leading:
+            self._check_pods(entry)
         for _ in range(APPLY_ATTEMPTS):
             if entry is None or entry.deleting:
                 return
@@ -569,12 +601,49 @@ class Controller:
             log.info("VirtualServer %s/%s: status written: Ready=%s %s, real servers %s",
                      *key, ready["status"], ready["reason"], wanted["ready"])
             for event in status.events(entry.status, wanted):
-                await self._post(entry, event)
+                # Posted on the side: an Event must not hold up the next status write.
+                self._spawn(self._post(entry, event))
             return
         raise RuntimeError(f"it changed under each of {APPLY_ATTEMPTS} attempts")
 
     def _entry(self, key: VSKey) -> Entry | None:
         return self._vs.get(key)
+
+    def _check_pods(self, entry: Entry) -> None:
+        """Start a check for pods of a DR/Tunnel VirtualServer's Service that lack the
+        real-server setup (created before the VirtualServer, or while the webhook was down):
+        the webhook only sees new pods. Once per generation, and only with the webhook on."""
+        vs = entry.valid
+        if (self._core is None or vs is None or not isinstance(vs.backend, spec.ServiceBackend)
+                or vs.forwarding not in admission.MODE_OF):
+            return
+        mark = (entry.uid, entry.generation)
+        if mark not in self._pods_checked:
+            self._pods_checked.add(mark)
+            self._spawn(self._warn_pods(entry, vs, vs.backend.name))
+
+    async def _warn_pods(self, entry: Entry, vs: spec.VirtualServer, service_name: str) -> None:
+        """Post a Warning Event naming the pods that need a restart, if there are any."""
+        assert self._core is not None and self._api is not None
+        service = self.informers["services"].items.get((entry.namespace, service_name))
+        selector = admission.service_selector(service)
+        if selector is None:
+            return
+        try:
+            listed = await self._core.list_namespaced_pod(
+                entry.namespace, label_selector=admission.label_selector(selector))
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("VirtualServer %s/%s: cannot list its pods: %s", entry.namespace,
+                        entry.name, _brief(error))
+            return
+        # The typed objects back to the API's JSON shape, which `admission` reads.
+        plain = self._api.sanitize_for_serialization(listed)  # type: ignore[no-untyped-call]
+        pods = plain.get("items") or []
+        lacking = admission.pods_lacking(vs, service, pods)
+        if lacking:
+            await self._post(entry, status.Event(
+                type="Warning", reason="RealServerSetupMissing",
+                message=admission.restart_message(entry.name, service_name, lacking)))
 
     def _desired(self, entry: Entry) -> dict[str, Any]:
         conflict = None
@@ -828,11 +897,20 @@ async def run(settings: Settings) -> None:
     registry = kopf.OperatorRegistry()
     controller = Controller(settings)
     register(registry, controller)
-    operator_settings_ = operator_settings()
-    # --- The Pod webhook (issue 4, item 5): register its handlers on `registry` and its
-    # --- server on `operator_settings_.admission` here. Every replica serves it: only
-    # --- status writes wait for the Lease.
-    await kopf.operator(registry=registry, settings=operator_settings_, standalone=True,
+    kopf_settings = operator_settings()
+    if settings.webhook is not None:
+        # Every replica serves the webhook, leader or not (its reads are its own, fresh per
+        # admission); only status writes and Events wait for the Lease. Imported here: the
+        # certificate code pulls in `cryptography`, which a controller without it never needs.
+        from lvs_operator import webhook
+
+        hook = settings.webhook
+        webhook.configure(kopf_settings, registry=registry, image=hook.image,
+                          namespace=hook.namespace, service_name=hook.service_name,
+                          port=hook.port, cert_dir=hook.cert_dir, secret_name=hook.secret_name,
+                          configuration_name=hook.configuration_name,
+                          extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy)
+    await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
                         clusterwide=not settings.namespaces, namespaces=settings.namespaces)
 
 
