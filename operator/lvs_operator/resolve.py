@@ -139,7 +139,7 @@ def resolve(vs: spec.VirtualServer, service: Mapping[str, Any] | None,
             (RealServerStatus(ip=e.address, port=e.port, ready=True,
                               weight=vs.weight if e.weight is None else e.weight)
              for e in vs.backend), key=RealServerStatus.sort_key))
-        return Resolution(reals, RESOLVED, f"{_count(len(reals), 'static address')}")
+        return Resolution(reals, RESOLVED, _count(len(reals), "static address"))
     backend = vs.backend
     where = f"Service {vs.namespace}/{backend.name}"
     if service is None:
@@ -210,7 +210,6 @@ class _Endpoints:
         self.found: dict[tuple[IPAddress, int | None], _Found] = {}
         self.other_family = 0  # endpoints left out: not of the VIP's address family
         self.wrong_port: set[int] = set()  # DR/Tunnel endpoint ports that are not virtual
-        self.gone = 0  # terminating and no longer serving
 
     def add_slice(self, slice_: Mapping[str, Any], port_name: str) -> None:
         if slice_.get("addressType") not in ("IPv4", "IPv6"):
@@ -234,8 +233,7 @@ class _Endpoints:
             return
         state = _state(endpoint.get("conditions") or {})
         if state is None:
-            self.gone += 1
-            return
+            return  # terminating and no longer serving: the directors drain it
         if self.vs.forwarding is not Forwarding.NAT and port is not None:
             if port not in self.virtual_ports:
                 self.wrong_port.add(port)

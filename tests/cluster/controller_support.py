@@ -4,6 +4,7 @@ process against the test control plane, talk to the API server quickly, build ob
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import re
@@ -92,9 +93,9 @@ class Kube:
 
     def watch(self, path: str, resource_version: str) -> Iterator[dict[str, Any]]:
         """Yield the watch events of a collection `path` (a fresh connection, closed when
-        the generator is)."""
+        the generator is; it waits for events as long as the server keeps the watch open)."""
         conn = http.client.HTTPSConnection(str(self.host), self.port, context=self.context,
-                                           timeout=60)
+                                           timeout=None)
         sep = "&" if "?" in path else "?"
         try:
             conn.request("GET", f"{path}{sep}watch=1&resourceVersion={resource_version}"
@@ -198,6 +199,11 @@ def condition(vs: dict[str, Any], kind: str) -> dict[str, Any]:
 
 # --- the controller process ------------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel kills the controller when the test process dies, however."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 class Controller:
     """`lvs-operator controller` as a child process with its own log file."""
 
@@ -217,7 +223,8 @@ class Controller:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.cluster.env)
+                                         stdin=subprocess.DEVNULL, env=self.cluster.env,
+                                         preexec_fn=_die_with_parent)
         return self
 
     @property

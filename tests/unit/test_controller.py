@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from collections.abc import Callable, Coroutine
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from lvs_operator import controller, status
 from lvs_operator.controller import Controller, Entry, Lease, Parser, Settings
+from lvs_operator.model import Protocol, ServiceKey
 
 NS = "shop"
 
@@ -88,7 +91,12 @@ class Fake(Controller):
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
+    async def main() -> Any:
+        result = await coro
+        for _ in range(3):
+            await asyncio.sleep(0)  # let the Events posted on the side go out
+        return result
+    return asyncio.run(main())
 
 
 def test_parser_caches_by_generation_and_reports_invalid():
@@ -208,6 +216,9 @@ def test_deleting_the_holder_queues_who_it_kept_out():
     fake.conflicted = {(NS, "moved"): f"{NS}/old", (NS, "x"): f"{NS}/other"}
     old = fake.remove("old")
     assert queued(fake, lambda: fake.virtualserver_changed((NS, "old"), old, None)) == ["moved"]
+    # Nothing of "old" stays behind in the claims.
+    assert fake.claims == {ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.50"), 80):
+                           {(NS, "moved")}}
 
 
 def test_a_backend_change_queues_its_virtual_servers():
@@ -218,7 +229,7 @@ def test_a_backend_change_queues_its_virtual_servers():
     assert queued(fake, lambda: fake.slice_changed((NS, "web-abc"), None, slice_)) == ["svc"]
     assert fake.slices_of == {(NS, "web"): {(NS, "web-abc")}}
     assert queued(fake, lambda: fake.slice_changed((NS, "web-abc"), slice_, None)) == ["svc"]
-    assert fake.slices_of == {(NS, "web"): set()}
+    assert fake.slices_of == {}
     assert queued(fake, lambda: fake.slice_changed((NS, "x"), None, {"service": None})) == []
 
 
@@ -339,3 +350,110 @@ def test_lease_taken_renewed_and_kept_from_others_until_it_expires(clock):
 def test_settings_refuse_timings_that_allow_two_leaders():
     with pytest.raises(ValueError, match="renew deadline < lease duration"):
         Settings(lease_duration=10, renew_deadline=10, retry_period=2)
+
+
+# --- Informer ---------------------------------------------------------------------------------
+
+def obj(name: str, value: int, *, namespace: str = NS, rv: str = "1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
+            "value": value}
+
+
+class Stream:
+    """An open watch answer: JSON lines, then the end of the watch."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.lines = [json.dumps(e).encode() + b"\n" for e in events]
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    @property
+    def content(self) -> Any:
+        async def lines() -> Any:
+            for line in self.lines:
+                yield line
+        return lines()
+
+
+class FakeInformer(controller.Informer):
+    """An Informer whose API answers come from `pages` (lists) and `watches` (streams)."""
+
+    def __init__(self, pages: list[dict[str, Any]], watches: list[list[dict[str, Any]]],
+                 paths: tuple[str, ...] = ("/api/v1/things",)) -> None:
+        self.changes: list[tuple[Any, Any, Any]] = []
+        super().__init__(None, kind="things", paths=paths,  # type: ignore[arg-type]
+                         compact=lambda o: o["value"],
+                         on_change=lambda k, old, new: self.changes.append((k, old, new)))
+        self.pages, self.watches = pages, watches
+        self.queries: list[tuple[str, dict[str, Any]]] = []
+
+    async def _get(self, path: str, query: Any) -> Any:
+        self.queries.append((path, dict(query)))
+        return self.pages.pop(0)
+
+    async def _request(self, path: str, query: Any, *, timeout: float) -> Any:
+        self.queries.append((path, dict(query)))
+        return Stream(self.watches.pop(0))
+
+
+def page(*items: dict[str, Any], rv: str = "10", token: str = "") -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": rv, "continue": token}, "items": list(items)}
+
+
+def test_informer_lists_in_pages_then_watches():
+    informer = FakeInformer(
+        pages=[page(obj("a", 1), token="t1"), page(obj("b", 2), rv="11")],
+        watches=[[{"type": "ADDED", "object": obj("c", 3, rv="12")},
+                  {"type": "MODIFIED", "object": obj("a", 4, rv="13")},
+                  {"type": "DELETED", "object": obj("b", 2, rv="14")},
+                  {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "20"}}}]])
+
+    async def go() -> str:
+        version = await informer._list("/api/v1/things")
+        assert informer.synced.is_set() and informer.changes == []  # the first list is quiet
+        return await informer._watch("/api/v1/things", version)
+
+    assert run(go()) == "20"
+    assert informer.items == {(NS, "a"): 4, (NS, "c"): 3}
+    assert informer.changes == [((NS, "c"), None, 3), ((NS, "a"), 1, 4), ((NS, "b"), 2, None)]
+    assert [q.get("continue") for _, q in informer.queries[:2]] == [None, "t1"]
+    assert informer.queries[2][1]["resourceVersion"] == "11"
+
+
+def test_informer_relist_reports_what_changed_unwatched_and_410_means_relist():
+    informer = FakeInformer(pages=[page(obj("a", 1), obj("b", 2)),
+                                   page(obj("a", 1), obj("c", 3))],
+                            watches=[[{"type": "ERROR", "object": {"code": 410}}]])
+
+    async def go() -> None:
+        version = await informer._list("/api/v1/things")
+        with pytest.raises(controller._Gone):
+            await informer._watch("/api/v1/things", version)
+        await informer._list("/api/v1/things")
+
+    run(go())
+    assert informer.items == {(NS, "a"): 1, (NS, "c"): 3}
+    assert sorted(informer.changes) == [((NS, "b"), 2, None), ((NS, "c"), None, 3)]
+
+
+def test_informer_per_namespace_relist_touches_only_its_namespace():
+    paths = tuple(controller.collections("/api/v1", "things", ["x", "y"]))
+    assert paths == ("/api/v1/namespaces/x/things", "/api/v1/namespaces/y/things")
+    informer = FakeInformer(pages=[page(obj("a", 1, namespace="x")),
+                                   page(obj("a", 2, namespace="y")),
+                                   page()], watches=[], paths=paths)
+
+    async def go() -> None:
+        await informer._list(paths[0])
+        assert not informer.synced.is_set()  # y is not listed yet
+        await informer._list(paths[1])
+        assert informer.synced.is_set()
+        await informer._list(paths[0])  # x emptied while nobody watched
+
+    run(go())
+    assert informer.items == {("y", "a"): 2}
+    assert informer.changes == [(("x", "a"), 1, None)]

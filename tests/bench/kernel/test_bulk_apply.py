@@ -1,6 +1,6 @@
 """Bulk programming and no-op resync of 2,000 virtual services x 4 real servers vs ipvsadm.
 
-Runs inside the test VM (`make bench`, or `tests/vm/run .venv/bin/pytest tests/bench -s`).
+Runs inside the test VM (`make bench`, or `tests/vm/run .venv/bin/pytest tests/bench/kernel -s`).
 Each program works in a fresh network namespace of its own; absolute times under software
 emulation mean little, so the figures that count are ratios between two programs measured
 in the same guest, alternated and repeated (the best of each is compared):
@@ -43,7 +43,7 @@ REALS = 4
 ROUNDS = int(os.environ.get("LVS_BENCH_ROUNDS", "2"))
 TARGET_APPLY = 0.75
 TARGET_NOOP = 0.5
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLI = [str(Path(sys.executable).with_name("lvs-operator"))]
 IN_VM = os.environ.get("LVS_IN_VM") == "1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
