@@ -34,7 +34,8 @@ fi; exit $$rc
 endef
 
 .PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
-	test-kernel _test-kernel test bench cluster cluster-down clean distclean
+	test-kernel _test-kernel test-fullstack _test-fullstack test bench demo cluster cluster-down \
+	clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
@@ -44,8 +45,13 @@ help:
 	@echo "make test-cluster pytest tests/cluster against a real control plane on 127.0.0.1"
 	@echo "                  (the first run builds the Kubernetes binaries: ~30 CPU-minutes)"
 	@echo "make test-kernel  boot the VM once, run pytest tests/kernel inside it"
-	@echo "make test         venv provision lint test-unit test-cluster test-kernel (what CI runs)"
-	@echo "make bench        boot the VM once, run pytest tests/bench inside it"
+	@echo "make test-fullstack  control plane + controller on the host, agent in the VM"
+	@echo "                  (qemu user network); pytest tests/fullstack inside the VM"
+	@echo "make demo         the whole product on this machine in a few minutes (root)"
+	@echo "make test         venv provision lint test-unit test-cluster test-kernel test-fullstack"
+	@echo "                  (what CI runs)"
+	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
+	@echo "                  tests/bench/cluster on the host against a real control plane"
 	@echo "make cluster      start that control plane in the background (tests/cluster/cluster up);"
 	@echo "                  prints the KUBECONFIG to use. make cluster-down stops it"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
@@ -96,10 +102,10 @@ _lint:
 		echo "==> lint: mypy tests/*.py"; \
 		MYPYPATH=tests $(BIN)/mypy $(MYPY_TEST_FLAGS) tests/*.py || rc=1; \
 	fi; \
-	for d in tests/*/; do \
-		ls "$$d"*.py >/dev/null 2>&1 || continue; \
-		echo "==> lint: mypy $$d"; \
-		MYPYPATH=tests $(BIN)/mypy $(MYPY_TEST_FLAGS) "$$d" || rc=1; \
+	for d in $$(find tests -mindepth 2 -name '*.py' -printf '%h\n' | sort -u); do \
+		echo "==> lint: mypy $$d/*.py"; \
+		MYPYPATH=tests:tests/cluster:tests/fullstack $(BIN)/mypy $(MYPY_TEST_FLAGS) "$$d"/*.py \
+			|| rc=1; \
 	done; \
 	exit $$rc
 
@@ -122,20 +128,33 @@ _test-kernel:
 	$(call say,test-kernel: boot the VM once; pytest tests/kernel inside it)
 	@$(call pytest_tier,test-kernel,tests/vm/run $(BIN)/pytest tests/kernel -v)
 
+# The host half (control plane, CRD, Node, controller) runs around one VM boot in which
+# pytest runs; tests/fullstack/host.py skips (fails under CI) when the stack cannot start.
+test-fullstack: venv provision
+	@$(MAKE) _test-fullstack
+_test-fullstack:
+	$(call say,test-fullstack: control plane + controller on the host; pytest tests/fullstack in the VM)
+	@$(call pytest_tier,test-fullstack,$(BIN)/python tests/fullstack/host.py $(BIN)/pytest tests/fullstack -v)
+
 # Every step runs even if an earlier check failed (one CI run tells everything); the target
 # fails if any did. venv and provision must succeed first.
 test: venv provision
 	@failed=(); summary=(); \
-	for step in lint test-unit test-cluster test-kernel; do \
+	for step in lint test-unit test-cluster test-kernel test-fullstack; do \
 		start=$$SECONDS; \
 		if $(MAKE) _$$step; then r=ok; else r=FAILED; failed+=($$step); fi; \
-		summary+=("$$(printf '%-12s %-7s %4ss' $$step $$r $$((SECONDS - start)))"); \
+		summary+=("$$(printf '%-15s %-7s %4ss' $$step $$r $$((SECONDS - start)))"); \
 	done; \
 	printf '\n==> make test summary\n'; printf '    %s\n' "$${summary[@]}"; \
 	if (( $${#failed[@]} )); then echo "make test: FAILED: $${failed[*]}" >&2; exit 1; fi; \
 	echo "make test: all steps passed"
 
 # --- by hand ---------------------------------------------------------------------------------
+
+# The README's first command: everything on this machine, torn down at the end.
+demo: venv provision
+	$(call say,demo: control plane + controller on the host, director + real servers in the kernel VM)
+	@$(BIN)/python tests/demo/demo.py
 
 # The cluster tier's control plane, left running (state in ~/.cache/lvs-operator/cluster).
 cluster:
@@ -144,13 +163,21 @@ cluster:
 cluster-down:
 	@tests/cluster/cluster down
 
+# One part of the benchmarks (both run; bench fails if either did). A part that collects
+# nothing (pytest exit 5) fails only under CI. $(1) = folder, $(2) = command.
+define bench_part
+r=0; $(2) || r=$$?; \
+if [[ $$r == 5 ]]; then \
+	echo "make bench: no benchmarks collected in $(1)" >&2; [[ "$${CI:-}" == true ]] || r=0; \
+fi; [[ $$r == 0 ]] || rc=1
+endef
+
 bench: venv provision
-	$(call say,bench: boot the VM once; pytest tests/bench inside it (results in build/vm-out))
-	@rc=0; tests/vm/run $(BIN)/pytest tests/bench -s -v || rc=$$?; \
-	if [[ $$rc == 5 ]]; then \
-		echo "make bench: no benchmarks collected in tests/bench" >&2; \
-		[[ "$${CI:-}" != true ]] || exit 1; rc=0; \
-	fi; exit $$rc
+	$(call say,bench: boot the VM once; pytest tests/bench/kernel inside it (results in build/vm-out))
+	@rc=0; $(call bench_part,tests/bench/kernel,tests/vm/run $(BIN)/pytest tests/bench/kernel -s -v); \
+	printf '\n==> %s\n' "bench: a real control plane on 127.0.0.1; pytest tests/bench/cluster on the host"; \
+	$(call bench_part,tests/bench/cluster,$(BIN)/pytest tests/bench/cluster -s -v); \
+	exit $$rc
 
 clean:
 	$(call say,clean: build output and tool caches)
