@@ -220,7 +220,8 @@ class Agent:
             stray: list[str] = []  # failures that belong to no VirtualServer (withdrawals)
             operations, timers = self._program(wanted, errors, node_errors, stray)
             owned = self._safe_load()
-        self._owners = {key: wanted.owners.get(key) or self._owners.get(key, "")
+        owners = wanted.owners  # a property that builds a dict: once, not once per key
+        self._owners = {key: owners.get(key) or self._owners.get(key, "")
                         for key in owned.services}
         failed = bool(node_errors or stray) or any(errors.values())
         for problem in stray:
