@@ -35,7 +35,7 @@ endef
 
 .PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
 	test-kernel _test-kernel test-fullstack _test-fullstack test bench demo cluster cluster-down \
-	clean distclean
+	image clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
@@ -51,9 +51,12 @@ help:
 	@echo "make test         venv provision lint test-unit test-cluster test-kernel test-fullstack"
 	@echo "                  (what CI runs)"
 	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
+	@echo "                  tests/bench/fullstack with the agent in the VM and the control plane"
+	@echo "                  + controller on the host (tests/fullstack/host.py), then"
 	@echo "                  tests/bench/cluster on the host against a real control plane"
 	@echo "make cluster      start that control plane in the background (tests/cluster/cluster up);"
 	@echo "                  prints the KUBECONFIG to use. make cluster-down stops it"
+	@echo "make image        docker build the one image of every component ($(IMAGE))"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
 
 # --- environment ------------------------------------------------------------------------------
@@ -163,8 +166,11 @@ cluster:
 cluster-down:
 	@tests/cluster/cluster down
 
-# One part of the benchmarks (both run; bench fails if either did). A part that collects
-# nothing (pytest exit 5) fails only under CI. $(1) = folder, $(2) = command.
+# One part of the benchmarks (every part runs; bench fails if any did). A part that collects
+# nothing (pytest exit 5) fails only under CI. A part that cannot start fails under CI;
+# outside CI tests/fullstack/host.py and the cluster fixture skip it with the reason (no
+# Kubernetes binaries), while tests/vm/run fails without its kernel.
+# $(1) = folder, $(2) = command.
 define bench_part
 r=0; $(2) || r=$$?; \
 if [[ $$r == 5 ]]; then \
@@ -172,12 +178,30 @@ if [[ $$r == 5 ]]; then \
 fi; [[ $$r == 0 ]] || rc=1
 endef
 
+# The parts run one after the other: never two VMs at once.
 bench: venv provision
 	$(call say,bench: boot the VM once; pytest tests/bench/kernel inside it (results in build/vm-out))
 	@rc=0; $(call bench_part,tests/bench/kernel,tests/vm/run $(BIN)/pytest tests/bench/kernel -s -v); \
+	printf '\n==> %s\n' "bench: control plane + controller on the host, agent in the VM; pytest tests/bench/fullstack in the VM (results in build/vm-out)"; \
+	$(call bench_part,tests/bench/fullstack,$(BIN)/python tests/fullstack/host.py $(BIN)/pytest tests/bench/fullstack -s -v); \
 	printf '\n==> %s\n' "bench: a real control plane on 127.0.0.1; pytest tests/bench/cluster on the host"; \
 	$(call bench_part,tests/bench/cluster,$(BIN)/pytest tests/bench/cluster -s -v); \
 	exit $$rc
+
+# The image of the chart (charts/lvs-operator): its tag is the project's version, which is the
+# chart's appVersion. The context is only what pip needs, sent as a tar stream.
+IMAGE ?= lvs-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image:
+	$(call say,image: docker build -t $(IMAGE) -f operator/Dockerfile)
+	@if ! docker info >/dev/null 2>&1; then \
+		echo "make image: no Docker engine here (\`docker info\` fails): start or install" \
+			"Docker, or build operator/Dockerfile with another builder (its context is" \
+			"pyproject.toml, README.md and operator/)" >&2; \
+		exit 1; \
+	fi
+	@tar -c --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md operator \
+		| docker build -t $(IMAGE) -f operator/Dockerfile -
 
 clean:
 	$(call say,clean: build output and tool caches)
