@@ -24,6 +24,10 @@ from pathlib import Path
 from lvs_operator import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# How long the agent trusts /proc/net/ip_vs to confirm a table a thorough netlink dump found
+# as desired: drift in what that file does not show (scheduler flags, connection thresholds,
+# tunnel encapsulation, persistence timeout) is repaired within this time. Ten resyncs.
+AGENT_VERIFY_SECONDS = 300.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +321,9 @@ def _agent(args: argparse.Namespace) -> int:
     except agent_settings.SettingsError as error:
         return _fail(str(error), status=EXIT_USAGE)
     try:
-        ipvs = KernelIPVS().connect()
+        # Resyncs confirm a table verified less than AGENT_VERIFY_SECONDS ago from
+        # /proc/net/ip_vs (one read) instead of a netlink dump per service; see KernelIPVS.
+        ipvs = KernelIPVS(verify_seconds=AGENT_VERIFY_SECONDS).connect()
         api = kube.Kube.connect(settings.kubeconfig)
     except (IPVSError, kube.ApiError) as error:
         return _fail(str(error))

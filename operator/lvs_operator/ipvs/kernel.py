@@ -11,6 +11,13 @@ rather than a general netlink library:
   receive buffer keeps them from being dropped.
 - dump: one GET_SERVICE dump, then one GET_DEST dump per service, decoded straight from a
   reused receive buffer.
+- verify (opt-in, `verify_seconds`): once a thorough `dump(expect=...)` has found the table
+  exactly as expected, later dumps with the same expectation read `/proc/net/ip_vs` instead
+  (one read for the whole table, `lvs_operator.ipvs.procfs`) until `verify_seconds` have
+  passed or anything was applied. What that text does not show (scheduler flags, connection
+  thresholds, tunnel encapsulation) is then checked only by the next thorough dump: an
+  expectation that changes in those attributes is never confirmed this way, because it no
+  longer equals what was verified. For the agent's periodic resync, whose drift is hand edits.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
-from lvs_operator.ipvs import IPVSError, idempotence, netlink
+from lvs_operator.ipvs import IPVSError, idempotence, netlink, procfs
 from lvs_operator.model import (
     IPAddress,
     RealServer,
@@ -46,6 +55,9 @@ _T = TypeVar("_T")
 _ERROR_TRUESIZE = 1024
 _SOCKET_BUFFER = 8 * 1024 * 1024
 _RECV_BYTES = 64 * 1024  # a dump part is at most 32 KiB (the kernel caps it)
+# Opened beside the socket, in the same thread: the thread's namespace, not the process's.
+PROC_TABLE = "/proc/thread-self/net/ip_vs"
+_PROC_READ = 1024 * 1024
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 
@@ -60,9 +72,20 @@ class KernelIPVS:
     the object as a context manager. Not thread-safe: use one object per thread.
     """
 
-    def __init__(self, *, batch_bytes: int = BATCH_BYTES) -> None:
-        """Prepare a client that sends at most `batch_bytes` of requests per sendmsg."""
+    def __init__(self, *, batch_bytes: int = BATCH_BYTES,
+                 verify_seconds: float | None = None) -> None:
+        """Prepare a client that sends at most `batch_bytes` of requests per sendmsg.
+
+        With `verify_seconds`, a `dump(expect=...)` may confirm a table found exactly as
+        expected less than that long ago from `/proc/net/ip_vs` (see the module docstring);
+        None: every dump reads everything through netlink.
+        """
         self._batch_bytes = batch_bytes
+        self._verify_seconds = verify_seconds
+        # The last thorough dump that found exactly its expectation: that table, its /proc
+        # signature, and when (monotonic). Cleared by every apply.
+        self._verified: tuple[Table, procfs.Signature, float] | None = None
+        self._proc: int | None = None  # fd of PROC_TABLE, opened with the socket
         self._sock: socket.socket | None = None
         self._family = 0
         self._max_batch_messages = 0
@@ -90,6 +113,10 @@ class KernelIPVS:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._proc is not None:
+            os.close(self._proc)
+            self._proc = None
+        self._verified = None
 
     # --- the IPVS interface ------------------------------------------------------------------
 
@@ -107,6 +134,10 @@ class KernelIPVS:
             IPVSError: when the table cannot be read (no IPVS, no permission) or holds a
                 service the model cannot represent.
         """
+        if expect and self._verified is not None:
+            confirmed = self._confirm(expect)
+            if confirmed is not None:
+                return confirmed
         # With `expect` the caller compares configuration: service counters are not read.
         stats = not expect
         wanted: list[VirtualService | None] = []
@@ -124,11 +155,14 @@ class KernelIPVS:
                                   else None)
             reals = self._dump_reals([s.key for s in services], wanted)
         # The constructor, not `with_reals`: dataclasses.replace costs more than the decoding.
-        return {s.key: r if isinstance(r, VirtualService) else VirtualService(
-                    key=s.key, scheduler=s.scheduler, flags=s.flags,
-                    persistence=s.persistence, one_packet=s.one_packet,
-                    reals={real.key: real for real in r}, stats=s.stats)
-                for s, r in zip(services, reals, strict=True)}
+        table = {s.key: r if isinstance(r, VirtualService) else VirtualService(
+                     key=s.key, scheduler=s.scheduler, flags=s.flags,
+                     persistence=s.persistence, one_packet=s.one_packet,
+                     reals={real.key: real for real in r}, stats=s.stats)
+                 for s, r in zip(services, reals, strict=True)}
+        if expect and self._verify_seconds is not None:
+            self._remember(expect, table)
+        return table
 
     def apply(self, operations: Sequence[Operation]) -> None:
         """Apply `operations` in order, idempotently (see `lvs_operator.ipvs.idempotence`).
@@ -138,6 +172,7 @@ class KernelIPVS:
             IPVSError: when IPVS cannot be reached at all, or replies were lost (then the
                 outcome is unknown: dump again).
         """
+        self._verified = None  # whatever the outcome, the next dump looks at everything
         idempotence.apply(operations, self._execute)
 
     def timeouts(self) -> Timeouts:
@@ -213,6 +248,49 @@ class KernelIPVS:
         except IPVSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+
+    # --- verify ------------------------------------------------------------------------------
+
+    @property
+    def verified(self) -> bool:
+        """Return whether a thorough dump found its expectation and nothing was applied since
+        (the next `dump` of that expectation may then be confirmed from /proc)."""
+        return self._verified is not None
+
+    def _remember(self, expect: Table, table: Table) -> None:
+        """After a thorough dump: keep `expect` as verified if `table` is exactly it."""
+        self._verified = None
+        # Mostly the very objects of `expect`; a service that came back decoded (as after a
+        # stray reply) may still be equal.
+        if len(table) != len(expect) or any(
+                (want := expect.get(k)) is not v and want != v for k, v in table.items()):
+            return
+        sign = procfs.signature(expect.values())
+        if sign is not None and self._proc is not None:
+            self._verified = (expect, sign, time.monotonic())
+
+    def _confirm(self, expect: Table) -> dict[ServiceKey, VirtualService] | None:
+        """Return `expect` as the table if /proc shows the verified table and `expect` is
+        still what was verified; None when a thorough dump is needed."""
+        assert self._verified is not None and self._proc is not None
+        verified, sign, when = self._verified
+        if self._verify_seconds is None or time.monotonic() - when >= self._verify_seconds:
+            return None
+        if verified is not expect and (len(verified) != len(expect) or any(
+                verified.get(k) != v for k, v in expect.items())):
+            return None
+        try:
+            os.lseek(self._proc, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._proc, _PROC_READ):
+                chunks.append(chunk)
+        except OSError:
+            return None
+        if procfs.parse(b"".join(chunks).decode("ascii", "replace")) != sign:
+            return None
+        if verified is not expect:  # the same table, built anew: confirm the new objects
+            self._verified = (expect, sign, when)
+        return dict(expect)
 
     # --- apply -------------------------------------------------------------------------------
 
@@ -457,6 +535,11 @@ class KernelIPVS:
                                 code=exc.errno or 0) from exc
             self._max_batch_messages = max(1, received // 2 // _ERROR_TRUESIZE)
             self._sock = sock
+            if self._verify_seconds is not None and self._proc is None:
+                try:
+                    self._proc = os.open(PROC_TABLE, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    self._proc = None  # no /proc here: every dump is thorough
         return self._sock
 
     def _family_id(self) -> int:

@@ -9,7 +9,10 @@ in the same guest, alternated and repeated (the best of each is compared):
   start-up, CLI parsing, YAML, planning, netlink) vs `ipvsadm -R < RULES` (target <= 0.75);
 - the no-op re-apply (dump + plan, zero operations) vs `ipvsadm -S -n` (target <= 0.5);
 - in-process, for where the time goes: KernelIPVS.apply of the plan from empty vs
-  `ipvsadm -R`, and KernelIPVS.dump vs `ipvsadm -S -n`.
+  `ipvsadm -R`, and KernelIPVS.dump vs `ipvsadm -S -n`;
+- in-process no-op resync (dump(expect) + plan) vs `ipvsadm -S -n`: thorough (netlink), and
+  verified (the agent's resyncs between two thorough ones: /proc/net/ip_vs confirms the table
+  the thorough dump found as desired; `KernelIPVS(verify_seconds=...)`).
 
 Both kernel tables must be identical (`ipvsadm -S -n`, sorted). The figures are printed and
 written to $LVS_VM_OUT/bench_bulk_apply.json; the targets are enforced only with
@@ -159,7 +162,8 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
     apply = [*CLI, "ipvs", "apply", "-f", str(manifest), "--state-file", str(state)]
     figures: dict[str, list[float]] = {k: [] for k in (
         "cli_apply", "ipvsadm_restore", "cli_noop", "ipvsadm_save",
-        "inprocess_apply", "inprocess_dump", "inprocess_resync", "python_json")}
+        "inprocess_apply", "inprocess_dump", "inprocess_resync", "inprocess_verified",
+        "python_json")}
     # The least any Python CLI pays before it can program anything: start the interpreter and
     # read the file (no validation, no model, no netlink).
     python_json = [sys.executable, "-c", "import json, sys; json.load(open(sys.argv[1]))",
@@ -194,7 +198,7 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
         save()
 
         flush(ours)
-        with _inside(ours, lambda: KernelIPVS().connect()) as kernel:
+        with _inside(ours, lambda: KernelIPVS(verify_seconds=3600.0).connect()) as kernel:
             start = time.perf_counter()
             kernel.apply(operations)
             figures["inprocess_apply"].append(time.perf_counter() - start)
@@ -208,7 +212,15 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
             start = time.perf_counter()
             resync = plan(desired, kernel.dump(expect=desired), owned=set(desired))
             figures["inprocess_resync"].append(time.perf_counter() - start)
+            assert kernel.verified, "the thorough resync did not find the table as desired"
             save()
+            # The same resync once that thorough dump has verified the table: confirmed from
+            # /proc/net/ip_vs (the agent's resyncs between two thorough ones).
+            start = time.perf_counter()
+            verified = plan(desired, kernel.dump(expect=desired), owned=set(desired))
+            figures["inprocess_verified"].append(time.perf_counter() - start)
+            save()
+            assert verified == []
         assert dumped == desired
         assert resync == []
         figures["python_json"].append(_timed(python_json, ours)[0])
@@ -221,6 +233,8 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
         "in-process apply / ipvsadm -R": best["inprocess_apply"] / best["ipvsadm_restore"],
         "in-process dump / ipvsadm -S": best["inprocess_dump"] / best["ipvsadm_save"],
         "in-process no-op resync / ipvsadm -S": best["inprocess_resync"] / best["ipvsadm_save"],
+        "in-process no-op resync, verified (/proc) / ipvsadm -S":
+            best["inprocess_verified"] / best["ipvsadm_save"],
         "floor: python+json.load + in-process apply / ipvsadm -R":
             (best["python_json"] + best["inprocess_apply"]) / best["ipvsadm_restore"],
     }
