@@ -41,13 +41,32 @@ class OwnershipStore:
 
     def __init__(self, path: Path = DEFAULT_STATE_FILE) -> None:
         self.path = path
+        # The last record read or written, with the file's identity then: the agent reads the
+        # record several times per sync, and parsing it is the cost (a stat is not).
+        self._cached: tuple[tuple[int, int, int], Owned] | None = None
 
     def load(self) -> Owned:
-        """Return the saved record; an empty one when the file does not exist yet.
+        """Return the saved record (a copy the caller may change); an empty one when the
+        file does not exist yet.
 
         Raises:
             ValueError: when the file exists but is not a record this code wrote.
         """
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return Owned()
+        except OSError:
+            stat = None  # let the read below report it
+        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size) if stat else None
+        if self._cached is not None and self._cached[0] == identity:
+            return _copy(self._cached[1])
+        owned = self._read()
+        if identity is not None:
+            self._cached = (identity, _copy(owned))
+        return owned
+
+    def _read(self) -> Owned:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -98,6 +117,12 @@ class OwnershipStore:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=1)
         os.replace(tmp, self.path)
+        self._cached = None  # read back once: the file's new identity is known only then
+
+
+def _copy(owned: Owned) -> Owned:
+    return Owned(services=set(owned.services),
+                 vips={name: set(addresses) for name, addresses in owned.vips.items()})
 
 
 def _key_to_json(key: ServiceKey) -> list[str | int]:

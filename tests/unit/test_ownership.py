@@ -44,3 +44,16 @@ def test_garbage_is_a_clear_error(tmp_path, content):
     path.write_text(content)
     with pytest.raises(ValueError, match=str(path)):
         OwnershipStore(path).load()
+
+
+def test_loads_are_copies_and_see_other_writers(tmp_path):
+    path = tmp_path / "owned.json"
+    mine, other = OwnershipStore(path), OwnershipStore(path)
+    mine.save(Owned(services={ServiceKey.mark(1)}))
+    first = mine.load()
+    first.services.add(ServiceKey.mark(9))  # a caller changing its copy changes no record
+    assert mine.load() == Owned(services={ServiceKey.mark(1)})
+    other.save(Owned(services={ServiceKey.mark(2)}))  # same size, another file (rename)
+    assert mine.load() == Owned(services={ServiceKey.mark(2)})
+    path.unlink()
+    assert mine.load() == Owned()
