@@ -156,7 +156,10 @@ def _parser() -> argparse.ArgumentParser:
         "LVS_MIN_SYNC_INTERVAL_SECONDS (0.05), LVS_DRAIN_POLL_SECONDS (2), LVS_RETRY_SECONDS "
         "(5), LVS_MANAGE_SYSCTLS (true), LVS_SYSCTL_CONNTRACK, LVS_SYSCTL_EXPIRE_NODEST_CONN, "
         "LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE, LVS_SYSCTL_CONN_REUSE_MODE (1 each), "
-        "LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP (0: keep the kernel's).",
+        "LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP (0: keep the kernel's); "
+        "failover: LVS_HA (true), LVS_LEASE_RENEW_SECONDS (0.2), "
+        "LVS_LEASE_RENEW_DEADLINE_SECONDS (0.6), LVS_LEASE_SETTLE_SECONDS (5), "
+        "LVS_ANNOUNCE_SECONDS (10), LVS_SYNC_ID (0).",
     )
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     agent.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else "
@@ -168,6 +171,14 @@ def _parser() -> argparse.ArgumentParser:
                        "interface of the default route)")
     agent.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus endpoint "
                        "(default: $LVS_METRICS_ADDRESS, else 0.0.0.0:9640; '' for none)")
+    agent.add_argument("--namespace", help="namespace of the directors' Leases (default: "
+                       "$LVS_NAMESPACE, else $POD_NAMESPACE, else lvs-system)")
+    agent.add_argument("--lease-duration", metavar="SECONDS", help="others take this "
+                       "director's VIPs over when its Lease has not changed for this long "
+                       "(default: $LVS_LEASE_DURATION_SECONDS, else 0.8)")
+    agent.add_argument("--sync-interface", metavar="IF", help="interface of the IPVS "
+                       "connection-sync daemons (default: $LVS_SYNC_INTERFACE, else the VIP "
+                       "interface)")
     agent.add_argument("--log-level", default="info",
                        choices=("debug", "info", "warning", "error"))
     agent.set_defaults(handler=_agent)
@@ -317,7 +328,9 @@ def _agent(args: argparse.Namespace) -> int:
     try:
         settings = agent_settings.from_env(
             os.environ, node=args.node, kubeconfig=args.kubeconfig, state_file=args.state_file,
-            interface=args.interface, metrics_address=args.metrics_address)
+            interface=args.interface, metrics_address=args.metrics_address,
+            namespace=args.namespace, lease_duration=args.lease_duration,
+            sync_interface=args.sync_interface)
     except agent_settings.SettingsError as error:
         return _fail(str(error), status=EXIT_USAGE)
     try:
@@ -327,7 +340,8 @@ def _agent(args: argparse.Namespace) -> int:
         api = kube.Kube.connect(settings.kubeconfig)
     except (IPVSError, kube.ApiError) as error:
         return _fail(str(error))
-    agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=KernelVipHolder(),
+    # Takeover announcements: 3 rounds 0.1 s apart (a lost frame is covered by the next).
+    agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=KernelVipHolder(interval=0.1),
                        sysctls=apply_director_sysctls)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())

@@ -24,6 +24,7 @@ from crd_support import install_crd, module_namespace
 from lvs_operator.agent import kube, loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
+    HASettings,
     Settings,
     SyncSettings,
     WatchSettings,
@@ -145,7 +146,8 @@ class Director:
                               drain_poll_seconds=0.2, retry_seconds=0.5),
             watch=WatchSettings(timeout_seconds=30, read_timeout_seconds=20,
                                 backoff_max_seconds=1.0),
-            director=DirectorSettings(timeouts=Timeouts(tcp=600)))
+            director=DirectorSettings(timeouts=Timeouts(tcp=600)),
+            ha=HASettings(namespace="default"))  # the Leases: in a namespace that exists
 
     @contextlib.contextmanager
     def agent(self, api: kube.Kube | None = None) -> Iterator[loop.Agent]:
@@ -239,7 +241,8 @@ def test_programs_drains_and_withdraws(cluster, api, ns, nodes, label, tmp_path)
         publish(api, ns, "web", [ready(1), ready(2, weight=3)])
         assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1, "10.0.0.2": 3})
         assert eventually(lambda: director.vips.snapshot() == {"eth0": {ip_address(vip)}})
-        assert ("announce", "eth0", [ip_address(vip)]) in director.vips.calls
+        assert eventually(lambda: ("announce", "eth0", [ip_address(vip)]) in director.vips.calls,
+                          what="VIP announced")
         report = eventually(lambda: directors(api, ns, "web").get(node))
         assert (report["role"], report["generation"], report["error"]) == ("Active", 1, "")
         assert report["syncedAt"].endswith("Z")
@@ -288,7 +291,7 @@ def test_conflict_and_node_deselection_withdraw(cluster, api, ns, nodes, label, 
         publish(api, ns, "shop", [ready(1)], conditions=[conflict])
         assert eventually(lambda: reals(agent, vip) is None, what="withdrawn on Conflict")
         assert eventually(lambda: node not in directors(api, ns, "shop"))
-        assert director.vips.snapshot() == {}
+        assert eventually(lambda: director.vips.snapshot() == {}, what="VIP released")
         publish(api, ns, "shop", [ready(1)], conditions=[{**conflict, "status": "True",
                                                           "reason": "Ready"}])
         assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1})
@@ -333,7 +336,10 @@ def test_restart_changes_nothing_and_nothing_is_pruned_before_the_list(
     publish(api, ns, "stay", [ready(1), ready(2)])
     with director.agent() as agent:
         assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1, "10.0.0.2": 1})
-        assert eventually(lambda: node in directors(api, ns, "stay"))
+        # A fresh agent takes its VIPs after one Lease duration (`election`).
+        assert eventually(lambda: director.vips.snapshot() == {"eth0": {ip_address(vip)}})
+        assert eventually(lambda: directors(api, ns, "stay").get(node, {}).get("role")
+                          == "Active")
         # A drain in progress survives the restart too.
         director.ipvs.set_counters(key(vip), real_key(2), active=1)
         publish(api, ns, "stay", [ready(1)])

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from crd_support import CRD_NAME, ROOT, install_crd, module_namespace
 
 from lvs_operator import admission
 from lvs_operator.agent import kube as agent_kube
+from lvs_operator.agent import lease as agent_lease
 
 CHART = ROOT / "charts" / "lvs-operator"
 IMAGE = "registry.example/lvs-operator:test"
@@ -132,7 +134,8 @@ def test_agent_is_not_privileged(cluster: ControlPlane) -> None:
     assert not any(pod.get(k) for k in ("hostPID", "hostIPC"))
     assert pod["nodeSelector"] == {"lvs.dev/director": "true"}
     assert pod["serviceAccountName"] == "lvs-agent"
-    assert field_env(agent) == {"NODE_NAME": "spec.nodeName"}
+    assert field_env(agent) == {"NODE_NAME": "spec.nodeName",
+                                "POD_NAMESPACE": "metadata.namespace"}  # Leases
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["modules"]["readOnly"] is True
@@ -392,6 +395,19 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
         api.patch_status(namespace, name, {"status": {"directors": {"chart-node": {
             "role": "Active", "generation": generation, "error": "",
             "syncedAt": "2024-05-01T10:00:00Z"}}}})
+        # Its Lease (election): create, renew, watch everyone's, delete at a graceful stop.
+        leases = agent_lease.leases_path(namespace)
+        body = agent_lease.body("chart-node", namespace, duration=0.8, labels={"a": "b"},
+                                now=datetime.now(UTC))
+        api.request("POST", leases, body=body)
+        api.request("PATCH", f"{leases}/{agent_lease.lease_name('chart-node')}",
+                    content_type=agent_kube.MERGE_PATCH,
+                    body=agent_lease.renewal("chart-node", duration=0.8, labels={},
+                                             now=datetime.now(UTC)))
+        selector = [("labelSelector", f"{agent_lease.LABEL}=true")]
+        _, lease_version = api.lister(leases, query=selector)()
+        api.watcher(leases, query=selector, timeout_seconds=1)(lease_version).close()
+        api.request("DELETE", f"{leases}/{agent_lease.lease_name('chart-node')}")
         api.create_event({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
@@ -415,13 +431,16 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
     ("agent", "update", "virtualservers.lvs.dev"),
     ("agent", "create", "pods"),
     ("agent", "patch", "nodes"),
-    ("agent", "create", "leases.coordination.k8s.io"),
+    ("agent", "create", "leases.coordination.k8s.io/another-namespace"),
 ])
 def test_rbac_grants_nothing_more(cluster: ControlPlane, release: Release, account: str,
                                   verb: str, resource: str) -> None:
     subject = f"system:serviceaccount:{release.namespace}:{release.name}-{account}"
+    namespace = release.namespace
+    if resource.endswith("/another-namespace"):  # allowed in the release namespace only
+        resource, namespace = resource.rpartition("/")[0], "default"
     answer = cluster.kubectl("auth", "can-i", verb, resource, "--as", subject,
-                             "--namespace", release.namespace, check=False)
+                             "--namespace", namespace, check=False)
     assert answer.stdout.strip() == "no", f"{account} may {verb} {resource}"
 
 

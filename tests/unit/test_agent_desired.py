@@ -163,12 +163,19 @@ def test_older_virtualserver_wins_a_shared_key():
         assert weights(result) == {"10.0.0.1": 1}
 
 
-def test_relevant_ignores_other_directors_and_bookkeeping():
+def test_relevant_ignores_other_directors_bookkeeping_but_not_their_roles():
+    def directors(**entries):
+        return {**base, "metadata": {**base["metadata"], "resourceVersion": "2",
+                                     "managedFields": [{"manager": "x"}]},
+                "status": {**base["status"], "directors": entries}}
+
     base = vs(reals=[real(1)])
-    other = {**base, "metadata": {**base["metadata"], "resourceVersion": "2",
-                                  "managedFields": [{"manager": "x"}]},
-             "status": {**base["status"], "directors": {"node-b": {"role": "Active"}}}}
-    assert desired.relevant(base, node=NODE) == desired.relevant(other, node=NODE)
+    active = directors(**{"node-b": {"role": "Active", "generation": 1, "syncedAt": "a"}})
+    later = directors(**{"node-b": {"role": "Active", "generation": 2, "syncedAt": "b"}})
+    assert desired.relevant(active, node=NODE) == desired.relevant(later, node=NODE)
+    # Another director's role is what a handover waits for.
+    standby = directors(**{"node-b": {"role": "Standby", "generation": 2}})
+    assert desired.relevant(active, node=NODE) != desired.relevant(standby, node=NODE)
     mine = {**base, "status": {**base["status"], "directors": {NODE: {"role": "Active"}}}}
     assert desired.relevant(base, node=NODE) != desired.relevant(mine, node=NODE)
     changed = {**base, "status": {"realServers": [real(2)]}}
@@ -178,3 +185,86 @@ def test_relevant_ignores_other_directors_and_bookkeeping():
 def test_node_labels():
     assert desired.node_labels({"metadata": {"name": "n", "labels": LABELS}}) == LABELS
     assert desired.node_labels({"metadata": {"name": "n"}}) == {}
+
+
+# --- director-side health checks ------------------------------------------------------------
+
+TCP_CHECK = {"tcp": {}, "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 3}
+
+
+def test_health_targets_are_the_real_servers_of_checked_virtualservers():
+    checked = vs(reals=[real(1), real(2, weight=0)], healthCheck=TCP_CHECK,
+                 ports=({"port": 80}, {"port": 443}))
+    unchecked = vs("plain", vip="192.0.2.11", reals=[real(3)])
+    result = desired.build([checked, unchecked], node=NODE, labels=LABELS,
+                           default_interface=None)
+    targets = result.health_targets
+    assert sorted((t.vs, str(t.address), t.port) for t in targets) == [
+        ("shop/web", "10.0.0.1", 80), ("shop/web", "10.0.0.1", 443),
+        ("shop/web", "10.0.0.2", 80), ("shop/web", "10.0.0.2", 443)]
+    assert {t.check.kind for t in targets} == {"tcp"}
+    assert {t.check.failure_threshold for t in targets} == {3}
+
+
+def test_health_targets_once_per_real_server_port():
+    # NAT: two virtual ports onto the same targetPort are one real server to check.
+    document = vs(forwarding="NAT", ports=({"port": 80, "targetPort": 8080},
+                                           {"port": 81, "targetPort": 8080}),
+                  reals=[real(1)], healthCheck={"http": {"path": "/healthz"}})
+    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None)
+    (target,) = result.health_targets
+    assert (str(target.address), target.port, target.check.path) == ("10.0.0.1", 8080,
+                                                                     "/healthz")
+
+
+def test_unhealthy_real_server_gets_weight_0_and_is_kept():
+    document = vs(reals=[real(1, weight=3), real(2), real(3, ready=False, weight=0)],
+                  healthCheck=TCP_CHECK)
+    failing = {("shop/web", ip_address("10.0.0.1"), 80)}
+    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                           unhealthy=failing)
+    assert weights(result) == {"10.0.0.1": 0, "10.0.0.2": 1}, "kept at weight 0, not drained"
+    assert result.programs["shop/web"].unhealthy == ("10.0.0.1:80",)
+
+    recovered = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                              unhealthy=set())
+    assert weights(recovered) == {"10.0.0.1": 3, "10.0.0.2": 1}, "its weight back"
+    assert recovered.programs["shop/web"].unhealthy == ()
+
+
+def test_readiness_still_applies_on_top_of_health():
+    # Not ready (weight 0 from the controller): left out to drain whatever the checks say.
+    document = vs(reals=[real(1, ready=False, weight=0), real(2)], healthCheck=TCP_CHECK)
+    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                           unhealthy=set())
+    assert weights(result) == {"10.0.0.2": 1}
+
+
+def test_unhealthy_sorted_over_ports_and_families():
+    document = vs(forwarding="Tunnel", ports=({"port": 443}, {"port": 80}),
+                  reals=[{"ip": "2001:db8::7", "weight": 1, "ready": True}, real(9), real(10)],
+                  healthCheck=TCP_CHECK)
+    failing = {("shop/web", ip_address(a), p) for a, p in
+               [("2001:db8::7", 80), ("10.0.0.10", 443), ("10.0.0.9", 80), ("10.0.0.10", 80)]}
+    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                           unhealthy=failing)
+    assert result.programs["shop/web"].unhealthy == (
+        "10.0.0.9:80", "10.0.0.10:80", "10.0.0.10:443", "[2001:db8::7]:80")
+    assert weights(result, key(port=443)) == {"10.0.0.9": 1, "10.0.0.10": 0, "2001:db8::7": 1}
+    assert weights(result, key(port=80)) == {"10.0.0.9": 0, "10.0.0.10": 0, "2001:db8::7": 0}
+
+
+def test_without_health_check_unaffected():
+    document = vs(reals=[real(1), real(2)])
+    # A stale result for a VirtualServer without checks, or one of another VirtualServer.
+    failing = {("shop/web", ip_address("10.0.0.1"), 80),
+               ("shop/other", ip_address("10.0.0.2"), 80)}
+    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                           unhealthy=failing)
+    assert weights(result) == {"10.0.0.1": 1, "10.0.0.2": 1}
+    assert result.programs["shop/web"].unhealthy == ()
+    assert result.health_targets == []
+    checked = desired.build([vs(reals=[real(1), real(2)], healthCheck=TCP_CHECK)], node=NODE,
+                            labels=LABELS, default_interface=None, unhealthy=failing)
+    assert weights(checked) == {"10.0.0.1": 0, "10.0.0.2": 1}, "another VirtualServer's " \
+        "result does not count"

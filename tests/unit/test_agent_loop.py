@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import queue
 import threading
 import time
 from ipaddress import ip_address
@@ -37,61 +36,147 @@ def virtualserver(reals) -> dict[str, Any]:
                                        for n in reals]}}
 
 
+class Log:
+    """One collection's watch events, numbered like resourceVersions: a watch from version
+    v sees every event after v (as the API server's watch cache does)."""
+
+    def __init__(self, api: FakeApi):
+        self.api = api
+        self.events: list[tuple[int, dict[str, Any]]] = []
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self.api.changed:
+            self.api.version += 1
+            self.events.append((self.api.version, event))
+            self.api.changed.notify_all()
+
+
 class Stream:
-    def __init__(self, events: queue.Queue[dict[str, Any] | None]):
-        self.events = events
+    def __init__(self, log: Log, version: str):
+        self.log = log
+        self.cursor = int(version)
         self.closed = False
 
     def __iter__(self):
+        changed = self.log.api.changed
         while not self.closed:
-            try:
-                event = self.events.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if event is None:
-                return
-            yield event
+            with changed:
+                fresh = [(n, e) for n, e in self.log.events if n > self.cursor]
+                if not fresh:
+                    changed.wait(0.05)
+                    continue
+            for number, event in fresh:
+                self.cursor = number
+                yield event
 
     def close(self):
         self.closed = True
 
 
-class FakeApi:
-    """An API server in memory: one VirtualServer collection and one Node."""
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
 
-    def __init__(self, objects=(), *, node=True):
+
+class FakeApi:
+    """An API server in memory: one VirtualServer collection, one Node, and Leases (which
+    several agents may share: status patches are echoed with `echo`)."""
+
+    def __init__(self, objects=(), *, node=True, echo=False, nodes=None):
         self.objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o
                         for o in objects}
         self.node = {"metadata": {"name": NODE, "labels": {}}} if node else None
+        self.nodes = nodes  # name -> Node, for several agents (None: just `node`)
         self.gate = threading.Event()
         self.gate.set()
-        self.streams: dict[str, queue.Queue[dict[str, Any] | None]] = {
-            kube.VIRTUALSERVERS: queue.Queue(), kube.NODES: queue.Queue()}
+        self.changed = threading.Condition()
+        self.streams: dict[str, Log] = {kube.VIRTUALSERVERS: Log(self), kube.NODES: Log(self),
+                                        "leases": Log(self)}
         self.patches: list[Any] = []
+        self.leases: dict[str, dict[str, Any]] = {}
+        self.lease_writes: list[tuple[str, str]] = []  # (method, lease name)
+        self.fail_renewals: set[str] = set()  # holder names whose Lease writes fail
+        self.echo = echo
         self.version = 10
+
+    @staticmethod
+    def _key(path: str) -> str:
+        return "leases" if path.startswith(kube.LEASES) else path
 
     def lister(self, path, *, query=()):
         def list_():
             if path == kube.VIRTUALSERVERS:
                 assert self.gate.wait(30)
-                return [copy.deepcopy(o) for o in self.objects.values()], str(self.version)
-            return ([self.node] if self.node else []), str(self.version)
+            with self.changed:
+                version = str(self.version)
+                if path == kube.VIRTUALSERVERS:
+                    return [copy.deepcopy(o) for o in self.objects.values()], version
+                if path.startswith(kube.LEASES):
+                    return [copy.deepcopy(o) for o in self.leases.values()], version
+                if self.nodes is not None:
+                    name = dict(query).get("fieldSelector", "").partition("=")[2]
+                    return [copy.deepcopy(self.nodes[name])], version
+                return ([self.node] if self.node else []), version
         return list_
 
     def watcher(self, path, *, query=(), timeout_seconds=300, read_timeout=120.0):
-        return lambda version: Stream(self.streams[path])
+        return lambda version: Stream(self.streams[self._key(path)], version)
 
     def patch_status(self, namespace, name, patch):
         self.patches.append(patch)
-        return {}
+        if not self.echo:
+            return {}
+        with self.changed:
+            key = f"{namespace}/{name}"
+            obj = merge(self.objects[key], {"status": patch["status"]})
+            obj["metadata"]["resourceVersion"] = str(self.version + 1)
+            self.objects[key] = obj
+        self.streams[kube.VIRTUALSERVERS].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+        return obj
 
     def create_event(self, event):
         return event
 
+    def request(self, method, path, *, query=(), body=None, content_type="", timeout=None):
+        assert path.startswith(kube.LEASES), path
+        name = path.rsplit("/", 1)[-1]
+        holder = (body or {}).get("spec", {}).get("holderIdentity") or name
+        if method in ("PATCH", "POST") and any(holder.endswith(n) for n in self.fail_renewals):
+            raise kube.ApiError(0, "connection refused (scripted)")
+        with self.changed:
+            if method == "POST":
+                name = body["metadata"]["name"]
+                if name in self.leases:
+                    raise kube.ApiError(409, "exists")
+                kind, obj = "ADDED", copy.deepcopy(body)
+            elif method == "PATCH":
+                if name not in self.leases:
+                    raise kube.ApiError(404, "not found")
+                kind, obj = "MODIFIED", merge(self.leases[name], body)
+            elif method == "DELETE":
+                if name not in self.leases:
+                    raise kube.ApiError(404, "not found")
+                kind, obj = "DELETED", self.leases.pop(name)
+            else:
+                raise AssertionError(method)
+            self.lease_writes.append((method, name))
+            obj["metadata"]["resourceVersion"] = str(self.version + 1)
+            if kind != "DELETED":
+                self.leases[name] = obj
+        self.streams["leases"].put({"type": kind, "object": copy.deepcopy(obj)})
+        return obj
+
     def modify(self, obj):
-        self.version += 1
         obj = copy.deepcopy(obj)
-        obj["metadata"]["resourceVersion"] = str(self.version)
+        obj["metadata"]["resourceVersion"] = str(self.version + 1)
         self.streams[kube.VIRTUALSERVERS].put({"type": "MODIFIED", "object": obj})
 
 

@@ -8,7 +8,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from lvs_operator.agent import metrics
+from lvs_operator.agent import health, metrics
 from lvs_operator.model import Forwarding, Protocol, RealServer, ServiceKey, Stats, VirtualService
 from lvs_operator.plan import AddReal, AddService, DeleteReal
 
@@ -131,3 +131,33 @@ def test_serve():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_health_of_checked_real_servers():
+    statuses = {
+        ("shop/web", ip_address("10.0.0.1"), 80): health.Status(healthy=False, checks=9,
+                                                               failures=4, detail="refused"),
+        ("shop/dns", ip_address("2001:db8::1"), 53): health.Status(healthy=True, checks=2),
+    }
+    owners = {KEY: "shop/web", KEY6: "shop/dns"}
+    got = samples(metrics.render([*metrics.kernel_families(table(), owners, statuses),
+                                  *metrics.health_families(statuses)]))
+    real = ('namespace="shop",name="web",vip="192.0.2.10",port="80",protocol="TCP",'
+            'real="10.0.0.1:80"')
+    real6 = ('namespace="shop",name="dns",vip="2001:db8::10",port="53",protocol="UDP",'
+             'real="[2001:db8::1]:53"')
+    assert got[f"lvs_real_server_healthy{{{real}}}"] == 0
+    assert got[f"lvs_real_server_healthy{{{real6}}}"] == 1
+    assert got['lvs_real_server_health_checks_total{namespace="shop",name="web",'
+               'real="10.0.0.1:80"}'] == 9
+    assert got['lvs_real_server_health_check_failures_total{namespace="shop",name="web",'
+               'real="10.0.0.1:80"}'] == 4
+    assert got['lvs_real_server_health_check_failures_total{namespace="shop",name="dns",'
+               'real="[2001:db8::1]:53"}'] == 0
+
+
+def test_no_health_samples_without_checks():
+    text = metrics.render([*metrics.kernel_families(table(), {KEY: "shop/web"}),
+                           *metrics.health_families({})])
+    assert "# TYPE lvs_real_server_healthy gauge" in text
+    assert not [k for k in samples(text) if "health" in k]

@@ -43,7 +43,9 @@ def test_entry_and_patch_touch_only_this_node():
     value = report.entry(report.Report("Active", 3), now=NOW)
     assert value == {"role": "Active", "generation": 3, "syncedAt": "2025-03-01T12:30:45Z",
                      "error": ""}
-    assert report.patch("node-a", value) == {"status": {"directors": {"node-a": value}}}
+    # The keys the entry lacks are removed (a merge patch would keep them otherwise).
+    assert report.patch("node-a", value) == {"status": {"directors": {"node-a": {
+        **value, "unhealthy": None}}}}
     assert report.patch("node-a", None) == {"status": {"directors": {"node-a": None}}}
     no_generation = report.entry(report.Report("Active", None, "x"), now=NOW)
     assert "generation" not in no_generation
@@ -75,3 +77,69 @@ def test_event():
     assert (event["reportingComponent"], event["reportingInstance"]) == ("lvs.dev/agent",
                                                                         "node-a")
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-03-01T12:30:45Z"
+
+
+def test_unhealthy_in_the_report_and_entry():
+    made = report.report(role="Active", generation=3, error="", previous=None,
+                         unhealthy=["10.0.0.7:80", "10.0.0.9:80"])
+    assert made == report.Report("Active", 3, "", ("10.0.0.7:80", "10.0.0.9:80"))
+    value = report.entry(made, now=NOW)
+    assert value["unhealthy"] == ["10.0.0.7:80", "10.0.0.9:80"]
+    assert made.matches(value)
+    assert not report.Report("Active", 3).matches(value), "a recovery is a change"
+    assert not made.matches({**value, "unhealthy": ["10.0.0.7:80"]})
+    assert report.Report("Active", 3).matches({**value, "unhealthy": []})
+    failed = report.report(role="Active", generation=3, error="boom",
+                           previous={"generation": 2}, unhealthy=["10.0.0.7:80"])
+    assert failed == report.Report("Active", 2, "boom", ("10.0.0.7:80",))
+
+
+def test_recovery_removes_the_unhealthy_list():
+    value = report.entry(report.Report("Standby", 3), now=NOW)
+    assert "unhealthy" not in value
+    entry = report.patch("node-a", value)["status"]["directors"]["node-a"]
+    assert entry["unhealthy"] is None
+    assert (entry["role"], entry["generation"], entry["error"]) == ("Standby", 3, "")
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    (None, ()),
+    ({}, ()),
+    ({"unhealthy": ["10.0.0.7:80"]}, ("10.0.0.7:80",)),
+    ({"unhealthy": "garbage"}, ()),
+])
+def test_unhealthy_of(entry, expected):
+    assert report.unhealthy_of(entry) == expected
+
+
+@pytest.mark.parametrize(("before", "after", "reason", "kind", "message"), [
+    ([], [], None, None, None),
+    (["10.0.0.7:80"], ["10.0.0.7:80"], None, None, None),
+    ([], ["10.0.0.7:80"], "RealServerUnhealthy", "Warning",
+     "director node-a: real servers failing health checks (weight 0): 10.0.0.7:80"),
+    (["10.0.0.7:80"], [], "RealServerHealthy", "Normal",
+     "director node-a: real servers healthy again: 10.0.0.7:80"),
+    (["10.0.0.7:80"], ["10.0.0.8:80"], "RealServerUnhealthy", "Warning",
+     "director node-a: real servers failing health checks (weight 0): 10.0.0.8:80; "
+     "real servers healthy again: 10.0.0.7:80"),
+])
+def test_health_event(before, after, reason, kind, message):
+    event = report.health_event(OBJ, node="node-a", before=before, after=after, now=NOW)
+    if reason is None:
+        assert event is None
+        return
+    assert event is not None
+    assert (event["reason"], event["type"], event["message"]) == (reason, kind, message)
+    assert event["involvedObject"]["name"] == "web"
+
+
+def test_event_limiter():
+    clock = [100.0]
+    limiter = report.EventLimiter(seconds=30, clock=lambda: clock[0])
+    assert limiter.allow("shop/web")
+    assert not limiter.allow("shop/web")
+    assert limiter.allow("shop/api"), "per VirtualServer"
+    clock[0] += 29
+    assert not limiter.allow("shop/web")
+    clock[0] += 2
+    assert limiter.allow("shop/web")

@@ -71,3 +71,35 @@ def test_errors_name_the_variable(env, named):
 ])
 def test_split_address(address, split):
     assert settings.split_address(address) == split
+
+
+def test_ha_defaults_and_environment():
+    ha = settings.from_env({"NODE_NAME": "n"}).ha
+    assert ha == settings.HASettings()
+    assert (ha.enabled, ha.namespace, ha.lease_duration_seconds, ha.renew_seconds,
+            ha.renew_deadline_seconds, ha.settle_seconds, ha.sync_id, ha.sync_interface) == (
+        True, "lvs-system", 0.8, 0.2, 0.6, 5.0, 0, None)
+    assert settings.from_env({"NODE_NAME": "n", "POD_NAMESPACE": "lb"}).ha.namespace == "lb"
+    ha = settings.from_env({
+        "NODE_NAME": "n", "POD_NAMESPACE": "lb", "LVS_NAMESPACE": "ha", "LVS_HA": "false",
+        "LVS_LEASE_DURATION_SECONDS": "2", "LVS_LEASE_SETTLE_SECONDS": "1",
+        "LVS_ANNOUNCE_SECONDS": "0", "LVS_SYNC_ID": "7", "LVS_SYNC_INTERFACE": "eth1"}).ha
+    assert (ha.enabled, ha.namespace, ha.lease_duration_seconds, ha.renew_seconds,
+            ha.renew_deadline_seconds, ha.settle_seconds, ha.announce_seconds, ha.sync_id,
+            ha.sync_interface) == (False, "ha", 2.0, 0.5, 1.5, 1.0, 0.0, 7, "eth1")
+    flagged = settings.from_env({"NODE_NAME": "n", "LVS_NAMESPACE": "ha"}, namespace="cli",
+                                lease_duration="4", sync_interface="bond0").ha
+    assert (flagged.namespace, flagged.lease_duration_seconds, flagged.renew_deadline_seconds,
+            flagged.sync_interface) == ("cli", 4.0, 3.0, "bond0")
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"LVS_LEASE_RENEW_DEADLINE_SECONDS": "0.9"}, "LVS_LEASE_RENEW_DEADLINE_SECONDS"),
+    ({"LVS_LEASE_RENEW_SECONDS": "0.7"}, "LVS_LEASE_RENEW_SECONDS"),
+    ({"LVS_LEASE_DURATION_SECONDS": "x"}, "LVS_LEASE_DURATION_SECONDS"),
+    ({"LVS_SYNC_ID": "256"}, "LVS_SYNC_ID"),
+    ({"LVS_HA": "maybe"}, "LVS_HA"),
+])
+def test_ha_errors_name_the_variable(env, named):
+    with pytest.raises(settings.SettingsError, match=named):
+        settings.from_env({"NODE_NAME": "n", **env})

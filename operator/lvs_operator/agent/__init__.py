@@ -8,7 +8,9 @@ real servers gracefully, and reports `status.directors.<node>`, Events and metri
 Pure core (no kubernetes, kopf or pyroute2 imports):
 - `settings`: what the agent is told (environment variables, CLI flags).
 - `desired`: VirtualServer documents + the Node's labels -> the desired table and VIPs.
-- `role`: which role this director plays for a VirtualServer (the election's seam).
+- `election`: who holds each VIP: liveness from one Lease per director (local observation),
+  rendezvous hashing over the live eligible directors, handover, self-fence.
+- `role`: which role this director plays for a VirtualServer (the election, per program).
 - `drain`: drain deadlines of withdrawn real servers, persisted across restarts.
 - `report`: the content of `status.directors.<node>` patches and of Events.
 - `metrics`: the Prometheus exposition text.
@@ -17,7 +19,12 @@ Glue:
 - `watch`: list + watch one resource into a local cache (relists after 410 Gone).
 - `kube`: the Kubernetes API over the `kubernetes` client's REST layer (plain dicts).
 - `routes`: the node's default-route interface (the VIP interface when none is given).
+- `lease`: renews this director's Lease, watches everyone's, wakes the loop when the
+  election's view changes (a Lease expiring included).
 - `loop`: the `Agent`: threads, the rate-limited sync loop, status writes, the metrics server.
+- `health`: director-side health checks of real servers (spec.healthCheck): a rise/fall
+  machine per target and TCP/HTTP probes, run by a `Monitor` in a thread of its own with an
+  asyncio loop (thousands of concurrent checks, one thread); a flip wakes the sync loop.
 
 Threads, not asyncio: the `kubernetes` client, the kernel boundary (`KernelIPVS`, the netlink
 VIP calls) and the sysctl writes all block, and pyroute2's synchronous classes refuse to run

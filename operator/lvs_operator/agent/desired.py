@@ -17,17 +17,29 @@ Its real servers are the `status.realServers` entries that are ready, at their w
 the not-ready ones the controller still gives a weight (its fallback: terminating pods that
 still serve when nothing is ready). The others are left out, so the data plane drains them:
 weight 0 first, deleted when idle or when `spec.drain.timeoutSeconds` has passed (`drain`).
+
+With `spec.healthCheck`, the director's own checks (`health`) apply on top: a real server
+that fails them stays in the table at weight 0 (no new connections; established ones go
+on; it is not drained away), and gets its weight back once it passes them again. The
+programs say which real servers to check (`Desired.health_targets`) and which failed
+(`Program.unhealthy`, for status).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lvs_operator import conflicts, resolve, spec, status
-from lvs_operator.agent import role
-from lvs_operator.model import Forwarding, IPAddress, ServiceKey, VirtualService
+from lvs_operator.agent import health, role
+from lvs_operator.model import (
+    Forwarding,
+    IPAddress,
+    ServiceKey,
+    VirtualService,
+    format_endpoint,
+)
 
 # A VirtualServer without a creation time (never from the API server) loses every conflict.
 _NEVER = "9999-12-31T23:59:59Z"
@@ -47,6 +59,8 @@ class Program:
             no interface known: then `problem` says so).
         services: its IPVS virtual services with the real servers to program.
         problem: what could not be done as asked, for status; "" when nothing.
+        unhealthy: its real servers (address:port, sorted) that fail this director's
+            health checks and are held at weight 0.
     """
 
     vs: spec.VirtualServer
@@ -55,6 +69,7 @@ class Program:
     interface: str | None
     services: tuple[VirtualService, ...]
     problem: str = ""
+    unhealthy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,21 @@ class Desired:
         return {s.key: p.vs.drain_timeout_seconds
                 for p in self.programs.values() for s in p.services}
 
+    @property
+    def health_targets(self) -> list[health.Target]:
+        """Return the real servers to health-check: each real server (address, port) of
+        each program with a spec.healthCheck, once."""
+        targets: dict[health.Key, health.Target] = {}
+        for ident, p in self.programs.items():
+            check = p.vs.health_check
+            if check is None:
+                continue
+            for service in p.services:
+                for real in service.reals.values():
+                    target = health.Target(ident, real.address, real.port, check)
+                    targets.setdefault(target.key, target)
+        return list(targets.values())
+
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Return whether a node with `labels` matches `selector` (every label equal)."""
@@ -106,11 +136,18 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 
 def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[str, str],
-          default_interface: str | None) -> Desired:
+          default_interface: str | None,
+          unhealthy: Collection[health.Key] = frozenset(),
+          decide: role.Decider | None = None) -> Desired:
     """Return the desired state of director `node` (with Node `labels`) for `objects`.
 
     `default_interface` holds the VIPs of VirtualServers that name no
     spec.directors.interface (None: there is none, which each such program's `problem` says).
+    `decide` gives this director's role for each VirtualServer (`role.elected`: the
+    election); None makes it Active everywhere.
+    `unhealthy` are the (namespace/name, address, port) that fail this director's health
+    checks (`health.Monitor.unhealthy`); they get weight 0 in VirtualServers that have a
+    spec.healthCheck and are ignored elsewhere.
     """
     candidates: dict[str, tuple[Program, str]] = {}
     withdrawn: dict[str, str] = {}
@@ -131,8 +168,11 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
         except spec.SpecError as e:
             withdrawn[vs.id] = f"cannot program its real servers: {e}"
             continue
+        failing: tuple[str, ...] = ()
+        if vs.health_check is not None and unhealthy:
+            services, failing = _health(vs.id, services, unhealthy)
         meta = obj.get("metadata") or {}
-        chosen = role.decide(vs, node=node)
+        chosen = decide(vs, obj) if decide else role.decide(vs, node=node)
         interface = None
         if chosen is role.Role.ACTIVE:
             interface = vs.directors.interface or default_interface
@@ -141,7 +181,8 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
                                 "route; set spec.directors.interface (or the agent's "
                                 "LVS_INTERFACE)")
         program = Program(vs=vs, generation=int(meta.get("generation") or 0), role=chosen,
-                          interface=interface, services=services, problem="; ".join(problems))
+                          interface=interface, services=services, problem="; ".join(problems),
+                          unhealthy=failing)
         candidates[vs.id] = (program, str(meta.get("creationTimestamp") or _NEVER))
     lost = conflicts.conflicts(conflicts.Claimant.of(p.vs, created=created)
                                for p, created in candidates.values())
@@ -153,14 +194,35 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
     )
 
 
+def _health(ident: str, services: tuple[VirtualService, ...],
+            unhealthy: Collection[health.Key]) -> tuple[tuple[VirtualService, ...],
+                                                         tuple[str, ...]]:
+    """Return `services` with the unhealthy real servers of VirtualServer `ident` at
+    weight 0, and those real servers (address:port, sorted, once each)."""
+    result = []
+    failing: dict[tuple[IPAddress, int], None] = {}
+    for service in services:
+        reals = {}
+        for key, real in service.reals.items():
+            if (ident, real.address, real.port) in unhealthy:
+                failing[(real.address, real.port)] = None
+                real = replace(real, weight=0)
+            reals[key] = real
+        result.append(replace(service, reals=reals))
+    ordered = sorted(failing, key=lambda r: (r[0].version, int(r[0]), r[1]))
+    return tuple(result), tuple(format_endpoint(a, p) for a, p in ordered)
+
+
 def relevant(obj: Mapping[str, Any], *, node: str) -> tuple[object, ...]:
     """Return what of a VirtualServer the agent acts on; a change elsewhere (another
-    director's report, managedFields) needs no sync, so N directors reporting do not make
-    each other resync N times."""
+    director's generation or syncedAt, managedFields) needs no sync, so N directors
+    reporting do not make each other resync N times. Other directors' roles do count: a
+    handover waits for the old holder to report Standby."""
     meta = obj.get("metadata") or {}
     stat = obj.get("status") or {}
     return (meta.get("generation"), meta.get("creationTimestamp"), obj.get("spec"),
-            stat.get("realServers"), _ready(stat), (stat.get("directors") or {}).get(node))
+            stat.get("realServers"), _ready(stat), (stat.get("directors") or {}).get(node),
+            role.claims(obj))
 
 
 def node_labels(node: Mapping[str, Any]) -> dict[str, str]:

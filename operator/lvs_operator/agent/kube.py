@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 GROUP_VERSION = "lvs.dev/v1alpha1"
 VIRTUALSERVERS = f"/apis/{GROUP_VERSION}/virtualservers"
 NODES = "/api/v1/nodes"
+LEASES = "/apis/coordination.k8s.io/v1"  # + /namespaces/<ns>/leases[/<name>]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
 
@@ -73,14 +74,16 @@ class Kube:
         self._api.close()  # type: ignore[no-untyped-call]
 
     def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
-                body: object = None, content_type: str = "application/json") -> Any:
-        """Send one request; return the decoded JSON answer.
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
+        """Send one request; return the decoded JSON answer. `timeout` is (seconds to
+        connect, seconds to read the answer).
 
         Raises:
             ApiError: on a non-2xx answer (with the API server's message) or no answer.
         """
         response = self._send(method, path, query=query, body=body, content_type=content_type,
-                              timeout=REQUEST_TIMEOUT)
+                              timeout=timeout)
         try:
             return json.loads(response.data or b"null")
         except ValueError as e:

@@ -7,13 +7,18 @@ server reads the kernel under the same lock.
 The loop is level-based: every sync computes the whole desired state from the caches and
 converges to it, so a burst of events is one sync and a missed event is healed by the next
 one. It syncs
-- only after both first lists are complete (an agent that starts never withdraws what it
-  has not yet listed), and not at all while its Node object is missing;
+- only after the first lists are complete (VirtualServers, its Node, the directors'
+  Leases: an agent that starts never withdraws what it has not yet listed), and not at all
+  while its Node object is missing;
+- when the election's view changes (`lease`: a director's Lease appears or expires, this
+  one fences itself or becomes ready), and when another director's role changes (handover);
 - when a cache changed, at most once per `min_interval_seconds`;
 - every `resync_seconds` (a full resync: drift repaired, director settings re-applied);
 - every `drain_poll_seconds` while real servers drain, `retry_seconds` after a failure.
-Stopping the agent changes nothing in the kernel: a restart or an upgrade must not disturb
-traffic, and the next agent finds everything as it was (zero kernel operations).
+Stopping the agent changes nothing in the kernel (a restart or an upgrade must not disturb
+traffic, and the next agent finds everything as it was: zero kernel operations), except
+that VIPs another live director can take are released first and its Lease is deleted, so
+they move at once instead of being held twice (`_leave`). A lone director keeps them.
 """
 
 from __future__ import annotations
@@ -28,10 +33,29 @@ from functools import partial
 from typing import Any, Protocol
 
 from lvs_operator import syncer
-from lvs_operator.agent import desired, drain, kube, metrics, report, routes, watch
+from lvs_operator.agent import (
+    desired,
+    drain,
+    election,
+    health,
+    kube,
+    lease,
+    metrics,
+    report,
+    role,
+    routes,
+    watch,
+)
 from lvs_operator.agent.settings import Settings, split_address
 from lvs_operator.ipvs import IPVS, ApplyError, IPVSError
-from lvs_operator.model import IPAddress, ServiceKey, Timeouts, VirtualService
+from lvs_operator.model import (
+    IPAddress,
+    ServiceKey,
+    SyncDaemon,
+    SyncState,
+    Timeouts,
+    VirtualService,
+)
 from lvs_operator.network.errors import NetworkError
 from lvs_operator.network.sysctl import DirectorSysctls, SysctlChange
 from lvs_operator.ownership import Owned, OwnershipStore
@@ -62,6 +86,12 @@ class Api(Protocol):
         """Create a core/v1 Event; raise kube.ApiError on failure."""
         ...
 
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
+        """Send one request (the Lease's); raise kube.ApiError on failure."""
+        ...
+
 
 class Agent:
     """One director's agent. `run` it (it returns after `stop`)."""
@@ -87,6 +117,10 @@ class Agent:
         self._kernel = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Director-side health checks (spec.healthCheck), in a thread of their own: a real
+        # server turning unhealthy or healthy again wakes the loop.
+        self.health = health.Monitor(on_change=self._wake.set)
+        self._health_events = report.EventLimiter()
         # Spec drain timeouts of every service seen, so a drain that begins after its
         # VirtualServer was deleted still gets that VirtualServer's timeout.
         self._drain_timeouts: dict[ServiceKey, int] = {}
@@ -117,6 +151,14 @@ class Agent:
             on_change=self._wake.set,
             relevant=desired.node_labels,  # kubelet heartbeats change status, not labels
             backoff_max=watch_settings.backoff_max_seconds)
+        # This director's Lease and everyone's: who holds which VIP (`election`); None
+        # without HA (a lone director holds every VIP).
+        self.leases = lease.Keeper(settings.ha, node=settings.node, api=api,
+                                   on_change=self._wake.set, watch_settings=watch_settings) \
+            if settings.ha.enabled else None
+        self._wanted: desired.Desired | None = None  # of the last sync (for a graceful stop)
+        self._announced = 0.0  # when the held VIPs were last announced (monotonic)
+        self._sync_problem = ""  # the connection-sync daemons' last error, logged already
 
     # --- running -----------------------------------------------------------------------------
 
@@ -134,6 +176,9 @@ class Agent:
                    for r in (self.virtualservers, self.node)]
         for thread in threads:
             thread.start()
+        self.health.start()
+        if self.leases is not None:
+            self.leases.start()
         try:
             with self._kernel:
                 for problem in self._apply_director_settings():
@@ -141,8 +186,10 @@ class Agent:
             if self._wait_for_lists():
                 self._loop()
         finally:
+            self._leave()
             for reflector in (self.virtualservers, self.node):
                 reflector.stop()
+            self.health.stop()
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -165,12 +212,15 @@ class Agent:
         with self._kernel:
             table = self.ipvs.dump()
         owners = dict(self._owners)
-        return metrics.render([*metrics.kernel_families(table, owners),
+        statuses = self.health.statuses()
+        return metrics.render([*metrics.kernel_families(table, owners, statuses),
+                               *metrics.health_families(statuses),
                                *self.metrics.families()])
 
     def _wait_for_lists(self) -> bool:
-        """Wait until both reflectors have listed; return False when stopped first."""
-        while not (self.virtualservers.synced.is_set() and self.node.synced.is_set()):
+        """Wait until the reflectors have listed; return False when stopped first."""
+        while not (self.virtualservers.synced.is_set() and self.node.synced.is_set()
+                   and (self.leases is None or self.leases.synced.is_set())):
             if self._stopping.is_set():
                 return False
             self._wake.wait(1.0)
@@ -208,9 +258,19 @@ class Agent:
             self._node_missing = True
             return self.settings.sync.retry_seconds
         self._node_missing = False
+        labels = desired.node_labels(node)
+        view = decide = None
+        if self.leases is not None:
+            self.leases.set_labels(labels)  # the others learn this director's eligibility
+            view = self.leases.view()
+            held = {vip for vips in self._safe_load().vips.values() for vip in vips}
+            decide = role.elected(view, held=held)
+        fallback = self.settings.interface or self._default_interface()
         wanted = desired.build(
-            objects.values(), node=self.settings.node, labels=desired.node_labels(node),
-            default_interface=self.settings.interface or self._default_interface())
+            objects.values(), node=self.settings.node, labels=labels,
+            default_interface=fallback, unhealthy=self.health.unhealthy(), decide=decide)
+        self._wanted = wanted
+        self.health.update(wanted.health_targets)  # new real servers start healthy
         # What failed now (to retry soon), by VirtualServer; `problem`s of the programs are
         # reported too but wait for a change of their inputs.
         errors: dict[str, list[str]] = {ident: [] for ident in wanted.programs}
@@ -219,6 +279,10 @@ class Agent:
                 if full or (wanted.nat and not self._nat) else []
             stray: list[str] = []  # failures that belong to no VirtualServer (withdrawals)
             operations, timers = self._program(wanted, errors, node_errors, stray)
+            announce = None
+            if view is not None:
+                self._sync_daemons(wanted, view, fallback)
+                announce = self._announce(wanted, view)
             owned = self._safe_load()
         owners = wanted.owners  # a property that builds a dict: once, not once per key
         self._owners = {key: owners.get(key) or self._owners.get(key, "")
@@ -238,9 +302,12 @@ class Agent:
         for ident, why in sorted(wanted.withdrawn.items()):
             log.debug("%s: withdrawn: %s", ident, why)
         reported = self._report(objects, wanted, errors, node_errors)
+        soon: float | None = None
         if failed or not reported:
-            return self.settings.sync.retry_seconds
-        return self.settings.sync.drain_poll_seconds if timers else None
+            soon = self.settings.sync.retry_seconds
+        elif timers:
+            soon = self.settings.sync.drain_poll_seconds
+        return soon if announce is None else min(announce, soon or announce)
 
     def _program(self, wanted: desired.Desired, errors: dict[str, list[str]],
                  node_errors: list[str], stray: list[str]) -> tuple[list[Operation], int]:
@@ -333,6 +400,120 @@ class Agent:
                 problems.append(str(e))
         return problems
 
+    # --- failover ------------------------------------------------------------------------------
+
+    def _sync_daemons(self, wanted: desired.Desired, view: election.View,
+                      fallback: str | None) -> None:
+        """Run the kernel's connection-sync daemons this director's roles ask for: master
+        while it is Active for a VirtualServer, backup while Standby for one (both at once
+        is fine: a director's multicast does not come back to itself). Only where another
+        director could take over: some program has another eligible director with a Lease
+        (live or not, so that a peer's short outage does not restart the daemons). An
+        unchanged daemon is left running; a daemon is stopped only when this agent manages
+        daemons (several directors) or when it is the one this agent would run."""
+        ha = self.settings.ha
+        programs = list(wanted.programs.values())
+        several = any(view.others(p.vs.directors.node_selector) for p in programs)
+        interface = ha.sync_interface or next(iter(sorted(
+            {i for p in programs if (i := p.vs.directors.interface or fallback)})), None)
+        states = set()
+        if several:
+            roles = {p.role for p in programs}
+            if role.Role.ACTIVE in roles:
+                states.add(SyncState.MASTER)
+            if role.Role.STANDBY in roles:
+                states.add(SyncState.BACKUP)
+        problems = []
+        try:
+            running = {d.state: d for d in self.ipvs.daemons()}
+            for state in SyncState:
+                have = running.get(state)
+                ours = SyncDaemon(state, interface, ha.sync_id) if interface else None
+                want = ours if state in states else None
+                if have == want:
+                    continue
+                if state in states and not interface:
+                    problems.append("no interface for the connection-sync daemon: set "
+                                    "LVS_SYNC_INTERFACE")
+                    continue
+                if have is not None and (several or have == ours):
+                    self.ipvs.stop_daemon(state)
+                    log.info("stopped the IPVS sync daemon %s", have)
+                if want is not None:
+                    self.ipvs.start_daemon(want)
+                    log.info("started the IPVS sync daemon %s", want)
+        except IPVSError as e:
+            problems.append(str(e))
+        problem = "; ".join(problems)
+        if problem and problem != self._sync_problem:
+            # Failover still works without it; established connections would not survive.
+            log.error("connection sync: %s", problem)
+        self._sync_problem = problem
+
+    def _announce(self, wanted: desired.Desired, view: election.View) -> float | None:
+        """Announce the VIPs held again when due, those that other directors could hold
+        too (a neighbour may have missed the takeover's announcements); return the seconds
+        until the next announcement, None when none is due."""
+        period = self.settings.ha.announce_seconds
+        shared = {p.vs.vip for p in wanted.programs.values()
+                  if p.interface and view.others(p.vs.directors.node_selector)}
+        vips = {name: held & shared for name, held in self._safe_load().vips.items()
+                if held & shared}
+        if period <= 0 or not vips:
+            return None
+        now = time.monotonic()
+        if now < self._announced + period:
+            return self._announced + period - now
+        for name, held in sorted(vips.items()):
+            try:
+                self.vips.announce(name, sorted(held, key=lambda a: (a.version, int(a))))
+            except NetworkError as e:
+                log.warning("announcing VIPs on %s: %s", name, e)
+        self._announced = now
+        return period
+
+    def _leave(self) -> None:
+        """On a graceful stop: release the VIPs that another live director can take, report
+        Standby for them, then delete the Lease so that director takes them at once. VIPs
+        no other live director can take stay (a restart of a lone director must not drop
+        traffic), as does everything else in the kernel."""
+        wanted = self._wanted
+        if self.leases is None:
+            return
+        if wanted is None:  # never synced: nothing known to hand over
+            self.leases.stop(delete=False)
+            return
+        view = self.leases.view()
+        handed = {ident: p for ident, p in wanted.programs.items()
+                  if p.interface and any(view.peers[n].live
+                                         for n in view.others(p.vs.directors.node_selector))}
+        gone = {p.vs.vip for p in handed.values()}
+        keep: dict[str, set[IPAddress]] = {}
+        for p in wanted.programs.values():
+            if p.interface and p.vs.vip not in gone:
+                keep.setdefault(p.interface, set()).add(p.vs.vip)
+        if handed:
+            with self._kernel:
+                problems = self._sync_vips(keep, release_only=True)
+            if problems:
+                for name, problem in problems.items():
+                    log.error("stopping: cannot release the VIPs on %s: %s", name, problem)
+                self.leases.stop(delete=False)  # the Lease expires instead
+                return
+            log.info("stopping: released %d VIPs for the other directors to take",
+                     len(gone))
+            objects = self.virtualservers.snapshot()
+            for ident, p in handed.items():
+                obj = objects.get(ident)
+                if obj is None:
+                    continue
+                current = report.entry_of(obj, self.settings.node)
+                self._write(obj, report.report(
+                    role=role.Role.STANDBY.value, generation=p.generation,
+                    error=str((current or {}).get("error") or ""), previous=current,
+                    unhealthy=p.unhealthy), previous=current)
+        self.leases.stop(delete=True)
+
     def _safe_load(self) -> Owned:
         try:
             return self._store.load()
@@ -355,7 +536,8 @@ class Agent:
             if program is not None:
                 error = "; ".join([*node_errors, *errors.get(ident, [])])
                 want = report.report(role=program.role.value, generation=program.generation,
-                                     error=error, previous=current)
+                                     error=error, previous=current,
+                                     unhealthy=program.unhealthy)
                 if want.matches(current):
                     continue
             elif current is None:
@@ -387,7 +569,24 @@ class Agent:
                                                     message=want.error, now=now))
             except kube.ApiError as e:
                 log.warning("cannot post an Event on %s/%s: %s", namespace, name, e)
+        if want is not None:
+            self._health_event(obj, report.unhealthy_of(previous), want.unhealthy, now=now)
         return True
+
+    def _health_event(self, obj: watch.Object, before: Sequence[str], after: Sequence[str],
+                      *, now: datetime) -> None:
+        """Post an Event when real servers failed health checks or passed them again (at
+        most one per VirtualServer every report.HEALTH_EVENT_SECONDS)."""
+        event = report.health_event(obj, node=self.settings.node, before=before, after=after,
+                                    now=now)
+        meta = obj.get("metadata") or {}
+        ident = f"{meta.get('namespace')}/{meta.get('name')}"
+        if event is None or not self._health_events.allow(ident):
+            return
+        try:
+            self.api.create_event(event)
+        except kube.ApiError as e:
+            log.warning("cannot post an Event on %s: %s", ident, e)
 
 
 class _InterfaceRecord(OwnershipStore):

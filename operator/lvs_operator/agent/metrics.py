@@ -9,6 +9,12 @@ vip, port, protocol) and per real server (the same plus real = address:port):
     lvs_real_server_connections_total, lvs_real_server_{in,out}_{packets,bytes}_total
     lvs_real_server_active_connections, lvs_real_server_inactive_connections,
     lvs_real_server_weight                                                          gauges
+    lvs_real_server_healthy   gauge, 1/0: passes this director's health checks (only the
+                              real servers of VirtualServers with a spec.healthCheck)
+
+Per health-checked real server (labels namespace, name, real = address:port):
+
+    lvs_real_server_health_checks_total, lvs_real_server_health_check_failures_total
 
 The agent itself: lvs_agent_sync_duration_seconds (histogram), lvs_agent_syncs_total,
 lvs_agent_sync_errors_total, lvs_agent_operations_total{operation},
@@ -29,7 +35,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lvs_operator.model import ServiceKey, Stats, Table
+from lvs_operator.agent import health
+from lvs_operator.model import ServiceKey, Stats, Table, format_endpoint
 from lvs_operator.plan import Operation
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,9 +84,12 @@ _SERVICE_COUNTERS = (
 )
 
 
-def kernel_families(table: Table, owners: Mapping[ServiceKey, str]) -> list[Family]:
+def kernel_families(table: Table, owners: Mapping[ServiceKey, str],
+                    statuses: Mapping[health.Key, health.Status] | None = None) -> list[Family]:
     """Return the per-service and per-real-server families for the services in `owners`
-    (namespace/name of each, "" when unknown) as found in `table` (a plain dump)."""
+    (namespace/name of each, "" when unknown) as found in `table` (a plain dump); with
+    the health checks' `statuses`, whether each checked real server is healthy."""
+    statuses = statuses or {}
     svc = {attr: Family(f"lvs_service_{name}", "counter", f"{text} by the virtual service.")
            for name, attr, text in _SERVICE_COUNTERS}
     real = {attr: Family(f"lvs_real_server_{name}", "counter", f"{text} by the real server.")
@@ -90,6 +100,9 @@ def kernel_families(table: Table, owners: Mapping[ServiceKey, str]) -> list[Fami
                       "Inactive connections (other states, UDP) to the real server.")
     weight = Family("lvs_real_server_weight", "gauge",
                     "Scheduling weight of the real server (0 while it drains).")
+    healthy = Family("lvs_real_server_healthy", "gauge",
+                     "Whether the real server passes this director's health checks (1) or "
+                     "not (0, weight 0); only for VirtualServers with a health check.")
     for key in sorted(owners, key=ServiceKey.sort_key):
         service = table.get(key)
         if service is None:
@@ -106,7 +119,26 @@ def kernel_families(table: Table, owners: Mapping[ServiceKey, str]) -> list[Fami
             active.add(real_labels, r.active_conns)
             inactive.add(real_labels, r.inactive_conns)
             weight.add(real_labels, r.weight)
-    return [*svc.values(), *real.values(), active, inactive, weight]
+            status = statuses.get((owners[key], r.address, r.port))
+            if status is not None:
+                healthy.add(real_labels, int(status.healthy))
+    return [*svc.values(), *real.values(), active, inactive, weight, healthy]
+
+
+def health_families(statuses: Mapping[health.Key, health.Status]) -> list[Family]:
+    """Return the health-check counters of each checked real server."""
+    checks = Family("lvs_real_server_health_checks_total", "counter",
+                    "Health checks of the real server run by this director.")
+    failures = Family("lvs_real_server_health_check_failures_total", "counter",
+                      "Health checks of the real server that failed (refused, timed out, "
+                      "wrong HTTP status).")
+    for key in sorted(statuses, key=lambda k: (k[0], k[1].version, int(k[1]), k[2])):
+        ident, address, port = key
+        namespace, _, name = ident.partition("/")
+        labels = {"namespace": namespace, "name": name, "real": format_endpoint(address, port)}
+        checks.add(labels, statuses[key].checks)
+        failures.add(labels, statuses[key].failures)
+    return [checks, failures]
 
 
 def _stats(families: Mapping[str, Family], labels: Labels, stats: Stats | None) -> None:

@@ -4,16 +4,23 @@ Each agent writes only `status.directors.<its node>`, with a JSON merge patch on
 subresource: a merge patch changes the keys it names and keeps the others, so directors
 writing at the same time cannot clobber each other's entries (a `null` removes the entry).
 
-An entry is written only when role, programmed generation or error change: `syncedAt` is
-the time of that change (when this director converged to what the entry says), not of
-every resync, so a steady state costs the API server nothing.
+An entry is written only when role, programmed generation, error or the real servers
+failing this director's health checks (`unhealthy`, "address:port" sorted; absent when
+none) change: `syncedAt` is the time of that change (when this director converged to what
+the entry says), not of every resync, so a steady state costs the API server nothing.
+
+A real server that fails its health checks, or passes them again, is also told in an
+Event (`health_event`), at most one per VirtualServer and director every
+`HEALTH_EVENT_SECONDS` (`EventLimiter`): a flapping server must not flood the API server;
+the status entry always says the current truth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from time import monotonic
 from typing import Any
 
 from lvs_operator import spec, status
@@ -21,6 +28,12 @@ from lvs_operator import spec, status
 REPORTING_CONTROLLER = "lvs.dev/agent"
 EVENT_COMPONENT = "lvs-operator-agent"
 SYNC_FAILED = "SyncFailed"
+REAL_SERVER_UNHEALTHY = "RealServerUnhealthy"
+REAL_SERVER_HEALTHY = "RealServerHealthy"
+HEALTH_EVENT_SECONDS = 30.0
+# Every key an entry may have: a merge patch sets the ones a new entry lacks to null, so the
+# stored entry is exactly the new one (a merge patch keeps keys it does not name).
+ENTRY_KEYS = ("role", "generation", "syncedAt", "error", "unhealthy")
 MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; status entries stay readable too
 
 
@@ -29,30 +42,41 @@ class Report:
     """One director's report on one VirtualServer.
 
     `generation` is the metadata.generation it has programmed (None: none yet); `error`
-    says why it could not program the current one ("" when it did).
+    says why it could not program the current one ("" when it did); `unhealthy` lists the
+    real servers ("address:port", sorted) failing this director's health checks.
     """
 
     role: str
     generation: int | None
     error: str = ""
+    unhealthy: tuple[str, ...] = ()
 
     def matches(self, entry: Mapping[str, Any] | None) -> bool:
         """Return whether the stored `entry` already says what this report says."""
         if not isinstance(entry, Mapping):
             return False
-        return (entry.get("role"), entry.get("generation"), entry.get("error") or "") == (
-            self.role, self.generation, self.error)
+        return (entry.get("role"), entry.get("generation"), entry.get("error") or "",
+                unhealthy_of(entry)) == (self.role, self.generation, self.error,
+                                         self.unhealthy)
 
 
 def report(*, role: str, generation: int, error: str,
-           previous: Mapping[str, Any] | None) -> Report:
+           previous: Mapping[str, Any] | None, unhealthy: Sequence[str] = ()) -> Report:
     """Return the report of a director that programmed `generation` (or failed to, with
-    `error`: then the generation reported stays the one `previous` reported)."""
+    `error`: then the generation reported stays the one `previous` reported), with the
+    real servers that fail its health checks."""
+    failing = tuple(unhealthy)
     if not error:
-        return Report(role=role, generation=generation)
+        return Report(role=role, generation=generation, unhealthy=failing)
     before = previous.get("generation") if isinstance(previous, Mapping) else None
     return Report(role=role, generation=before if isinstance(before, int) else None,
-                  error=_truncate(error))
+                  error=_truncate(error), unhealthy=failing)
+
+
+def unhealthy_of(entry: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Return the `unhealthy` list of a stored entry (empty when absent or not a list)."""
+    found = entry.get("unhealthy") if isinstance(entry, Mapping) else None
+    return tuple(str(x) for x in found) if isinstance(found, list) else ()
 
 
 def entry(report: Report, *, now: datetime) -> dict[str, Any]:
@@ -62,13 +86,18 @@ def entry(report: Report, *, now: datetime) -> dict[str, Any]:
         result["generation"] = report.generation
     result["syncedAt"] = status.timestamp(now)
     result["error"] = report.error
+    if report.unhealthy:
+        result["unhealthy"] = list(report.unhealthy)
     return result
 
 
 def patch(node: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return the merge patch that sets `status.directors.<node>` to `value` (None: remove
-    it) and touches nothing else."""
-    return {"status": {"directors": {node: None if value is None else dict(value)}}}
+    it) and touches nothing else. The keys of an entry that `value` lacks are set to null
+    (removed), so no stale `unhealthy` list outlives its recovery."""
+    if value is None:
+        return {"status": {"directors": {node: None}}}
+    return {"status": {"directors": {node: {**dict.fromkeys(ENTRY_KEYS), **value}}}}
 
 
 def entry_of(obj: Mapping[str, Any], node: str) -> Mapping[str, Any] | None:
@@ -103,6 +132,46 @@ def event(obj: Mapping[str, Any], *, node: str, message: str, now: datetime,
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def health_event(obj: Mapping[str, Any], *, node: str, before: Sequence[str],
+                 after: Sequence[str], now: datetime) -> dict[str, Any] | None:
+    """Return the Event telling that real servers failed this director's health checks
+    (Warning) or passed them again (Normal), from the `before` and `after` unhealthy lists;
+    None when nothing changed."""
+    went = [r for r in after if r not in before]
+    back = [r for r in before if r not in after]
+    if not went and not back:
+        return None
+    parts = []
+    if went:
+        parts.append(f"real servers failing health checks (weight 0): {', '.join(went)}")
+    if back:
+        parts.append(f"real servers healthy again: {', '.join(back)}")
+    if went:
+        return event(obj, node=node, message="; ".join(parts), now=now,
+                     reason=REAL_SERVER_UNHEALTHY)
+    return event(obj, node=node, message=parts[0], now=now, reason=REAL_SERVER_HEALTHY,
+                 kind="Normal")
+
+
+@dataclass
+class EventLimiter:
+    """Allows one Event per key (a VirtualServer) every `seconds`."""
+
+    seconds: float = HEALTH_EVENT_SECONDS
+    clock: Callable[[], float] = monotonic
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def allow(self, key: str) -> bool:
+        """Return whether an Event about `key` may go now (and count it if so)."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.seconds:
+            return False
+        self._last = {k: t for k, t in self._last.items() if now - t < self.seconds}
+        self._last[key] = now
+        return True
 
 
 def _truncate(text: str) -> str:

@@ -1,26 +1,46 @@
-"""Which role this director plays for a VirtualServer: the seam for the election.
+"""Which role this director plays for a VirtualServer. Pure.
 
 Every director that a VirtualServer selects programs its IPVS services; only the Active one
-holds the VIP and announces it. With one director per VirtualServer (this issue) that
-director is always Active. The election (a `coordination.k8s.io` Lease per VirtualServer)
-replaces `decide` and nothing else: the agent asks it once per VirtualServer and sync.
+holds the VIP and announces it. The election (`election`: one Lease per director, rendezvous
+hashing of the VIP over the live eligible directors, handover through status.directors)
+decides; `elected` turns its view into the `Decider` that `desired.build` asks once per
+VirtualServer and sync. Without a view (`decide`), a director is Active: what a lone
+director, or a test of the desired state, needs.
 """
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from lvs_operator import spec
+from lvs_operator.agent.election import Role, View
+from lvs_operator.agent.election import decide as elect
+from lvs_operator.model import IPAddress
 
+__all__ = ["Decider", "Role", "claims", "decide", "elected"]
 
-class Role(enum.Enum):
-    """A director's role for one VirtualServer; values are what status.directors shows."""
-
-    ACTIVE = "Active"  # holds the VIP and answers ARP / NDP for it
-    STANDBY = "Standby"  # programs the services, ready to take the VIP over
+Decider = Callable[[spec.VirtualServer, Mapping[str, Any]], Role]
+"""(parsed VirtualServer, its object as the API server returned it) -> this director's role."""
 
 
 def decide(vs: spec.VirtualServer, *, node: str) -> Role:
-    """Return the role of director `node` for `vs`: Active (a single director for now)."""
-    del vs, node  # the election will need both
+    """Return the role of director `node` for `vs` without an election: Active."""
+    del vs, node
     return Role.ACTIVE
+
+
+def claims(obj: Mapping[str, Any]) -> dict[str, str]:
+    """Return each director's role as a VirtualServer's status.directors reports it."""
+    found = (obj.get("status") or {}).get("directors") or {}
+    return {str(node): str(entry.get("role")) for node, entry in found.items()
+            if isinstance(entry, Mapping)} if isinstance(found, Mapping) else {}
+
+
+def elected(view: View, *, held: Collection[IPAddress]) -> Decider:
+    """Return the decider of the election's `view`; `held` are the VIPs this director
+    holds now."""
+    def decider(vs: spec.VirtualServer, obj: Mapping[str, Any]) -> Role:
+        return elect(view, key=str(vs.vip), selector=vs.directors.node_selector,
+                     claims=claims(obj), holding=vs.vip in held)
+    return decider

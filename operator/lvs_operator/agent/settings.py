@@ -20,6 +20,15 @@ the most common ones. Every variable is optional except the node name:
 | LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE   |                     | 1                         |
 | LVS_SYSCTL_CONN_REUSE_MODE             |                     | 1                         |
 | LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP |      | 0 (keep the kernel's)     |
+| LVS_HA                                 |                     | true                      |
+| LVS_NAMESPACE                          | --namespace         | $POD_NAMESPACE, else lvs-system |
+| LVS_LEASE_DURATION_SECONDS             | --lease-duration    | 0.8                       |
+| LVS_LEASE_RENEW_SECONDS                |                     | 0.2 (duration / 4)        |
+| LVS_LEASE_RENEW_DEADLINE_SECONDS       |                     | 0.6 (duration x 3/4)      |
+| LVS_LEASE_SETTLE_SECONDS               |                     | 5                         |
+| LVS_ANNOUNCE_SECONDS                   |                     | 10 (0 = only at takeover) |
+| LVS_SYNC_ID                            |                     | 0 (backup: accept any)    |
+| LVS_SYNC_INTERFACE                     | --sync-interface    | the VIP interface in use  |
 
 Why each default is what it is: see the fields below and `DirectorSysctls`.
 """
@@ -35,6 +44,7 @@ from lvs_operator.network.sysctl import DirectorSysctls
 from lvs_operator.ownership import DEFAULT_STATE_FILE
 
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9640"
+DEFAULT_NAMESPACE = "lvs-system"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -99,6 +109,60 @@ class DirectorSettings:
 
 
 @dataclass(frozen=True)
+class HASettings:
+    """Failover between directors (`election`, `lease`) and connection sync.
+
+    Attributes:
+        enabled: whether directors elect VIP holders at all (LVS_HA). Off, a director holds
+            every VIP it programs, has no Lease and runs no sync daemon: only for a lone
+            director (two of them would both hold the VIPs).
+        namespace: where this director's Lease `lvs-director-<node>` lives (the agent's
+            own namespace; every director watches the Leases there).
+        lease_duration_seconds: how long after the others last saw this director's Lease
+            change they take its VIPs over. The failover time is about this plus a sync:
+            0.8 s keeps it under the 1 s target (keepalived's VRRP takes 3-4 s).
+        renew_seconds: how often the Lease is renewed (4 chances per duration).
+        renew_deadline_seconds: a director that has not completed a renewal within this of
+            the start of its last successful one drops every VIP it holds (self-fence),
+            before the others may take them (they wait the full duration). Must be below the
+            duration; the difference must cover the releasing sync.
+        settle_seconds: a director that became live (started, came back) counts as a
+            candidate against a live holder only after this, so a flapping director does
+            not pull VIPs back and forth.
+        announce_seconds: period of the gratuitous ARP / unsolicited NA for the VIPs held
+            while other directors could hold them too (0: only at takeover).
+        sync_id: the syncid of the kernel's connection-sync daemons. 0 is fine for one
+            group of directors per L2 segment: a master sends 0, and a backup with 0
+            accepts the messages of every syncid.
+        sync_interface: where the sync daemons send and receive (multicast 224.0.0.81);
+            None: the interface the VIPs are held on (the first, by name, if several).
+    """
+
+    enabled: bool = True
+    namespace: str = DEFAULT_NAMESPACE
+    lease_duration_seconds: float = 0.8
+    renew_seconds: float = 0.2
+    renew_deadline_seconds: float = 0.6
+    settle_seconds: float = 5.0
+    announce_seconds: float = 10.0
+    sync_id: int = 0
+    sync_interface: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_seconds < self.renew_deadline_seconds:
+            raise SettingsError(
+                f"LVS_LEASE_RENEW_SECONDS={self.renew_seconds:g} must be above 0 and below "
+                f"LVS_LEASE_RENEW_DEADLINE_SECONDS={self.renew_deadline_seconds:g}")
+        if not self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise SettingsError(
+                f"LVS_LEASE_RENEW_DEADLINE_SECONDS={self.renew_deadline_seconds:g} must be "
+                f"below LVS_LEASE_DURATION_SECONDS={self.lease_duration_seconds:g}: a "
+                "director must drop its VIPs before the others may take them")
+        if not 0 <= self.sync_id <= 255:
+            raise SettingsError(f"LVS_SYNC_ID={self.sync_id}: must be 0 to 255")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `lvs-operator agent` is told.
 
@@ -112,6 +176,7 @@ class Settings:
         interface: where to hold VIPs whose VirtualServer names no spec.directors.interface;
             None means the interface of the node's default route.
         metrics_address: host:port of the Prometheus endpoint; "" serves none.
+        ha: failover between directors and connection sync.
     """
 
     node: str
@@ -122,6 +187,7 @@ class Settings:
     sync: SyncSettings = SyncSettings()
     watch: WatchSettings = WatchSettings()
     director: DirectorSettings = DirectorSettings()
+    ha: HASettings = HASettings()
 
     @property
     def drain_file(self) -> Path:
@@ -132,8 +198,9 @@ class Settings:
 def from_env(env: Mapping[str, str], **flags: str | None) -> Settings:
     """Return the settings that environment `env` and command-line `flags` give.
 
-    `flags` are node, kubeconfig, state_file, interface, metrics_address; a flag that is
-    None falls back to its environment variable.
+    `flags` are node, kubeconfig, state_file, interface, metrics_address, namespace,
+    lease_duration, sync_interface; a flag that is None falls back to its environment
+    variable.
 
     Raises:
         SettingsError: naming the variable (or flag) that is missing or malformed.
@@ -158,6 +225,24 @@ def from_env(env: Mapping[str, str], **flags: str | None) -> Settings:
             expire_quiescent_template=_bool(env, "LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE", True),
             conn_reuse_mode=int(_number(env, "LVS_SYSCTL_CONN_REUSE_MODE", 1, whole=True)),
         )
+    flag = flags.get("lease_duration")
+    duration = _number({"LVS_LEASE_DURATION_SECONDS": flag} if flag is not None else env,
+                       "LVS_LEASE_DURATION_SECONDS", 0.8, low=0.01)
+    ha = HASettings(
+        enabled=_bool(env, "LVS_HA", True),
+        namespace=pick("namespace", "LVS_NAMESPACE") or env.get("POD_NAMESPACE")
+        or DEFAULT_NAMESPACE,
+        lease_duration_seconds=duration,
+        # Unset, they scale with the duration as the defaults do (1/4 and 3/4 of it).
+        renew_seconds=_number(env, "LVS_LEASE_RENEW_SECONDS", round(duration / 4, 6),
+                              low=0.01),
+        renew_deadline_seconds=_number(env, "LVS_LEASE_RENEW_DEADLINE_SECONDS",
+                                       round(duration * 3 / 4, 6), low=0.01),
+        settle_seconds=_number(env, "LVS_LEASE_SETTLE_SECONDS", 5.0),
+        announce_seconds=_number(env, "LVS_ANNOUNCE_SECONDS", 10.0),
+        sync_id=int(_number(env, "LVS_SYNC_ID", 0, whole=True)),
+        sync_interface=pick("sync_interface", "LVS_SYNC_INTERFACE") or None,
+    )
     return Settings(
         node=node,
         kubeconfig=pick("kubeconfig", "KUBECONFIG") or None,
@@ -178,6 +263,7 @@ def from_env(env: Mapping[str, str], **flags: str | None) -> Settings:
                 udp=int(_number(env, "LVS_TIMEOUT_UDP", 0, whole=True)),
             ),
         ),
+        ha=ha,
     )
 
 

@@ -39,7 +39,7 @@ import pytest
 from kernel.netlab import Lab, Netns
 from lvs_operator import syncer
 from lvs_operator.agent import desired, kube, loop, watch
-from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
+from lvs_operator.agent.settings import DirectorSettings, HASettings, Settings, SyncSettings
 from lvs_operator.ipvs.kernel import KernelIPVS
 from lvs_operator.network.holder import KernelVipHolder
 from lvs_operator.plan import Operation, plan
@@ -174,6 +174,11 @@ class MemoryApi:
         self.events += 1
         return event
 
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
+        raise AssertionError(f"unexpected request {method} {path}: one director, no Lease")
+
     def stop(self) -> None:
         for stream in self.streams.values():
             stream.put(None)
@@ -228,7 +233,8 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
     api = MemoryApi(objects)
     settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
                         sync=SyncSettings(resync_seconds=3600.0),
-                        director=DirectorSettings(sysctls=None))
+                        director=DirectorSettings(sysctls=None),
+                        ha=HASettings(enabled=False))  # one director: no election
     # Everything the agent opens (netlink, packet sockets) is opened in this namespace.
     ipvs = CountingIPVS()
     ns.call(ipvs.connect)

@@ -1,0 +1,300 @@
+"""This director's Lease and its watch of everyone's: the glue around `election`.
+
+Each director keeps one `coordination.k8s.io/v1` Lease, `lvs-director-<node>` in the
+agent's namespace, labelled `lvs.dev/director-lease: "true"`, holderIdentity = the node. It
+renews it every `renew_seconds` (a merge patch of spec.renewTime, about 5 writes a second,
+whatever the number of VirtualServers) and copies into it
+- its duration in milliseconds (annotation `lvs.dev/lease-duration-ms`; leaseDurationSeconds
+  is whole seconds, rounded up, for tools that read it),
+- its Node's labels (annotation `lvs.dev/node-labels`, JSON): an agent watches only its own
+  Node, so this is how the others learn which VirtualServers it is eligible for.
+
+A `watch.Reflector` keeps every director's Lease (by that label); each change is recorded
+in the `election.Tracker` at the local time it is seen. A monitor thread wakes the sync
+loop when the election's view changes, including by time alone (a Lease expiring, this
+director fencing itself, a director settling). The watch carries this director's own
+renewals, so a watch that stays silent for a few durations is dead and is restarted.
+
+Three threads: the renewer (blocks on the API server, with a request timeout of the renew
+deadline), the reflector, and the monitor (never blocks on the network: a fence takes
+effect on time even while a renewal hangs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from lvs_operator.agent import election, kube, watch
+from lvs_operator.agent.settings import HASettings, WatchSettings
+
+log = logging.getLogger(__name__)
+
+LABEL = "lvs.dev/director-lease"
+DURATION_ANNOTATION = "lvs.dev/lease-duration-ms"
+LABELS_ANNOTATION = "lvs.dev/node-labels"
+PREFIX = "lvs-director-"
+
+
+class Api(Protocol):
+    """What the Lease glue asks of the API server (`kube.Kube` does it)."""
+
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
+        """Send one request; raise kube.ApiError on failure."""
+        ...
+
+    def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
+        """Return a function that lists `path`."""
+        ...
+
+    def watcher(self, path: str, *, query: Sequence[tuple[str, str]] = (),
+                timeout_seconds: int = 300, read_timeout: float = 120.0) -> watch.Watcher:
+        """Return a function that watches `path` from a resourceVersion."""
+        ...
+
+
+def leases_path(namespace: str) -> str:
+    """Return the path of the Leases of `namespace`."""
+    return f"{kube.LEASES}/namespaces/{namespace}/leases"
+
+
+def lease_name(node: str) -> str:
+    """Return the name of director `node`'s Lease."""
+    return f"{PREFIX}{node}"
+
+
+def micro_time(now: datetime) -> str:
+    """Return `now` as a metav1.MicroTime (RFC 3339, microseconds, UTC)."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def renewal(node: str, *, duration: float, labels: Mapping[str, str],
+            now: datetime) -> dict[str, Any]:
+    """Return the merge patch that renews director `node`'s Lease (and refreshes what it
+    copies into it)."""
+    return {"metadata": {"labels": {LABEL: "true"}, "annotations": {
+                DURATION_ANNOTATION: str(round(duration * 1000)),
+                LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())),
+                                              separators=(",", ":"))}},
+            "spec": {"holderIdentity": node, "renewTime": micro_time(now),
+                     "leaseDurationSeconds": max(1, math.ceil(duration))}}
+
+
+def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str],
+         now: datetime) -> dict[str, Any]:
+    """Return a new Lease for director `node`."""
+    patch = renewal(node, duration=duration, labels=labels, now=now)
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
+            "spec": {**patch["spec"], "acquireTime": micro_time(now), "leaseTransitions": 0}}
+
+
+def seen(obj: watch.Object, *, default_duration: float) -> election.Seen | None:
+    """Return what a Lease says for the election; None when it is no director's."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    node = spec.get("holderIdentity")
+    if not node:
+        return None
+    annotations = meta.get("annotations") or {}
+    duration = default_duration
+    try:
+        duration = int(annotations[DURATION_ANNOTATION]) / 1000
+    except (KeyError, ValueError, TypeError):
+        seconds = spec.get("leaseDurationSeconds")
+        if isinstance(seconds, int) and seconds > 0:
+            duration = float(seconds)
+    labels: dict[str, str] = {}
+    try:
+        raw = json.loads(annotations.get(LABELS_ANNOTATION) or "{}")
+        if isinstance(raw, dict):
+            labels = {str(k): str(v) for k, v in raw.items()}
+    except ValueError:
+        pass  # unreadable: eligible only where no label is asked for
+    return election.Seen(node=str(node), marker=str(spec.get("renewTime")),
+                         duration=duration, labels=labels)
+
+
+class Keeper:
+    """Renews this director's Lease and watches everyone's; `view()` is the election's
+    state now. `start`, then `stop`."""
+
+    def __init__(self, settings: HASettings, *, node: str, api: Api,
+                 on_change: Callable[[], None], watch_settings: WatchSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.settings = settings
+        self.node = node
+        self.api = api
+        self._on_change = on_change
+        self._clock = clock
+        self._now = now
+        self._lock = threading.Lock()
+        self._poke = threading.Event()
+        self._stopping = threading.Event()
+        self._tracker = election.Tracker(node, settle=settings.settle_seconds)
+        self._labels: dict[str, str] = {}
+        self._renewed: float | None = None  # start of the last successful renewal
+        self._held_since: float | None = None  # start of the current run of renewals
+        self._failing = False  # said so in the log already
+        self._fenced_logged = False
+        self._path = leases_path(settings.namespace)
+        selector = [("labelSelector", f"{LABEL}=true")]
+        watch_settings = watch_settings or WatchSettings()
+        duration = settings.lease_duration_seconds
+        self.reflector = watch.Reflector(
+            f"director leases in {settings.namespace}",
+            lister=api.lister(self._path, query=selector),
+            # Our own renewals flow through this watch: silence means it is dead.
+            watcher=api.watcher(self._path, query=selector,
+                                timeout_seconds=watch_settings.timeout_seconds,
+                                read_timeout=max(2.0, 4 * duration)),
+            on_change=self._observe,
+            backoff_max=min(watch_settings.backoff_max_seconds, 2.0))
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def synced(self) -> threading.Event:
+        """Set once the first complete Lease list is in."""
+        return self.reflector.synced
+
+    def set_labels(self, labels: Mapping[str, str]) -> None:
+        """Copy the Node's `labels` into the Lease from the next renewal on."""
+        with self._lock:
+            self._labels = dict(labels)
+
+    def start(self) -> None:
+        """Start renewing and watching (threads)."""
+        self._threads = [threading.Thread(target=target, name=name, daemon=True)
+                         for target, name in ((self._renew_loop, "lease renewer"),
+                                              (self.reflector.run, self.reflector.name),
+                                              (self._monitor_loop, "election monitor"))]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, *, delete: bool) -> None:
+        """Stop renewing and watching; with `delete`, delete the Lease, so the others see
+        this director gone at once (its VIPs must have been released first)."""
+        self._stopping.set()
+        self._poke.set()
+        self.reflector.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if delete:
+            deadline = self.settings.lease_duration_seconds
+            try:
+                self.api.request("DELETE", f"{self._path}/{lease_name(self.node)}",
+                                 timeout=(max(deadline, 1.0), max(deadline, 1.0)))
+                log.info("deleted Lease %s/%s", self.settings.namespace,
+                         lease_name(self.node))
+            except kube.ApiError as e:
+                if e.status != 404:
+                    log.warning("cannot delete Lease %s/%s: %s", self.settings.namespace,
+                                lease_name(self.node), e)
+
+    def view(self) -> election.View:
+        """Return the election as this director sees it now."""
+        with self._lock:
+            return self._tracker.view(self._clock(), **self._timing())
+
+    # --- threads --------------------------------------------------------------------------
+
+    def _timing(self) -> dict[str, Any]:
+        return {"renewed": self._renewed, "held_since": self._held_since,
+                "deadline": self.settings.renew_deadline_seconds,
+                "duration": self.settings.lease_duration_seconds}
+
+    def _observe(self) -> None:
+        now = self._clock()
+        default = self.settings.lease_duration_seconds
+        found = [s for s in (seen(obj, default_duration=default)
+                             for obj in self.reflector.snapshot().values()) if s]
+        with self._lock:
+            self._tracker.observe(found, now)
+        self._poke.set()
+
+    def _renew_loop(self) -> None:
+        period = self.settings.renew_seconds
+        while not self._stopping.is_set():
+            started = self._clock()
+            ok = self._renew()
+            with self._lock:
+                if ok:
+                    if self._renewed is None or started >= self._renewed + \
+                            self.settings.renew_deadline_seconds:
+                        self._held_since = started  # a new unbroken run begins
+                    self._renewed = started
+            self._poke.set()
+            self._stopping.wait(max(0.0, started + period - self._clock()))
+
+    def _renew(self) -> bool:
+        """Renew (or create) the Lease once; return whether it worked."""
+        s = self.settings
+        with self._lock:
+            labels = dict(self._labels)
+        timeout = (s.renew_deadline_seconds, s.renew_deadline_seconds)
+        name = f"{self._path}/{lease_name(self.node)}"
+        now = self._now()
+        try:
+            try:
+                self.api.request("PATCH", name, content_type=kube.MERGE_PATCH, timeout=timeout,
+                                 body=renewal(self.node, duration=s.lease_duration_seconds,
+                                              labels=labels, now=now))
+            except kube.ApiError as e:
+                if e.status != 404:
+                    raise
+                self.api.request("POST", self._path, timeout=timeout,
+                                 body=body(self.node, s.namespace,
+                                           duration=s.lease_duration_seconds, labels=labels,
+                                           now=now))
+                log.info("created Lease %s/%s", s.namespace, lease_name(self.node))
+        except kube.ApiError as e:
+            if not self._failing:
+                log.warning("cannot renew Lease %s/%s: %s", s.namespace,
+                            lease_name(self.node), e)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("renewing Lease %s/%s again", s.namespace, lease_name(self.node))
+        self._failing = False
+        return True
+
+    def _monitor_loop(self) -> None:
+        last: tuple[object, ...] | None = None
+        while not self._stopping.is_set():
+            self._poke.clear()
+            now = self._clock()
+            with self._lock:
+                timing = self._timing()
+                view = self._tracker.view(now, **timing)
+                later = self._tracker.next_change(now, **timing)
+            signature = view.signature()
+            if signature != last:
+                if last is not None:
+                    self._log(view)
+                last = signature
+                with contextlib.suppress(Exception):
+                    self._on_change()
+            wait = 1.0 if later is None else min(1.0, max(0.0, later - self._clock()))
+            self._poke.wait(wait + 0.001)  # just past the change, not just before it
+
+    def _log(self, view: election.View) -> None:
+        if view.fenced and not self._fenced_logged and self._renewed is not None:
+            log.error("Lease %s/%s not renewed within %g s: holding no VIP until it is",
+                      self.settings.namespace, lease_name(self.node),
+                      self.settings.renew_deadline_seconds)
+        self._fenced_logged = view.fenced
+        live = sorted(n for n, p in view.peers.items() if p.live)
+        log.info("election: %s%s; live directors besides this one: %s",
+                 "fenced" if view.fenced else "renewing",
+                 "" if view.ready else " (not ready to take VIPs yet)",
+                 ", ".join(live) or "none")
