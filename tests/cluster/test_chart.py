@@ -251,6 +251,8 @@ def test_optional_objects(cluster: ControlPlane) -> None:
     monitor = find(objects, "PodMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # The VirtualServer's namespace label must survive the scrape (see the template).
+    assert monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     without = render(cluster, "agent.metrics.port=0")
     assert "ports" not in container(find(without, "DaemonSet"))
     assert not [o for o in without if o["metadata"]["name"] == "lvs-agent-metrics"]
