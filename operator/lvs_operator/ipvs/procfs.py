@@ -11,6 +11,13 @@ read), nor one-packet scheduling of an IPv6 service. So it can confirm that a ta
 is what a thorough netlink check found it to be, and that is all `KernelIPVS` uses it for
 (see `KernelIPVS(verify_seconds=...)`).
 
+A kernel quirk makes the file incomplete when *another* network namespace holds IPVS
+services: the services of all namespaces share one hash table, the file's iterator counts
+the others' entries when it steps forward but not when a read resumes at a position, so each
+read after the first (the file comes in pages) skips entries (seen on 6.1: 1,008 of 2,000
+services shown while another namespace held 2,000). A short file never confirms a table --
+the expected services are missing -- so the caller just falls back to netlink there.
+
 Both sides are reduced to the same *signature*: a mapping from each service line, with its
 whitespace normalised, to the sorted real-server lines without their connection counters.
 """
