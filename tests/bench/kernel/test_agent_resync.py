@@ -40,6 +40,7 @@ from kernel.netlab import Lab, Netns
 from lvs_operator import syncer
 from lvs_operator.agent import desired, kube, loop, watch
 from lvs_operator.agent.settings import DirectorSettings, HASettings, Settings, SyncSettings
+from lvs_operator.cli import AGENT_VERIFY_SECONDS
 from lvs_operator.ipvs.kernel import KernelIPVS
 from lvs_operator.network.holder import KernelVipHolder
 from lvs_operator.plan import Operation, plan
@@ -236,7 +237,9 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
                         director=DirectorSettings(sysctls=None),
                         ha=HASettings(enabled=False))  # one director: no election
     # Everything the agent opens (netlink, packet sockets) is opened in this namespace.
-    ipvs = CountingIPVS()
+    # As `lvs-operator agent` makes it: resyncs within AGENT_VERIFY_SECONDS of a thorough
+    # dump that found the table as desired are confirmed from /proc/net/ip_vs.
+    ipvs = CountingIPVS(verify_seconds=AGENT_VERIFY_SECONDS)
     ns.call(ipvs.connect)
     holder = KernelVipHolder(rounds=1)
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=holder, sysctls=lambda s: [],
