@@ -92,7 +92,15 @@ B_WINS = vip_won_by("b", "a")
     ("failover, deleted Lease", view(), B_WINS, {"b": "Active"}, False, ACTIVE),
     # Eligibility: a peer its selector does not pick is no candidate.
     ("ineligible peer", view(b=live(zone="x")), B_WINS, {}, False, ACTIVE),
-    ("self-fence", view(fenced=True), A_WINS, {}, True, STANDBY),
+    ("self-fence", view(fenced=True, b=live()), A_WINS, {}, True, STANDBY),
+    ("self-fence with a peer whose Lease expired", view(fenced=True, b=DEAD), A_WINS, {},
+     True, STANDBY),
+    # A lone director (no other Lease this VirtualServer selects) keeps its VIP: nobody
+    # else could take it, so dropping it would be an outage, not safety.
+    ("fenced but alone keeps", view(fenced=True), A_WINS, {}, True, ACTIVE),
+    ("fenced, ineligible peer only", view(fenced=True, b=live(zone="x")), A_WINS, {},
+     True, ACTIVE),
+    ("fenced takes nothing new", view(fenced=True), A_WINS, {}, False, STANDBY),
     # Starting (or a stuck watch): take nothing, keep what is held unless claimed.
     ("not ready takes nothing", view(ready=False), A_WINS, {}, False, STANDBY),
     ("not ready keeps", view(ready=False), A_WINS, {}, True, ACTIVE),

@@ -157,7 +157,10 @@ def decide(view: View, *, key: str, selector: Mapping[str, str],
         holding: whether this director holds the VIP now.
     """
     if view.fenced:
-        return Role.STANDBY
+        # Fencing keeps two directors from holding the VIP; with no other director that
+        # could take it (none with a Lease that this VirtualServer selects), dropping it
+        # would only turn a slow renewal into an outage.
+        return Role.ACTIVE if holding and not view.others(selector) else Role.STANDBY
     me = view.me
     others = {n for n, r in claims.items()
               if n != me and r == ACTIVE and n in view.peers and view.peers[n].live}
