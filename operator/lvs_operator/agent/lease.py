@@ -289,7 +289,8 @@ class Keeper:
 
     def _log(self, view: election.View) -> None:
         if view.fenced and not self._fenced_logged and self._renewed is not None:
-            log.error("Lease %s/%s not renewed within %g s: releasing the VIPs another director could take, taking none, until it is",
+            log.error("Lease %s/%s not renewed within %g s: releasing the VIPs another "
+                      "director could take, taking none, until it is",
                       self.settings.namespace, lease_name(self.node),
                       self.settings.renew_deadline_seconds)
         self._fenced_logged = view.fenced
