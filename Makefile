@@ -35,7 +35,7 @@ endef
 
 .PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
 	test-kernel _test-kernel test-fullstack _test-fullstack test bench demo cluster cluster-down \
-	image clean distclean
+	image e2e-kind clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
@@ -45,18 +45,22 @@ help:
 	@echo "make test-cluster pytest tests/cluster against a real control plane on 127.0.0.1"
 	@echo "                  (the first run builds the Kubernetes binaries: ~30 CPU-minutes)"
 	@echo "make test-kernel  boot the VM once, run pytest tests/kernel inside it"
-	@echo "make test-fullstack  control plane + controller on the host, agent in the VM"
-	@echo "                  (qemu user network); pytest tests/fullstack inside the VM"
+	@echo "make test-fullstack  control plane + controller on the host, two directors (agents)"
+	@echo "                  in the VM, each with its own qemu user-network uplink; pytest"
+	@echo "                  tests/fullstack inside the VM (incl. failover: test_ha.py)"
 	@echo "make demo         the whole product on this machine in a few minutes (root)"
 	@echo "make test         venv provision lint test-unit test-cluster test-kernel test-fullstack"
 	@echo "                  (what CI runs)"
 	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
-	@echo "                  tests/bench/fullstack with the agent in the VM and the control plane"
-	@echo "                  + controller on the host (tests/fullstack/host.py), then"
+	@echo "                  tests/bench/fullstack with the agents in the VM (failover: two"
+	@echo "                  directors) and the control plane + controller on the host"
+	@echo "                  (tests/fullstack/host.py), then"
 	@echo "                  tests/bench/cluster on the host against a real control plane"
 	@echo "make cluster      start that control plane in the background (tests/cluster/cluster up);"
 	@echo "                  prints the KUBECONFIG to use. make cluster-down stops it"
 	@echo "make image        docker build the one image of every component ($(IMAGE))"
+	@echo "make e2e-kind     the chart on a kind cluster: DR, Tunnel and NAT traffic, failover,"
+	@echo "                  uninstall (tests/e2e_kind; needs Docker, kind and ip_vs; not in test)"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
 
 # --- environment ------------------------------------------------------------------------------
@@ -131,8 +135,10 @@ _test-kernel:
 	$(call say,test-kernel: boot the VM once; pytest tests/kernel inside it)
 	@$(call pytest_tier,test-kernel,tests/vm/run $(BIN)/pytest tests/kernel -v)
 
-# The host half (control plane, CRD, Node, controller) runs around one VM boot in which
+# The host half (control plane, CRD, Nodes, controller) runs around one VM boot in which
 # pytest runs; tests/fullstack/host.py skips (fails under CI) when the stack cannot start.
+# The VM gets one qemu user-network NIC per director Node (LVS_FULLSTACK_DIRECTORS, default
+# 2): each test module builds its own site with as many directors as it needs.
 test-fullstack: venv provision
 	@$(MAKE) _test-fullstack
 _test-fullstack:
@@ -202,6 +208,14 @@ image:
 	fi
 	@tar -c --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md operator \
 		| docker build -t $(IMAGE) -f operator/Dockerfile -
+
+# The kind end-to-end suite (tests/e2e_kind): creates a kind cluster, builds and loads the
+# image, installs the chart, sends traffic to DR, Tunnel and NAT VIPs, fails a director over,
+# uninstalls and deletes the cluster. Not part of `make test`: where Docker, kind or the ip_vs
+# module are missing it skips with the reason, even under CI. LVS_KIND_KEEP=1 keeps the cluster.
+e2e-kind: venv
+	$(call say,e2e-kind: the chart on a kind cluster; pytest tests/e2e_kind)
+	@$(BIN)/pytest tests/e2e_kind -v -s
 
 clean:
 	$(call say,clean: build output and tool caches)

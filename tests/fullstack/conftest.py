@@ -1,8 +1,10 @@
 """Fixtures of the full-stack tier: inside the kernel VM, with the control plane and the
 controller on the host (tests/fullstack/host.py starts them and boots the VM; `make
-test-fullstack`). One site per session: the LAN, three DR real servers, the director with the
-VM's NIC and its agent (`stack.site`). Each test makes its own Service, EndpointSlice and
-VirtualServer, with a VIP of its own, and deletes them.
+test-fullstack`). The `site` fixture is one site per module: the LAN, three DR real servers,
+one director with one of the VM's NICs and its agent (`stack.site`); test_ha.py builds its own
+with two directors (a module's site is gone before the next module's is built: they share the
+VM's NICs). Each test makes its own Service, EndpointSlice and VirtualServer, with a VIP of its
+own, and deletes them.
 
 Elsewhere (on the host, or a VM without the stack) the tier is skipped with the reason and how
 to run it -- except under CI (CI=true), where it fails.
@@ -35,7 +37,7 @@ def vips() -> dict[str, str]:
     return dict(VIPS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site() -> Iterator[stack.Site]:
     with stack.site(list(VIPS.values())) as the_site:
         yield the_site

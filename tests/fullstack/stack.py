@@ -6,37 +6,47 @@ How the pieces talk::
 
     host                                          VM (tests/vm/run, LVS_VM_NETWORK=user)
     ----                                          ---------------------------------------
-    etcd, kube-apiserver, kcm  127.0.0.1:PORT  <-- 10.0.2.2:PORT (qemu user network)
-    lvs-operator controller (admin kubeconfig)        |  uplink0 10.0.2.15/24 (the VM's NIC)
-                                                  [dir] lvs-operator agent --interface eth0
+    etcd, kube-apiserver, kcm  127.0.0.1:PORT  <-- 10.0.2.2:PORT (qemu user network, one
+    lvs-operator controller (admin kubeconfig)        |  per director: LVS_VM_NICS)
+                                                      |  uplink0 10.0.2.15/24 (a VM NIC)
+                                                  [dir1] lvs-operator agent --node director-1
                                                       |  eth0 10.200.0.2/24 (+ the VIPs)
                                                   [sw] bridge -- [client] 10.200.0.10
                                                               -- [rs1..3] 10.200.0.11..13
-                                                                 (VIPs on lo, silent)
+                                                              |  (VIPs on lo, silent)
+                                                  [dir2] (with directors=2: the same with
+                                                         the VM's second NIC, eth0 10.200.0.3)
 
 Host half (:class:`HostStack`): starts the cluster tier's control plane
 (tests/cluster/controlplane.py) in ``build/fullstack/``, installs the CRD, creates the Node
 objects of the directors (there is no kubelet), starts ``lvs-operator controller`` and writes
 a *guest kubeconfig*: the admin one with its server rewritten to ``https://10.0.2.2:PORT``
 (the apiserver's certificate carries 10.0.2.2). :meth:`HostStack.run_vm` then boots the VM
-with the network opt-in and the stack's facts in ``LVS_FULLSTACK_*`` variables.
+with the network opt-in, one NIC per director Node (each behind a qemu user network of its
+own, so each reaches the host at 10.0.2.2), and the stack's facts in ``LVS_FULLSTACK_*``
+variables.
 
-Guest half (:class:`Site`): namespaces from tests/kernel/netlab.py; the VM's NIC is moved
-into the director's namespace (renamed ``uplink0``), so the agent reaches the API server and
-nothing else (only the connected 10.0.2.0/24, no default route), while its ``eth0`` is on the
-lab's switch with the clients and real servers, as DR needs. Real servers get the VIPs with
-``lvs-operator realserver-init --mode dr``. The agent runs as a real process
-(``lvs-operator agent``) in the director's namespace.
+Guest half (:class:`Site`, made by :func:`site` with ``directors=N``): namespaces from
+tests/kernel/netlab.py; each director namespace gets one of the VM's NICs (renamed
+``uplink0``), so its agent reaches the API server and nothing else (only the connected
+10.0.2.0/24, no default route), while its ``eth0`` is on the lab's switch with the clients and
+real servers, as DR needs. Real servers get the VIPs with ``lvs-operator realserver-init --mode
+dr``. Each agent runs as a real process (``lvs-operator agent``) in its director's namespace.
+A site with fewer directors than the VM has NICs leaves the other NICs (and Nodes) unused:
+one VM boot serves one-director and two-director test modules, one site after the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -49,10 +59,11 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from cluster import controlplane
-from kernel.netlab import Lab, Lan, Netns, http_get
+from kernel.netlab import HttpServer, Lab, Lan, Netns, Port, http_get
 from lvs_operator.agent import kube
 from lvs_operator.ipvs.kernel import KernelIPVS
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
+from lvs_operator.network.vip import list_addresses
 
 REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -60,9 +71,14 @@ HOST_FROM_VM = controlplane.HOST_FROM_VM
 DIRECTOR_LABEL = "lvs.dev/director"
 NAMESPACE = "fullstack"  # where the stack's Services, EndpointSlices and VirtualServers live
 VS_API = "/apis/lvs.dev/v1alpha1"
+LEASE_NAMESPACE = "lvs-system"  # the agents' Leases (lvs-director-<node>)
 UPLINK = "uplink0"  # the VM's NIC, once moved into the director's namespace
 LAN_V4 = "10.200.0.0/24"
-DIRECTOR_V4 = "10.200.0.2"
+DIRECTOR_V4 = "10.200.0.2"  # the first director's; the n-th (from 0) has .2 + n
+#: The Nodes `make test-fullstack` and `make bench` create (tests/fullstack/host.py): a VM
+#: NIC and a possible agent each.
+DIRECTORS = ("director-1", "director-2")
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # <linux/sockios.h>, <net/if.h>
 # Under emulation a Python CLI takes seconds to start and a sync a few hundred ms: generous.
 TIMEOUT = float(os.environ.get("LVS_FULLSTACK_TIMEOUT", "90"))
 
@@ -150,6 +166,8 @@ class HostStack:
                    "crd/virtualservers.lvs.dev")
         say("CRD virtualservers.lvs.dev installed")
         cp.kubectl("create", "namespace", NAMESPACE)
+        # Where the agents keep their Leases (LVS_NAMESPACE's default, as the chart's).
+        cp.kubectl("create", "namespace", LEASE_NAMESPACE)
         for node in self.nodes:
             # No kubelet: the Node object is only what the agent reads (its labels).
             cp.kubectl("apply", "-f", "-", input=json.dumps({
@@ -188,6 +206,7 @@ class HostStack:
             "LVS_FULLSTACK_KUBECONFIG": str(self.guest_kubeconfig),
             "LVS_FULLSTACK_KUBECTL": str(self.cp.bin / "kubectl"),
             "LVS_FULLSTACK_NODES": ",".join(self.nodes),
+            "LVS_VM_NICS": str(len(self.nodes)),  # one uplink per director (tests/vm/run)
         }
 
     def run_vm(self, argv: Sequence[str]) -> int:
@@ -239,7 +258,11 @@ class GuestConfig:
     kubeconfig: str
     kubectl: str
     nodes: tuple[str, ...]
-    nic: str
+    nics: tuple[str, ...]  # the VM's NICs (tests/vm/run's LVS_VM_NIC_NAMES), one per node
+
+    @property
+    def nic(self) -> str:
+        return self.nics[0]
 
     @classmethod
     def from_env(cls) -> GuestConfig:
@@ -253,8 +276,9 @@ class GuestConfig:
         nic = os.environ.get("LVS_VM_NIC")
         if not nic:
             raise StackUnavailable("the VM has no network (LVS_VM_NETWORK=user not set)")
+        nics = tuple(os.environ.get("LVS_VM_NIC_NAMES", nic).split())
         return cls(kubeconfig, os.environ.get("LVS_FULLSTACK_KUBECTL", "kubectl"),
-                   tuple(os.environ.get("LVS_FULLSTACK_NODES", "director-1").split(",")), nic)
+                   tuple(os.environ.get("LVS_FULLSTACK_NODES", "director-1").split(",")), nics)
 
 
 def out_dir() -> Path:
@@ -267,11 +291,15 @@ def out_dir() -> Path:
 class Agent:
     """``lvs-operator agent`` as a process in the director's namespace."""
 
-    def __init__(self, lab: Lab, ns: Netns, config: GuestConfig, node: str) -> None:
+    def __init__(self, lab: Lab, ns: Netns, config: GuestConfig, node: str,
+                 env: Mapping[str, str] | None = None) -> None:
         self.lab, self.ns, self.node = lab, ns, node
-        state = Path("/run/lvs-fullstack") / node
+        self.extra_env = dict(env or {})
+        # Per lab: a later site's agent for the same node starts with no record of the
+        # services an earlier site's kernel (another namespace, gone) had.
+        state = Path("/run/lvs-fullstack") / lab.id / node
         state.mkdir(parents=True, exist_ok=True)
-        self.log_path = out_dir() / f"agent-{node}.log"
+        self.log_path = out_dir() / f"agent-{node}-{lab.id}.log"
         self.argv = [sys.executable, "-m", "lvs_operator.cli", "agent", "--node", node,
                      "--kubeconfig", config.kubeconfig, "--state-file", str(state / "owned.json"),
                      "--interface", "eth0", "--metrics-address", "127.0.0.1:9640"]
@@ -284,7 +312,8 @@ class Agent:
             log.write(f"--- start {self.starts}\n")
             log.flush()
             env = {**os.environ, "LVS_RESYNC_SECONDS": "10", "LVS_DRAIN_POLL_SECONDS": "0.5",
-                   "LVS_RETRY_SECONDS": "1"}
+                   "LVS_RETRY_SECONDS": "1", "LVS_NAMESPACE": LEASE_NAMESPACE,
+                   **self.extra_env}
             self.proc = self.lab.spawn(self.ns, self.argv, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
 
@@ -299,6 +328,11 @@ class Agent:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def fences(self) -> int:
+        """How many times this agent (all its runs) fenced itself: a Lease renewal missed its
+        deadline (LVS_LEASE_RENEW_DEADLINE_SECONDS), so it dropped its VIPs until it renewed."""
+        return self.log().count("not renewed within")
 
     def metrics(self) -> dict[str, float]:
         """Its Prometheus samples (``name{labels}`` -> value); {} while it does not answer."""
@@ -329,7 +363,12 @@ class Agent:
 
 @dataclass
 class Site:
-    """The VM's side: the LAN (client, real servers), the director(s) and their agents."""
+    """The VM's side: the LAN (client, real servers), the director(s) and their agents.
+
+    ``directors``, ``agents``, ``ports`` and ``addresses`` are keyed by node name, in the
+    order of the Nodes (director-1 first). The single-director helpers (``director``,
+    ``agent``) mean the first.
+    """
 
     config: GuestConfig
     lab: Lab
@@ -338,6 +377,9 @@ class Site:
     agents: dict[str, Agent]
     api: kube.Kube
     real_servers: list[str]  # roles: rs1, rs2, ...
+    ports: dict[str, Port] = field(default_factory=dict)  # node -> its cable to the switch
+    addresses: dict[str, str] = field(default_factory=dict)  # node -> its eth0 address
+    servers: dict[str, HttpServer] = field(default_factory=dict)  # real server role -> :80
 
     @property
     def client(self) -> Netns:
@@ -354,30 +396,79 @@ class Site:
     def ip(self, role: str) -> str:
         return self.lan.ip4(role)
 
+    def node_of(self, ns: Netns) -> str:
+        return next(node for node, d in self.directors.items() if d is ns)
+
     # -- kernel ---------------------------------------------------------------------------
 
     def table(self, ns: Netns | None = None) -> dict[ServiceKey, VirtualService]:
-        """The director's IPVS table, read in-process in its namespace."""
+        """A director's IPVS table (the first's by default), read in-process in its namespace."""
         def dump() -> dict[ServiceKey, VirtualService]:
             with KernelIPVS() as ipvs:
                 return ipvs.dump()
         return (ns or self.director).call(dump)
 
-    def service(self, vip: str, port: int = 80) -> VirtualService | None:
-        return self.table().get(ServiceKey.inet(Protocol.TCP, ip_address(vip), port))
+    def service(self, vip: str, port: int = 80,
+                ns: Netns | None = None) -> VirtualService | None:
+        return self.table(ns).get(ServiceKey.inet(Protocol.TCP, ip_address(vip), port))
 
     def vips(self, ns: Netns | None = None) -> set[str]:
-        """Addresses on the director's eth0 other than its own."""
-        out = (ns or self.director).ip("-4", "-o", "addr", "show", "dev", "eth0")
-        held = {line.split()[3].split("/")[0] for line in out.splitlines()}
-        return held - {DIRECTOR_V4}
+        """Addresses on a director's eth0 (the first's by default) other than its own."""
+        ns = ns or self.director
+        # In-process netlink, not `ip`: tests poll this, and every process started under
+        # emulation takes CPU time from the agents (whose Lease renewals have deadlines).
+        held = {str(a) for a, _ in ns.call(list_addresses, "eth0") if a.version == 4}
+        return held - {self.addresses.get(self.node_of(ns), DIRECTOR_V4)}
+
+    def holders(self, vip: str) -> list[str]:
+        """The nodes whose eth0 holds ``vip`` now."""
+        return [node for node, ns in self.directors.items() if vip in self.vips(ns)]
+
+    def mac(self, node: str) -> str:
+        """The director's eth0 MAC address (aa:bb:...)."""
+        out = self.directors[node].ip("-o", "link", "show", "dev", "eth0")
+        words = out.split()
+        return words[words.index("link/ether") + 1]
+
+    def cut_off(self, node: str) -> None:
+        """Lose a director: its cable to the LAN unplugged first, then its agent SIGKILLed (no
+        goodbye: its Lease just stops being renewed). Its kernel keeps what it had, VIPs too.
+
+        The cable goes in-process (the switch side's link down, within a millisecond: no `ip`
+        process, which takes a good part of a second under emulation), so that a time taken
+        just before this call is when the director was lost. :meth:`bring_back` undoes it."""
+        port = self.ports[node]
+        port.switch.ns.call(_set_link_down, port.switch_ifname)
+        self.agents[node].kill()
+
+    def bring_back(self, node: str, vips: Sequence[str], timeout: float = TIMEOUT) -> None:
+        """Undo :meth:`cut_off`: the agent first, and once it has dropped the VIPs it still
+        had from before (another director holds them now), the cable. In the other order the
+        stale VIPs would answer ARP beside the new holder's until the agent starts: with the
+        agent dead nothing can prevent that, as with keepalived killed by SIGKILL."""
+        agent = self.agents[node]
+        if not agent.alive():
+            agent.start()
+        wait_for(f"the restarted agent on {node} to drop the VIPs it held before",
+                 lambda: not self.vips(self.directors[node]) & set(vips), timeout,
+                 interval=0.1)
+        self.ports[node].plug()
+
+    def fence_report(self) -> str:
+        """How often each agent fenced itself (a Lease renewal late: its VIPs dropped, its
+        sync daemon switched to backup until it renewed): the first thing to look at when
+        roles flap or the sync daemon misses connections under load."""
+        return "Lease renewals that missed their deadline (the agent fenced itself): " + \
+            ", ".join(f"{a.node} {a.fences()}" for a in self.agents.values())
 
     # -- cluster ---------------------------------------------------------------------------
-    # Only the director's namespace reaches the API server (it holds the VM's NIC): requests
-    # and kubectl run there. A connection made there stays there, whichever thread reuses it.
+    # Only the directors' namespaces reach the API server (each holds one of the VM's NICs):
+    # requests and kubectl run in the first's. A connection made there stays there, whichever
+    # thread reuses it. Cutting a director off the LAN (``ports[node].unplug()``) leaves its
+    # uplink, and so these requests, alone.
 
     def request(self, method: str, path: str, body: object = None) -> Any:
-        """One API request as cluster admin, from the director's namespace."""
+        """One API request as cluster admin, from the first director's namespace."""
         return self.director.call(self.api.request, method, path, body=body)
 
     def kubectl(self, *args: str) -> str:
@@ -414,18 +505,19 @@ class Site:
             self.request("POST", path, body=body)
 
     def apply_virtual_server(self, name: str, vip: str, service: str, *,
-                             scheduler: str = "rr", drain_seconds: int = 30) -> None:
-        body = {
-            "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {
-                "vip": vip, "ports": [{"port": 80, "protocol": "TCP"}],
-                "forwarding": "DirectRouting", "scheduler": {"name": scheduler},
-                "backend": {"service": {"name": service, "port": "http"}},
-                "directors": {"nodeSelector": {DIRECTOR_LABEL: "true"}, "interface": "eth0"},
-                "drain": {"timeoutSeconds": drain_seconds},
-            },
+                             scheduler: str = "rr", drain_seconds: int = 30,
+                             health_check: Mapping[str, Any] | None = None) -> None:
+        spec: dict[str, Any] = {
+            "vip": vip, "ports": [{"port": 80, "protocol": "TCP"}],
+            "forwarding": "DirectRouting", "scheduler": {"name": scheduler},
+            "backend": {"service": {"name": service, "port": "http"}},
+            "directors": {"nodeSelector": {DIRECTOR_LABEL: "true"}, "interface": "eth0"},
+            "drain": {"timeoutSeconds": drain_seconds},
         }
+        if health_check is not None:
+            spec["healthCheck"] = dict(health_check)
+        body = {"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",
+                "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
         self.request("POST", f"{VS_API}/namespaces/{NAMESPACE}/virtualservers", body=body)
 
     def get_virtual_server(self, name: str) -> dict[str, Any] | None:
@@ -437,6 +529,12 @@ class Site:
                 return None
             raise
         return vs
+
+    def director_status(self, name: str) -> dict[str, dict[str, Any]]:
+        """status.directors of a VirtualServer ({} while it has none)."""
+        vs = self.get_virtual_server(name) or {}
+        directors: dict[str, dict[str, Any]] = (vs.get("status") or {}).get("directors") or {}
+        return directors
 
     def delete(self, kind_path: str, name: str) -> None:
         with contextlib.suppress(kube.ApiError):
@@ -452,82 +550,121 @@ class Site:
 
     # -- waits -----------------------------------------------------------------------------
 
-    def wait_reals(self, vip: str, weights: Mapping[str, int], timeout: float = TIMEOUT) -> None:
-        """Wait until the director's service for vip:80 has exactly these reals (role -> weight)."""
+    def wait_reals(self, vip: str, weights: Mapping[str, int], timeout: float = TIMEOUT,
+                   on: Sequence[str] | None = None) -> None:
+        """Wait until the service for vip:80 has exactly these reals (role -> weight) on every
+        director (or on the nodes ``on``)."""
         want = {ip_address(self.ip(role)): w for role, w in weights.items()}
+        nodes = list(self.directors) if on is None else list(on)
 
         def matches() -> bool:
-            svc = self.service(vip)
-            have = {} if svc is None else {r.address: r.weight for r in svc.reals.values()}
-            return have == want
-        wait_for(f"{vip}:80 on the director to have reals {dict(weights)}", matches, timeout)
+            for node in nodes:
+                svc = self.service(vip, ns=self.directors[node])
+                have = {} if svc is None else {r.address: r.weight for r in svc.reals.values()}
+                if have != want:
+                    return False
+            return True
+        wait_for(f"{vip}:80 on {', '.join(nodes)} to have reals {dict(weights)}", matches,
+                 timeout)
 
-    def wait_programmed(self, name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """Wait until every director reports the VirtualServer's generation, error-free."""
+    def wait_programmed(self, name: str, timeout: float = TIMEOUT,
+                        on: Sequence[str] | None = None) -> dict[str, Any]:
+        """Wait until every director (or the nodes ``on``) reports the VirtualServer's
+        generation, error-free."""
+        nodes = list(self.directors) if on is None else list(on)
+
         def reported() -> dict[str, Any] | None:
             vs = self.get_virtual_server(name)
             if vs is None:
                 return None
             generation = vs["metadata"].get("generation")
             directors = (vs.get("status") or {}).get("directors") or {}
-            for node in self.directors:
+            for node in nodes:
                 entry = directors.get(node) or {}
                 if entry.get("generation") != generation or entry.get("error"):
                     return None
             return vs
-        return wait_for(f"every director to report VirtualServer {name} programmed", reported,
-                        timeout)
+        return wait_for(f"{', '.join(nodes)} to report VirtualServer {name} programmed",
+                        reported, timeout)
 
     def get(self, vip: str, timeout: float = 10.0) -> str:
         """One GET from the client to the VIP on a new connection; the answering server."""
         return http_get(self.client, f"http://{vip}/", timeout=timeout)
 
 
+def _set_link_down(ifname: str) -> None:
+    """``ip link set IFNAME down`` for the calling thread's namespace, without a process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", ifname.encode(), 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(s, _SIOCGIFFLAGS, req)[:18])[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", ifname.encode(), flags & ~_IFF_UP))
+
+
 def _move_nic_in(nic: str, ns: Netns) -> None:
-    """Give the VM's NIC to the director: renamed (its eth0 is the LAN's), readdressed."""
+    """Give one of the VM's NICs to a director: renamed (its eth0 is the LAN's), readdressed."""
     subprocess.run(["ip", "link", "set", nic, "down"], check=True)
     subprocess.run(["ip", "link", "set", nic, "name", UPLINK], check=True)
     subprocess.run(["ip", "link", "set", UPLINK, "netns", ns.name], check=True)
     # Only the connected 10.0.2.0/24 (the host is 10.0.2.2): no default route, so the
-    # director can reach the API server and nothing else outside the VM.
+    # director can reach the API server and nothing else outside the VM. Every NIC has a
+    # user network of its own, so every director can be 10.0.2.15 there.
     ns.ip_batch([["address", "add", "10.0.2.15/24", "dev", UPLINK],
                  ["link", "set", UPLINK, "up"]])
     ns.wait_running(UPLINK)
 
 
-def _move_nic_out(nic: str, ns: Netns) -> None:
-    """Give the NIC back to the VM's root namespace as it was (tests/vm/run's set-up)."""
+def _move_nic_out(nic: str, ns: Netns, *, first: bool) -> None:
+    """Give a NIC back to the VM's root namespace as it was (tests/vm/run's set-up: only the
+    first NIC is addressed, with the default route)."""
     ns.ip("link", "set", UPLINK, "down")
     ns.ip("link", "set", UPLINK, "netns", "1")  # pid 1 lives in the root namespace
-    for argv in (["ip", "link", "set", UPLINK, "name", nic],
-                 ["ip", "address", "add", "10.0.2.15/24", "dev", nic],
-                 ["ip", "link", "set", nic, "up"],
-                 ["ip", "route", "add", "default", "via", HOST_FROM_VM, "dev", nic]):
+    argvs = [["ip", "link", "set", UPLINK, "name", nic], ["ip", "link", "set", nic, "up"]]
+    if first:
+        argvs[1:1] = [["ip", "address", "add", "10.0.2.15/24", "dev", nic]]
+        argvs.append(["ip", "route", "add", "default", "via", HOST_FROM_VM, "dev", nic])
+    for argv in argvs:
         subprocess.run(argv, check=False, capture_output=True)
 
 
-@contextlib.contextmanager
-def site(vips: Sequence[str], real_servers: int = 3, *,
-         start_agents: bool = True) -> Iterator[Site]:
-    """Build the VM side: LAN, real servers with ``vips`` (DR), director(s), agent(s).
+def director_address(index: int) -> str:
+    """The LAN address of the index-th director (from 0): 10.200.0.2, .3, ..."""
+    return str(ip_address(DIRECTOR_V4) + index)
 
-    Everything is removed afterwards (the NIC goes back to the root namespace first).
+
+@contextlib.contextmanager
+def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
+         start_agents: bool = True,
+         agent_env: Mapping[str, str] | None = None) -> Iterator[Site]:
+    """Build the VM side: LAN, real servers with ``vips`` (DR), ``directors`` director
+    namespaces (the first Nodes, one VM NIC each) and their agents (``agent_env``: extra
+    environment for them).
+
+    Everything is removed afterwards (the NICs go back to the root namespace first).
     """
     config = GuestConfig.from_env()
+    if directors > min(len(config.nodes), len(config.nics)):
+        raise StackUnavailable(
+            f"{directors} directors wanted, but the stack has {len(config.nodes)} director "
+            f"Node(s) and the VM {len(config.nics)} NIC(s) ({' '.join(config.nics)}): run "
+            f"it with tests/fullstack/host.py (LVS_FULLSTACK_DIRECTORS >= {directors})")
     subprocess.run(["modprobe", "ip_vs"], check=True)
     roles = [f"rs{i}" for i in range(1, real_servers + 1)]
+    nodes = config.nodes[:directors]
     with Lab() as lab:
         lan = lab.lan(["client", *roles], v4_net=LAN_V4)
-        if len(config.nodes) != 1:
-            raise StackUnavailable("one director per VM for now: the VM has one NIC")
-        node = config.nodes[0]
-        director = lab.netns("dir")
-        lan.switch.connect(director, "eth0", [f"{DIRECTOR_V4}/24"])
+        namespaces: dict[str, Netns] = {}
+        ports: dict[str, Port] = {}
+        addresses: dict[str, str] = {}
+        for i, node in enumerate(nodes):
+            ns = lab.netns(f"dir{i + 1}")
+            addresses[node] = director_address(i)
+            ports[node] = lan.switch.connect(ns, "eth0", [f"{addresses[node]}/24"])
+            namespaces[node] = ns
         say(f"namespaces: client {lan.ip4('client')}, "
-            + ", ".join(f"{r} {lan.ip4(r)}" for r in roles)
-            + f", director {DIRECTOR_V4} on one bridge")
-        for role in roles:
-            lab.http_server(lan[role], 80, name=role)
+            + ", ".join(f"{r} {lan.ip4(r)}" for r in roles) + ", "
+            + ", ".join(f"director {node} {addr}" for node, addr in addresses.items())
+            + " on one bridge")
+        servers = {role: lab.http_server(lan[role], 80, name=role) for role in roles}
         # The real product's real-server set-up (what the webhook injects into DR pods).
         vip_args = [a for vip in vips for a in ("--vip", vip)]
         procs = [lan[role].popen([sys.executable, "-m", "lvs_operator.cli", "realserver-init",
@@ -539,25 +676,32 @@ def site(vips: Sequence[str], real_servers: int = 3, *,
                 raise RuntimeError(f"realserver-init in {role} failed: {out}")
         say(f"real servers {', '.join(roles)}: HTTP on :80, "
             f"`lvs-operator realserver-init --mode dr` for {', '.join(vips)}")
-        _move_nic_in(config.nic, director)
+        moved: list[tuple[str, Netns]] = []
         api: kube.Kube | None = None
-        agent: Agent | None = None
+        agents: dict[str, Agent] = {}
         try:
-            say(f"director {node}: the VM's NIC is its {UPLINK} (10.0.2.15 -> API server "
-                f"at {HOST_FROM_VM}), eth0 on the LAN")
+            for nic, (node, ns) in zip(config.nics, namespaces.items(), strict=False):
+                _move_nic_in(nic, ns)
+                moved.append((nic, ns))
+                say(f"director {node}: the VM's {nic} is its {UPLINK} (10.0.2.15 -> API "
+                    f"server at {HOST_FROM_VM}), eth0 {addresses[node]} on the LAN")
             api = kube.Kube.connect(config.kubeconfig)
-            agent = Agent(lab, director, config, node)
+            for node, ns in namespaces.items():
+                agents[node] = Agent(lab, ns, config, node, agent_env)
             if start_agents:
-                agent.start()
-                say(f"lvs-operator agent --node {node} started in the director's "
-                    f"namespace (log {agent.log_path})")
-            yield Site(config, lab, lan, {node: director}, {node: agent}, api, roles)
+                for agent in agents.values():
+                    agent.start()
+                    say(f"lvs-operator agent --node {agent.node} started in its namespace "
+                        f"(log {agent.log_path})")
+            yield Site(config, lab, lan, namespaces, agents, api, roles, ports, addresses,
+                       servers)
         finally:
-            if agent is not None:
+            for agent in agents.values():
                 agent.kill(signal.SIGTERM)
             if api is not None:
                 api.close()
-            _move_nic_out(config.nic, director)
+            for i, (nic, ns) in enumerate(moved):
+                _move_nic_out(nic, ns, first=i == 0)
 
 
 class Traffic:
@@ -584,6 +728,53 @@ class Traffic:
         return sum(self.answers.values())
 
     def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+class HolderTimeline:
+    """Which directors hold a VIP on their eth0, read from their kernels every ``interval``
+    seconds in a thread (in-process netlink): the directors' side of what the client's ARP
+    sees (a cut-off director's stale VIP shows here, not there)."""
+
+    def __init__(self, the_site: Site, vip: str, interval: float = 0.1) -> None:
+        self.site, self.vip, self.interval = the_site, vip, interval
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="holders", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a namespace read racing a teardown
+                self.samples.append((time.monotonic(), tuple(self.site.holders(self.vip))))
+            self._stop.wait(self.interval)
+
+    def several(self, since: float) -> list[tuple[float, tuple[str, ...]]]:
+        """Samples from ``since`` on where more than one director held the VIP."""
+        return [(t, h) for t, h in self.samples if t >= since and len(h) > 1]
+
+    def first_holding(self, node: str, since: float) -> float | None:
+        """When ``node`` was first seen holding the VIP from ``since`` on (None: never)."""
+        return next((t for t, holders in self.samples if t >= since and node in holders), None)
+
+    def dropped_retaken(self, node: str, since: float) -> tuple[float | None, float | None]:
+        """From ``since`` on: when ``node`` was first seen without the VIP, and when it was
+        next seen with it again (None: not seen)."""
+        dropped: float | None = None
+        for t, holders in self.samples:
+            if t < since:
+                continue
+            if node not in holders:
+                dropped = dropped if dropped is not None else t
+            elif dropped is not None:
+                return dropped, t
+        return dropped, None
+
+    def __enter__(self) -> HolderTimeline:
         self._thread.start()
         return self
 

@@ -32,7 +32,9 @@ def test_traffic_reaches_every_real_server(site: stack.Site, vips: dict[str, str
     site.wait_reals(vip, {"rs1": 1, "rs2": 1, "rs3": 1})
     vs = site.wait_programmed("web")
     assert len(vs["status"]["realServers"]) == 3
-    assert vip in site.vips()
+    # A director takes VIPs once it has held its Lease for one duration (LVS_LEASE_*): the
+    # agent may have started just now.
+    stack.wait_for(f"{vip} on the director", lambda: vip in site.vips(), timeout=10)
 
     answers = collections.Counter(site.get(vip) for _ in range(30))
     assert set(answers) == {"rs1", "rs2", "rs3"}, answers

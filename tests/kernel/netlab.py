@@ -52,6 +52,7 @@ import socket
 import socketserver
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -423,8 +424,10 @@ class _NameHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = self.server.lab_name.encode()
-        self.server.count_request()
-        self.send_response(200)
+        status = self.server.statuses.get(self.path, 200)
+        if status == 200:
+            self.server.count_request()
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -442,6 +445,7 @@ class _NamedHTTPServer(ThreadingHTTPServer):
     def __init__(self, name: str, port: int) -> None:
         self.lab_name = name
         self.requests = 0
+        self.statuses: dict[str, int] = {}  # path -> status other than 200 (HttpServer.set_status)
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         super().__init__(("::", port), _NameHandler, bind_and_activate=False)
@@ -463,6 +467,13 @@ class _NamedHTTPServer(ThreadingHTTPServer):
     def count_request(self) -> None:
         with self._lock:
             self.requests += 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a short timeout, a failover test) is not the server's
+        # error: no traceback for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -513,8 +524,16 @@ class HttpServer:
 
     @property
     def requests(self) -> int:
-        """How many GETs this server has answered."""
+        """How many GETs this server has answered with 200."""
         return self._server.requests
+
+    def set_status(self, path: str, status: int | None) -> None:
+        """Answer GETs of exactly ``path`` with ``status`` from now on (the body is still the
+        name); None: 200 again. E.g. ``set_status("/healthz", 500)`` fails a health check."""
+        if status is None or status == 200:
+            self._server.statuses.pop(path, None)
+        else:
+            self._server.statuses[path] = status
 
     def stop(self) -> None:
         """Stop listening and close every open connection (idempotent)."""

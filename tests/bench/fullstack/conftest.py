@@ -23,7 +23,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"full-stack bench unavailable: {e}; {stack.HOW_TO_ENABLE}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site() -> Iterator[stack.Site]:
     with stack.site([VIP]) as the_site:
         yield the_site
