@@ -79,7 +79,9 @@ def test_deleted_virtual_server_leaves_the_kernel_clean(
     site.apply_backend("gone", {"rs3": True})
     site.apply_virtual_server("gone", vip, "gone", drain_seconds=5)
     site.wait_reals(vip, {"rs3": 1})
-    assert vip in site.vips()
+    # The VIP follows the services in the same sync (or, while the agent is not yet ready
+    # to take VIPs (LVS_LEASE_*), a moment later).
+    stack.wait_for(f"{vip} on the director", lambda: vip in site.vips(), timeout=10)
     assert site.get(vip) == "rs3"
 
     site.delete_virtual_server("gone")
