@@ -400,12 +400,13 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
         # Its Lease (election): create, renew, watch everyone's, delete at a graceful stop.
         leases = agent_lease.leases_path(namespace)
         body = agent_lease.body("chart-node", namespace, duration=0.8, labels={"a": "b"},
-                                now=datetime.now(UTC))
+                                term=agent_lease.new_term(), now=datetime.now(UTC))
         api.request("POST", leases, body=body)
         api.request("PATCH", f"{leases}/{agent_lease.lease_name('chart-node')}",
                     content_type=agent_kube.MERGE_PATCH,
                     body=agent_lease.renewal("chart-node", duration=0.8, labels={},
-                                             now=datetime.now(UTC)))
+                                             term=agent_lease.new_term(),
+                                             now=datetime.now(UTC), begins=True))
         selector = [("labelSelector", f"{agent_lease.LABEL}=true")]
         _, lease_version = api.lister(leases, query=selector)()
         api.watcher(leases, query=selector, timeout_seconds=1)(lease_version).close()

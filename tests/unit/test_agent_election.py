@@ -8,6 +8,7 @@ import collections
 import pytest
 
 from lvs_operator.agent.election import (
+    Claim,
     Peer,
     Role,
     Seen,
@@ -120,12 +121,61 @@ B_WINS = vip_won_by("b", "a")
 ])
 def test_decide(name, the_view, key, claims, holding, role):
     assert decide(the_view, key=key, selector={"zone": "y"} if "ineligible" in name else {},
-                  claims=claims, holding=holding) is role, name
+                  claims=roles(claims), holding=holding) is role, name
+
+
+def roles(claims: dict[str, str], term: str = "") -> dict[str, Claim]:
+    """Claims with these roles, written in `term`."""
+    return {node: Claim(role, term) for node, role in claims.items()}
+
+
+def in_term(term: str, settled: bool = True) -> Peer:
+    return Peer(live=True, settled=settled, labels={}, term=term)
+
+
+@pytest.mark.parametrize(("name", "the_view", "key", "claims", "holding", "role"), [
+    # b was Active in term 1, died, a took over; b renews again in term 2, its entry still
+    # says Active from term 1: a keeps the VIP (b holds nothing any more)...
+    ("holder ignores an old claim", view(b=in_term("2", settled=False)), B_WINS,
+     {"a": Claim("Active", "x"), "b": Claim("Active", "1")}, True, ACTIVE),
+    ("... even once settled, if it still wins", view(b=in_term("2")), A_WINS,
+     {"a": Claim("Active", "x"), "b": Claim("Active", "1")}, True, ACTIVE),
+    # ... but a director holding nothing does not take the VIP while an old claim stands
+    # (its director may still hold the VIP until its first sync rewrites the claim).
+    ("an old claim blocks a taker", view(b=in_term("2")), A_WINS,
+     {"b": Claim("Active", "1")}, False, STANDBY),
+    ("rewritten, it does not", view(b=in_term("2")), A_WINS,
+     {"b": Claim("Standby", "2")}, False, ACTIVE),
+    ("a claim of the current term counts", view(b=in_term("2")), A_WINS,
+     {"b": Claim("Active", "2")}, False, STANDBY),
+    ("a holder yields to a current claim of the winner", view(b=in_term("2")), B_WINS,
+     {"a": Claim("Active", "x"), "b": Claim("Active", "2")}, True, STANDBY),
+    ("a claim without a term always counts", view(b=in_term("2", settled=False)), B_WINS,
+     {"a": Claim("Active", "x"), "b": Claim("Active")}, True, STANDBY),
+    ("not ready: an old claim still releases", view(ready=False, b=in_term("2")), A_WINS,
+     {"b": Claim("Active", "1")}, True, STANDBY),
+])
+def test_decide_by_term(name, the_view, key, claims, holding, role):
+    assert decide(the_view, key=key, selector={}, claims=claims, holding=holding) is role, name
+
+
+def test_a_director_back_after_dying_active_does_not_pull_the_vip_early():
+    """The failure seen in the full-stack tier: a, Active, killed; b took over; a's agent
+    restarts and renews (a new term) while its old entry still says Active."""
+    claims = {"a": Claim("Active", "t1"), "b": Claim("Active", "u1")}
+    a = view("a", settled=False, ready=False, b=in_term("u1"))
+    b = view("b", a=in_term("t2", settled=False))
+    assert decide(b, key=A_WINS, selector={}, claims=claims, holding=True) is ACTIVE
+    assert decide(a, key=A_WINS, selector={}, claims=claims, holding=True) is STANDBY
+    # a's first sync rewrites its entry (Standby, term t2); after the settle time it wins.
+    claims = {"a": Claim("Standby", "t2"), "b": Claim("Active", "u1")}
+    b = view("b", a=in_term("t2"))
+    assert decide(b, key=A_WINS, selector={}, claims=claims, holding=True) is STANDBY
 
 
 def test_a_returning_winner_moves_the_vip_once():
     """b holds A_WINS while a was away; a comes back: one handover, never two holders."""
-    claims = {"b": "Active"}
+    claims = roles({"b": "Active"})
     # a, back but unsettled, and b, holding: b keeps, a waits.
     a = view("a", settled=False, b=live())
     b = view("b", a=live(settled=False))
@@ -137,9 +187,9 @@ def test_a_returning_winner_moves_the_vip_once():
     assert decide(b, key=A_WINS, selector={}, claims=claims, holding=True) is STANDBY
     assert decide(a, key=A_WINS, selector={}, claims=claims, holding=False) is STANDBY
     # b reports Standby: a takes it, and b does not take it back.
-    claims = {"b": "Standby"}
+    claims = roles({"b": "Standby"})
     assert decide(a, key=A_WINS, selector={}, claims=claims, holding=False) is ACTIVE
-    claims = {"a": "Active", "b": "Standby"}
+    claims = roles({"a": "Active", "b": "Standby"})
     assert decide(b, key=A_WINS, selector={}, claims=claims, holding=False) is STANDBY
 
 

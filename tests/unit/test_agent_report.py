@@ -45,10 +45,16 @@ def test_entry_and_patch_touch_only_this_node():
                      "error": ""}
     # The keys the entry lacks are removed (a merge patch would keep them otherwise).
     assert report.patch("node-a", value) == {"status": {"directors": {"node-a": {
-        **value, "unhealthy": None}}}}
+        **value, "term": None, "unhealthy": None}}}}
     assert report.patch("node-a", None) == {"status": {"directors": {"node-a": None}}}
     no_generation = report.entry(report.Report("Active", None, "x"), now=NOW)
     assert "generation" not in no_generation
+    # With an election, the entry carries the term its role was decided in; a new term
+    # alone is no change to write (an agent restart writes nothing).
+    termed = report.Report("Active", 3, term="t2")
+    assert report.entry(termed, now=NOW)["term"] == "t2"
+    assert termed.matches({**value, "term": "t1"})
+    assert not report.Report("Standby", 3, term="t2").matches({**value, "term": "t1"})
 
 
 def test_long_errors_are_truncated():

@@ -33,6 +33,15 @@ No two holders (`decide`):
   VirtualServer in status.directors: a planned move (a director joined or came back) is a
   handover (the old holder sees it lost, releases the VIP, reports Standby; then the winner
   takes it). A claimant whose Lease has expired is ignored: failover is immediate;
+- a claim counts only from the *term* it was written in: each unbroken run of a director's
+  renewals (from its start, or from renewing again after a fence) gets a new term, copied
+  into its Lease and into each status.directors entry it writes. A director that died or
+  was cut off while Active leaves an Active claim behind; when it renews again its Lease
+  shows a new term at once, while its status entries are rewritten only when its role
+  changes (its first sync, if another took over meanwhile). The old claim must not make the
+  director that took over step down early (it claims a VIP the returning director no longer
+  holds), but it still keeps a director that holds nothing from taking the VIP until the
+  claim is rewritten (its director may still hold the VIP);
 - against a live holder, a director that has just become live counts as a candidate only
   after `settle` seconds, so a director that flaps does not pull VIPs back and forth.
 """
@@ -88,6 +97,21 @@ class Seen:
     marker: str
     duration: float
     labels: Mapping[str, str] = field(default_factory=dict)
+    term: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One director's role for a VirtualServer as its status.directors entry says.
+
+    Attributes:
+        role: Active or Standby.
+        term: the term (run of Lease renewals) the entry was written in; "" when the
+            writer did not say (then it counts whatever the director's term is now).
+    """
+
+    role: str
+    term: str = ""
 
 
 @dataclass
@@ -105,11 +129,13 @@ class Peer:
         live: its Lease has been seen to change within its duration.
         settled: live for at least the settle time (may then displace a live holder).
         labels: its Node labels.
+        term: its current run of renewals, as its Lease says ("" when it does not say).
     """
 
     live: bool
     settled: bool
     labels: Mapping[str, str]
+    term: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +151,7 @@ class View:
             every other Lease expiring): it may take VIPs.
         settled: it has been renewing for at least the settle time.
         peers: the other directors with a Lease, live or not.
+        term: its own current term (what its status entries must carry); "" when none.
     """
 
     me: str
@@ -133,6 +160,7 @@ class View:
     fresh: bool
     settled: bool
     peers: Mapping[str, Peer]
+    term: str = ""
 
     def others(self, selector: Mapping[str, str]) -> list[str]:
         """Return the other directors (live or not) that `selector` selects."""
@@ -140,20 +168,20 @@ class View:
 
     def signature(self) -> tuple[object, ...]:
         """Return what decisions depend on (a change of it needs a sync)."""
-        return (self.fenced, self.ready, self.fresh, self.settled,
-                tuple(sorted((n, p.live, p.settled, tuple(sorted(p.labels.items())))
+        return (self.fenced, self.ready, self.fresh, self.settled, self.term,
+                tuple(sorted((n, p.live, p.settled, p.term, tuple(sorted(p.labels.items())))
                              for n, p in self.peers.items())))
 
 
 def decide(view: View, *, key: str, selector: Mapping[str, str],
-           claims: Mapping[str, str], holding: bool) -> Role:
+           claims: Mapping[str, Claim], holding: bool) -> Role:
     """Return this director's role for a VirtualServer that selects it.
 
     Args:
         view: the election as this director sees it now.
         key: the VIP (the rendezvous key).
         selector: the VirtualServer's spec.directors.nodeSelector.
-        claims: each director's role in the VirtualServer's status.directors.
+        claims: each director's claim in the VirtualServer's status.directors.
         holding: whether this director holds the VIP now.
     """
     if view.fenced:
@@ -162,11 +190,17 @@ def decide(view: View, *, key: str, selector: Mapping[str, str],
         # would only turn a slow renewal into an outage.
         return Role.ACTIVE if holding and not view.others(selector) else Role.STANDBY
     me = view.me
-    others = {n for n, r in claims.items()
-              if n != me and r == ACTIVE and n in view.peers and view.peers[n].live}
+    others: set[str] = set()  # live directors holding the VIP by a claim of their term
+    stale: set[str] = set()  # live directors with an Active claim of an earlier term
+    for n, claim in claims.items():
+        peer = view.peers.get(n)
+        if n == me or claim.role != ACTIVE or peer is None or not peer.live:
+            continue
+        current = not claim.term or not peer.term or claim.term == peer.term
+        (others if current else stale).add(n)
     if not (view.ready and view.fresh):
         # Starting, or blind: take nothing; keep what is held unless another claims it.
-        return Role.ACTIVE if holding and not others else Role.STANDBY
+        return Role.ACTIVE if holding and not (others or stale) else Role.STANDBY
     holders = others | ({me} if holding else set())
     candidates = {n for n, p in view.peers.items()
                   if p.live and selects(selector, p.labels)
@@ -175,8 +209,9 @@ def decide(view: View, *, key: str, selector: Mapping[str, str],
         candidates.add(me)
     if winner(key, candidates) != me:
         return Role.STANDBY
-    # The winner waits until the live holder has let go (handover).
-    return Role.STANDBY if others else Role.ACTIVE
+    # The winner waits until the live holder has let go (handover); one that holds nothing
+    # also waits for an old claim to be rewritten (its director may still hold the VIP).
+    return Role.STANDBY if others or (stale and not holding) else Role.ACTIVE
 
 
 class Tracker:
@@ -207,7 +242,7 @@ class Tracker:
             self._listed = now
 
     def view(self, now: float, *, renewed: float | None, held_since: float | None,
-             deadline: float, duration: float) -> View:
+             deadline: float, duration: float, term: str = "") -> View:
         """Return the view at `now`.
 
         Args:
@@ -215,6 +250,7 @@ class Tracker:
             held_since: when its current unbroken run of renewals began.
             deadline: its renew deadline (fenced when `renewed` is older).
             duration: its own Lease duration.
+            term: its current term (the run of renewals `held_since` began).
         """
         fenced = renewed is None or now >= renewed + deadline
         ready = (not fenced and held_since is not None and self._listed is not None
@@ -224,11 +260,11 @@ class Tracker:
         peers = {n: Peer(live=now < r.changed + r.seen.duration,
                          settled=now < r.changed + r.seen.duration
                          and now >= r.live_since + self.settle,
-                         labels=r.seen.labels)
+                         labels=r.seen.labels, term=r.seen.term)
                  for n, r in self._records.items() if n != self.me}
         settled = not fenced and held_since is not None and now >= held_since + self.settle
         return View(me=self.me, fenced=fenced, ready=ready, fresh=fresh, settled=settled,
-                    peers=peers)
+                    peers=peers, term=term)
 
     def next_change(self, now: float, *, renewed: float | None, held_since: float | None,
                     deadline: float, duration: float) -> float | None:

@@ -7,7 +7,12 @@ whatever the number of VirtualServers) and copies into it
 - its duration in milliseconds (annotation `lvs.dev/lease-duration-ms`; leaseDurationSeconds
   is whole seconds, rounded up, for tools that read it),
 - its Node's labels (annotation `lvs.dev/node-labels`, JSON): an agent watches only its own
-  Node, so this is how the others learn which VirtualServers it is eligible for.
+  Node, so this is how the others learn which VirtualServers it is eligible for;
+- its term (annotation `lvs.dev/term`): a new random token for each unbroken run of
+  renewals (agent start, or renewing again after a fence; spec.acquireTime is set to the
+  run's start for people reading the Lease). Its status.directors entries carry the term
+  they were written in, so the others can tell a claim left from an earlier run
+  (`election.Claim`).
 
 A `watch.Reflector` keeps every director's Lease (by that label); each change is recorded
 in the `election.Tracker` at the local time it is seen. A monitor thread wakes the sync
@@ -26,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 LABEL = "lvs.dev/director-lease"
 DURATION_ANNOTATION = "lvs.dev/lease-duration-ms"
 LABELS_ANNOTATION = "lvs.dev/node-labels"
+TERM_ANNOTATION = "lvs.dev/term"
 PREFIX = "lvs-director-"
 
 
@@ -77,22 +84,31 @@ def micro_time(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def renewal(node: str, *, duration: float, labels: Mapping[str, str],
-            now: datetime) -> dict[str, Any]:
-    """Return the merge patch that renews director `node`'s Lease (and refreshes what it
-    copies into it)."""
+def new_term() -> str:
+    """Return a fresh term token (random: unique across restarts without any state)."""
+    return secrets.token_hex(8)
+
+
+def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
+            now: datetime, begins: bool = False) -> dict[str, Any]:
+    """Return the merge patch that renews director `node`'s Lease in `term` (and refreshes
+    what it copies into it); `begins`: the renewal starts a new run (sets acquireTime)."""
+    spec: dict[str, Any] = {"holderIdentity": node, "renewTime": micro_time(now),
+                            "leaseDurationSeconds": max(1, math.ceil(duration))}
+    if begins:
+        spec["acquireTime"] = micro_time(now)
     return {"metadata": {"labels": {LABEL: "true"}, "annotations": {
                 DURATION_ANNOTATION: str(round(duration * 1000)),
                 LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())),
-                                              separators=(",", ":"))}},
-            "spec": {"holderIdentity": node, "renewTime": micro_time(now),
-                     "leaseDurationSeconds": max(1, math.ceil(duration))}}
+                                              separators=(",", ":")),
+                TERM_ANNOTATION: term}},
+            "spec": spec}
 
 
 def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str],
-         now: datetime) -> dict[str, Any]:
-    """Return a new Lease for director `node`."""
-    patch = renewal(node, duration=duration, labels=labels, now=now)
+         term: str, now: datetime) -> dict[str, Any]:
+    """Return a new Lease for director `node`, in `term`."""
+    patch = renewal(node, duration=duration, labels=labels, term=term, now=now)
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
             "spec": {**patch["spec"], "acquireTime": micro_time(now), "leaseTransitions": 0}}
@@ -121,7 +137,8 @@ def seen(obj: watch.Object, *, default_duration: float) -> election.Seen | None:
     except ValueError:
         pass  # unreadable: eligible only where no label is asked for
     return election.Seen(node=str(node), marker=str(spec.get("renewTime")),
-                         duration=duration, labels=labels)
+                         duration=duration, labels=labels,
+                         term=str(annotations.get(TERM_ANNOTATION) or ""))
 
 
 class Keeper:
@@ -145,6 +162,7 @@ class Keeper:
         self._labels: dict[str, str] = {}
         self._renewed: float | None = None  # start of the last successful renewal
         self._held_since: float | None = None  # start of the current run of renewals
+        self._term = ""  # the current run's term (see election.Claim)
         self._failing = False  # said so in the log already
         self._fenced_logged = False
         self._path = leases_path(settings.namespace)
@@ -204,7 +222,7 @@ class Keeper:
     def view(self) -> election.View:
         """Return the election as this director sees it now."""
         with self._lock:
-            return self._tracker.view(self._clock(), **self._timing())
+            return self._tracker.view(self._clock(), **self._timing(), term=self._term)
 
     # --- threads --------------------------------------------------------------------------
 
@@ -226,18 +244,25 @@ class Keeper:
         period = self.settings.renew_seconds
         while not self._stopping.is_set():
             started = self._clock()
-            ok = self._renew()
+            with self._lock:
+                begins = self._renewed is None or \
+                    started >= self._renewed + self.settings.renew_deadline_seconds
+            # A renewal that starts a new run carries a new term; the term becomes this
+            # director's only once the renewal is in (so no status entry carries a term
+            # its Lease has not shown).
+            term = new_term() if begins else self._term
+            ok = self._renew(term, begins=begins)
             with self._lock:
                 if ok:
-                    if self._renewed is None or started >= self._renewed + \
-                            self.settings.renew_deadline_seconds:
+                    if begins:
                         self._held_since = started  # a new unbroken run begins
+                        self._term = term
                     self._renewed = started
             self._poke.set()
             self._stopping.wait(max(0.0, started + period - self._clock()))
 
-    def _renew(self) -> bool:
-        """Renew (or create) the Lease once; return whether it worked."""
+    def _renew(self, term: str, *, begins: bool) -> bool:
+        """Renew (or create) the Lease once in `term`; return whether it worked."""
         s = self.settings
         with self._lock:
             labels = dict(self._labels)
@@ -248,14 +273,15 @@ class Keeper:
             try:
                 self.api.request("PATCH", name, content_type=kube.MERGE_PATCH, timeout=timeout,
                                  body=renewal(self.node, duration=s.lease_duration_seconds,
-                                              labels=labels, now=now))
+                                              labels=labels, term=term, now=now,
+                                              begins=begins))
             except kube.ApiError as e:
                 if e.status != 404:
                     raise
                 self.api.request("POST", self._path, timeout=timeout,
                                  body=body(self.node, s.namespace,
                                            duration=s.lease_duration_seconds, labels=labels,
-                                           now=now))
+                                           term=term, now=now))
                 log.info("created Lease %s/%s", s.namespace, lease_name(self.node))
         except kube.ApiError as e:
             if not self._failing:
@@ -275,7 +301,7 @@ class Keeper:
             now = self._clock()
             with self._lock:
                 timing = self._timing()
-                view = self._tracker.view(now, **timing)
+                view = self._tracker.view(now, **timing, term=self._term)
                 later = self._tracker.next_change(now, **timing)
             signature = view.signature()
             if signature != last:

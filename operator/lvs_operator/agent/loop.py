@@ -129,6 +129,7 @@ class Agent:
         # (what was written (None: removed), resourceVersion of the object it was written
         # over). Without it every sync until the echo arrives would write again.
         self._written: dict[str, tuple[report.Report | None, str]] = {}
+        self._term = ""  # the election term of the last sync's roles (see election.Claim)
         self._nat = False  # whether ip_forward has been asked for
         self._node_missing = False  # said so in the log already
         watch_settings = settings.watch
@@ -263,6 +264,7 @@ class Agent:
         if self.leases is not None:
             self.leases.set_labels(labels)  # the others learn this director's eligibility
             view = self.leases.view()
+            self._term = view.term  # the roles decided now are claims of this term
             held = {vip for vips in self._safe_load().vips.values() for vip in vips}
             decide = role.elected(view, held=held)
         fallback = self.settings.interface or self._default_interface()
@@ -511,7 +513,7 @@ class Agent:
                 self._write(obj, report.report(
                     role=role.Role.STANDBY.value, generation=p.generation,
                     error=str((current or {}).get("error") or ""), previous=current,
-                    unhealthy=p.unhealthy), previous=current)
+                    unhealthy=p.unhealthy, term=self._term), previous=current)
         self.leases.stop(delete=True)
 
     def _safe_load(self) -> Owned:
@@ -537,7 +539,7 @@ class Agent:
                 error = "; ".join([*node_errors, *errors.get(ident, [])])
                 want = report.report(role=program.role.value, generation=program.generation,
                                      error=error, previous=current,
-                                     unhealthy=program.unhealthy)
+                                     unhealthy=program.unhealthy, term=self._term)
                 if want.matches(current):
                     continue
             elif current is None:

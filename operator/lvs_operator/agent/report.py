@@ -4,10 +4,12 @@ Each agent writes only `status.directors.<its node>`, with a JSON merge patch on
 subresource: a merge patch changes the keys it names and keeps the others, so directors
 writing at the same time cannot clobber each other's entries (a `null` removes the entry).
 
-An entry is written only when role, programmed generation, error or the real servers
-failing this director's health checks (`unhealthy`, "address:port" sorted; absent when
-none) change: `syncedAt` is the time of that change (when this director converged to what
-the entry says), not of every resync, so a steady state costs the API server nothing.
+An entry carries the election term it was written in (`term`: the director's current run of
+Lease renewals, see `election.Claim`; absent without an election). It is written only when
+role, programmed generation, error or the real servers failing this director's health checks (`unhealthy`,
+"address:port" sorted; absent when none) change: `syncedAt` is the time of that change
+(when this director converged to what the entry says), not of every resync, so a steady
+state costs the API server nothing.
 
 A real server that fails its health checks, or passes them again, is also told in an
 Event (`health_event`), at most one per VirtualServer and director every
@@ -33,7 +35,7 @@ REAL_SERVER_HEALTHY = "RealServerHealthy"
 HEALTH_EVENT_SECONDS = 30.0
 # Every key an entry may have: a merge patch sets the ones a new entry lacks to null, so the
 # stored entry is exactly the new one (a merge patch keeps keys it does not name).
-ENTRY_KEYS = ("role", "generation", "syncedAt", "error", "unhealthy")
+ENTRY_KEYS = ("role", "term", "generation", "syncedAt", "error", "unhealthy")
 MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; status entries stay readable too
 
 
@@ -43,34 +45,41 @@ class Report:
 
     `generation` is the metadata.generation it has programmed (None: none yet); `error`
     says why it could not program the current one ("" when it did); `unhealthy` lists the
-    real servers ("address:port", sorted) failing this director's health checks.
+    real servers ("address:port", sorted) failing this director's health checks; `term`
+    is the election term the role was decided in ("" without an election).
     """
 
     role: str
     generation: int | None
     error: str = ""
     unhealthy: tuple[str, ...] = ()
+    term: str = ""
 
     def matches(self, entry: Mapping[str, Any] | None) -> bool:
         """Return whether the stored `entry` already says what this report says."""
         if not isinstance(entry, Mapping):
             return False
+        # A new term alone is no change: an agent restart must cost no status writes. An
+        # entry from an earlier term that still says the right role is harmless: the term
+        # only tells the others that an Active claim may be stale, and a director that
+        # still holds the VIP is right to claim it (see election.Claim).
         return (entry.get("role"), entry.get("generation"), entry.get("error") or "",
                 unhealthy_of(entry)) == (self.role, self.generation, self.error,
                                          self.unhealthy)
 
 
 def report(*, role: str, generation: int, error: str,
-           previous: Mapping[str, Any] | None, unhealthy: Sequence[str] = ()) -> Report:
+           previous: Mapping[str, Any] | None, unhealthy: Sequence[str] = (),
+           term: str = "") -> Report:
     """Return the report of a director that programmed `generation` (or failed to, with
     `error`: then the generation reported stays the one `previous` reported), with the
-    real servers that fail its health checks."""
+    real servers that fail its health checks, in election `term`."""
     failing = tuple(unhealthy)
     if not error:
-        return Report(role=role, generation=generation, unhealthy=failing)
+        return Report(role=role, generation=generation, unhealthy=failing, term=term)
     before = previous.get("generation") if isinstance(previous, Mapping) else None
     return Report(role=role, generation=before if isinstance(before, int) else None,
-                  error=_truncate(error), unhealthy=failing)
+                  error=_truncate(error), unhealthy=failing, term=term)
 
 
 def unhealthy_of(entry: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -82,6 +91,8 @@ def unhealthy_of(entry: Mapping[str, Any] | None) -> tuple[str, ...]:
 def entry(report: Report, *, now: datetime) -> dict[str, Any]:
     """Return `report` as a `status.directors` entry stamped with `now`."""
     result: dict[str, Any] = {"role": report.role}
+    if report.term:
+        result["term"] = report.term
     if report.generation is not None:
         result["generation"] = report.generation
     result["syncedAt"] = status.timestamp(now)

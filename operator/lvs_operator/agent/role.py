@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from lvs_operator import spec
-from lvs_operator.agent.election import Role, View
+from lvs_operator.agent.election import Claim, Role, View
 from lvs_operator.agent.election import decide as elect
 from lvs_operator.model import IPAddress
 
@@ -30,10 +30,12 @@ def decide(vs: spec.VirtualServer, *, node: str) -> Role:
     return Role.ACTIVE
 
 
-def claims(obj: Mapping[str, Any]) -> dict[str, str]:
-    """Return each director's role as a VirtualServer's status.directors reports it."""
+def claims(obj: Mapping[str, Any]) -> dict[str, Claim]:
+    """Return each director's claim (role and term) as a VirtualServer's status.directors
+    reports it."""
     found = (obj.get("status") or {}).get("directors") or {}
-    return {str(node): str(entry.get("role")) for node, entry in found.items()
+    return {str(node): Claim(role=str(entry.get("role")), term=str(entry.get("term") or ""))
+            for node, entry in found.items()
             if isinstance(entry, Mapping)} if isinstance(found, Mapping) else {}
 
 
