@@ -6,8 +6,8 @@ writing at the same time cannot clobber each other's entries (a `null` removes t
 
 An entry carries the election term it was written in (`term`: the director's current run of
 Lease renewals, see `election.Claim`; absent without an election). It is written only when
-role, programmed generation, error or the real servers failing this director's health checks (`unhealthy`,
-"address:port" sorted; absent when none) change: `syncedAt` is the time of that change
+role, programmed generation, error or the real servers failing this director's health
+checks (`unhealthy`, "address:port" sorted; absent when none) change: `syncedAt` is the time of that change
 (when this director converged to what the entry says), not of every resync, so a steady
 state costs the API server nothing.
 
