@@ -7,9 +7,9 @@ writing at the same time cannot clobber each other's entries (a `null` removes t
 An entry carries the election term it was written in (`term`: the director's current run of
 Lease renewals, see `election.Claim`; absent without an election). It is written only when
 role, programmed generation, error or the real servers failing this director's health
-checks (`unhealthy`, "address:port" sorted; absent when none) change: `syncedAt` is the time of that change
-(when this director converged to what the entry says), not of every resync, so a steady
-state costs the API server nothing.
+checks (`unhealthy`, "address:port" sorted; absent when none) change: `syncedAt` is the
+time of that change (when this director converged to what the entry says), not of every
+resync, so a steady state costs the API server nothing.
 
 A real server that fails its health checks, or passes them again, is also told in an
 Event (`health_event`), at most one per VirtualServer and director every
