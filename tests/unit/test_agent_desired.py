@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from ipaddress import ip_address
 from typing import Any
 
 import pytest
 
+from lvs_operator import spec
 from lvs_operator.agent import desired
 from lvs_operator.agent.role import Role
 from lvs_operator.model import Forwarding, Protocol, ServiceKey
@@ -268,3 +270,181 @@ def test_without_health_check_unaffected():
                             labels=LABELS, default_interface=None, unhealthy=failing)
     assert weights(checked) == {"10.0.0.1": 0, "10.0.0.2": 1}, "another VirtualServer's " \
         "result does not count"
+
+
+# --- the cache of what each VirtualServer alone gives -----------------------------------------
+
+
+def at(document: dict[str, Any], version: str, *, uid: str = "uid-1", **changes) -> dict[str, Any]:
+    """`document` as the API server returns it at resourceVersion `version`, with `changes`
+    to its top-level fields (spec, status)."""
+    return {**document, **changes,
+            "metadata": {**document["metadata"], "resourceVersion": version, "uid": uid}}
+
+
+@pytest.fixture
+def parses(monkeypatch) -> list[str]:
+    """The namespace/name of every VirtualServer `spec.parse` is asked for, in order."""
+    calls: list[str] = []
+    parse = spec.parse
+
+    def counting(document, **kwargs):
+        calls.append(f"{document['metadata'].get('namespace')}/{document['metadata']['name']}")
+        return parse(document, **kwargs)
+
+    monkeypatch.setattr(spec, "parse", counting)
+    return calls
+
+
+def build(documents, cache, **kwargs) -> desired.Desired:
+    """Return `desired.build` of `documents` with `cache`, after checking it against a build
+    without one (the cache must never change the answer)."""
+    kwargs = {"node": NODE, "labels": LABELS, "default_interface": None, **kwargs}
+    uncached = desired.build(documents, **kwargs)
+    result = desired.build(documents, cache=cache, **kwargs)
+    assert result == uncached
+    return result
+
+
+def test_cache_does_not_parse_unchanged_virtualservers_again(parses):
+    documents = [at(vs(f"web{i}", vip=f"192.0.2.{10 + i}", reals=[real(i)]), "1", uid=f"u{i}")
+                 for i in range(3)]
+    cache = desired.Cache()
+    first = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+                          cache=cache)
+    assert sorted(parses) == ["shop/web0", "shop/web1", "shop/web2"]
+    parses.clear()
+    again = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+                          cache=cache)
+    assert parses == []
+    assert again == first and len(again.programs) == 3
+    # The same objects as a new list brings (a relist): the same versions, still no parse.
+    relisted = [copy.deepcopy(d) for d in documents]
+    assert desired.build(relisted, node=NODE, labels=LABELS, default_interface=None,
+                         cache=cache) == first
+    assert parses == []
+
+
+def test_cache_parses_a_new_resource_version(parses):
+    cache = desired.Cache()
+    before = at(vs(reals=[real(1)]), "1")
+    assert weights(build([before], cache)) == {"10.0.0.1": 1}
+    parses.clear()
+    # A status change (the controller resolved new real servers) is a new resourceVersion.
+    after = at(before, "2", status={"realServers": [real(1), real(2, weight=5)]})
+    assert weights(build([after], cache)) == {"10.0.0.1": 1, "10.0.0.2": 5}
+    assert parses == ["shop/web"] * 2  # once without the cache, once with it
+    parses.clear()
+    # A spec change (a new port) too, and the generation goes with it.
+    new_spec = {**after["spec"], "ports": [{"port": 80}, {"port": 443}]}
+    changed = at({**after, "metadata": {**after["metadata"], "generation": 4}}, "3", spec=new_spec)
+    result = build([changed], cache)
+    assert set(result.table) == {key(), key(port=443)}
+    assert result.programs["shop/web"].generation == 4
+    assert parses == ["shop/web"] * 2
+
+
+def test_cache_parses_a_recreated_virtualserver(parses):
+    cache = desired.Cache()
+    build([at(vs(reals=[real(1)]), "7", uid="old")], cache)
+    parses.clear()
+    # Deleted and made again under the same name: another uid (whatever its version says).
+    recreated = at(vs(vip="192.0.2.99", reals=[real(2)]), "7", uid="new")
+    result = build([recreated], cache)
+    assert parses == ["shop/web"] * 2
+    assert weights(result, key(vip="192.0.2.99")) == {"10.0.0.2": 1}
+
+
+def test_cache_without_resource_version_parses_every_time(parses):
+    document = vs(reals=[real(1)])
+    del document["metadata"]["resourceVersion"]
+    cache = desired.Cache()
+    build([document], cache)
+    build([{**document, "status": {"realServers": [real(3)]}}], cache)
+    assert parses == ["shop/web"] * 4
+
+
+def test_cache_forgets_deleted_virtualservers(parses):
+    web = at(vs(reals=[real(1)]), "1", uid="u1")
+    api = at(vs("api", vip="192.0.2.11", reals=[real(2)]), "2", uid="u2")
+    cache = desired.Cache()
+    assert set(build([web, api], cache).programs) == {"shop/web", "shop/api"}
+    assert len(cache) == 2
+    assert set(build([web], cache).programs) == {"shop/web"}
+    assert len(cache) == 1, "kept what is gone"
+    assert set(build([], cache).programs) == set()
+    assert len(cache) == 0
+    parses.clear()
+    # Back at the same version (a watch replayed): parsed again, since it was forgotten.
+    desired.build([web], node=NODE, labels=LABELS, default_interface=None, cache=cache)
+    assert parses == ["shop/web"]
+
+
+def test_cache_keeps_invalid_virtualservers_invalid(parses):
+    invalid = at(vs(vip="not-an-address", reals=[real(1)]), "1")
+    cache = desired.Cache()
+    for _ in range(2):
+        result = desired.build([invalid], node=NODE, labels=LABELS, default_interface=None,
+                               cache=cache)
+        assert result.programs == {} and result.withdrawn == {}
+    assert parses == ["shop/web"], "the error is kept too"
+    fixed = at(vs(reals=[real(1)]), "2")
+    assert set(build([fixed], cache).programs) == {"shop/web"}
+
+
+def test_cache_keeps_what_cannot_be_programmed(parses):
+    # DirectRouting cannot remap port 80 to the real server's 8080: withdrawn, every time.
+    document = at(vs(reals=[real(1, port=8080)]), "1")
+    cache = desired.Cache()
+    for _ in range(2):
+        result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+                               cache=cache)
+        assert result.programs == {}
+        assert result.withdrawn["shop/web"].startswith("cannot program its real servers")
+    assert parses == ["shop/web"]
+    fixed = at(document, "2", status={"realServers": [real(1, port=80)]})
+    assert weights(build([fixed], cache)) == {"10.0.0.1": 1}
+
+
+def test_cache_follows_what_is_not_the_virtualserver(parses):
+    # The same object throughout; what changes is the node, the interface, the health
+    # results, the roles: none of it may be taken from the cache.
+    document = at(vs(reals=[real(1), real(2)], interface="", healthCheck=TCP_CHECK,
+                     selector={"zone": "a"}), "1")
+    cache = desired.Cache()
+    assert build([document], cache).programs["shop/web"].interface is None
+    assert build([document], cache, default_interface="eth1").programs["shop/web"].interface \
+        == "eth1"
+    assert "no interface" in build([document], cache).programs["shop/web"].problem
+    assert build([document], cache, labels={"zone": "b"}).programs == {}
+    failing = {("shop/web", ip_address("10.0.0.1"), 80)}
+    assert weights(build([document], cache, unhealthy=failing)) == {"10.0.0.1": 0,
+                                                                   "10.0.0.2": 1}
+    assert weights(build([document], cache)) == {"10.0.0.1": 1, "10.0.0.2": 1}
+    standby = build([document], cache, decide=lambda vs, obj: Role.STANDBY)
+    assert standby.programs["shop/web"].role is Role.STANDBY
+    assert standby.programs["shop/web"].problem == "", "a Standby holds no VIP"
+    assert build([document], cache).programs["shop/web"].role is Role.ACTIVE
+    # Its withdrawal by the controller is a status change: a new version.
+    conflict = at(document, "2", status={**document["status"], "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Conflict", "message": "taken"}]})
+    assert build([conflict], cache).withdrawn == {"shop/web": "Conflict: taken"}
+    # Every build above parsed once without the cache; the cache parsed each version once.
+    assert len(parses) == 9 + 2
+
+
+def test_cache_follows_conflicts_between_virtualservers():
+    older = at(vs("older", reals=[real(1)], created="2025-01-01T00:00:00Z"), "1", uid="u1")
+    newer = at(vs("newer", reals=[real(2)], created="2025-01-02T00:00:00Z"), "2", uid="u2")
+    cache = desired.Cache()
+    assert set(build([newer], cache).programs) == {"shop/newer"}
+    assert set(build([newer], cache).programs) == {"shop/newer"}
+    assert set(build([older, newer], cache).programs) == {"shop/older"}
+    assert "shop/older" in build([older, newer], cache).withdrawn["shop/newer"]
+    assert set(build([newer], cache).programs) == {"shop/newer"}, "takes over once it is gone"
+    # The older one moves to another VIP: no conflict left.
+    moved = at(older, "3", spec={**older["spec"], "vip": "192.0.2.50"})
+    assert set(build([moved, newer], cache).programs) == {"shop/older", "shop/newer"}
+    # ...or is no longer selected here: its claim counts only where it is programmed.
+    away = at(older, "4", spec={**older["spec"], "directors": {"nodeSelector": {"zone": "b"}}})
+    assert set(build([away, newer], cache).programs) == {"shop/newer"}

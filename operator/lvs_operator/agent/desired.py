@@ -23,12 +23,16 @@ that fails them stays in the table at weight 0 (no new connections; established 
 on; it is not drained away), and gets its weight back once it passes them again. The
 programs say which real servers to check (`Desired.health_targets`) and which failed
 (`Program.unhealthy`, for status).
+
+What `build` derives from one VirtualServer alone (parsing it, its endpoints and services,
+its withdrawal reason) can be kept in a `Cache` from one sync to the next, so a resync over
+unchanged objects does not parse them again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lvs_operator import conflicts, resolve, spec, status
@@ -138,7 +142,7 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[str, str],
           default_interface: str | None,
           unhealthy: Collection[health.Key] = frozenset(),
-          decide: role.Decider | None = None) -> Desired:
+          decide: role.Decider | None = None, cache: Cache | None = None) -> Desired:
     """Return the desired state of director `node` (with Node `labels`) for `objects`.
 
     `default_interface` holds the VIPs of VirtualServers that name no
@@ -148,31 +152,29 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
     `unhealthy` are the (namespace/name, address, port) that fail this director's health
     checks (`health.Monitor.unhealthy`); they get weight 0 in VirtualServers that have a
     spec.healthCheck and are ignored elsewhere.
+    `cache` keeps what is derived from each object alone for the next call with the same
+    cache (see `Cache`); None derives everything afresh.
     """
-    candidates: dict[str, tuple[Program, str]] = {}
+    candidates: dict[str, tuple[Program, conflicts.Claimant]] = {}
     withdrawn: dict[str, str] = {}
-    for obj in objects:
-        try:
-            vs = spec.parse(obj)
-        except spec.SpecError:
+    pairs = cache.parse(objects) if cache is not None else (
+        (obj, _Parsed.of(obj)) for obj in objects)
+    for obj, parsed in pairs:
+        vs = parsed.vs
+        if vs is None:
             continue  # the controller reports it (InvalidSpec); nothing here to trust
         if not selects(vs.directors.node_selector, labels):
             continue
-        why = _withdrawal(obj)
-        if why:
-            withdrawn[vs.id] = why
+        derived = parsed.derived(obj)
+        if derived.withdrawal:
+            withdrawn[vs.id] = derived.withdrawal
             continue
-        endpoints, problems = _endpoints(obj)
-        try:
-            services = tuple(spec.services(vs, endpoints))
-        except spec.SpecError as e:
-            withdrawn[vs.id] = f"cannot program its real servers: {e}"
-            continue
+        services = derived.services
         failing: tuple[str, ...] = ()
         if vs.health_check is not None and unhealthy:
             services, failing = _health(vs.id, services, unhealthy)
-        meta = obj.get("metadata") or {}
         chosen = decide(vs, obj) if decide else role.decide(vs, node=node)
+        problems = list(derived.problems)
         interface = None
         if chosen is role.Role.ACTIVE:
             interface = vs.directors.interface or default_interface
@@ -180,18 +182,146 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
                 problems.append("no interface to hold the VIP on: this node has no default "
                                 "route; set spec.directors.interface (or the agent's "
                                 "LVS_INTERFACE)")
-        program = Program(vs=vs, generation=int(meta.get("generation") or 0), role=chosen,
+        program = Program(vs=vs, generation=derived.generation, role=chosen,
                           interface=interface, services=services, problem="; ".join(problems),
                           unhealthy=failing)
-        candidates[vs.id] = (program, str(meta.get("creationTimestamp") or _NEVER))
-    lost = conflicts.conflicts(conflicts.Claimant.of(p.vs, created=created)
-                               for p, created in candidates.values())
+        candidates[vs.id] = (program, derived.claimant)
+    claimants = [claimant for _, claimant in candidates.values()]
+    lost = cache.conflicts(claimants) if cache is not None else conflicts.conflicts(claimants)
     for ident, conflict in lost.items():
         withdrawn[ident] = conflict.message
     return Desired(
         programs={ident: p for ident, (p, _) in candidates.items() if ident not in lost},
         withdrawn=withdrawn,
     )
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """What `build` takes from a parsed, selected VirtualServer object alone.
+
+    Attributes:
+        generation: its metadata.generation.
+        claimant: it, for `conflicts`.
+        withdrawal: why it must not be programmed (`_withdrawal`), or "".
+        services: its services with the real servers of status.realServers, before health
+            checks; empty when `withdrawal` says why.
+        problems: the status.realServers entries skipped.
+    """
+
+    generation: int
+    claimant: conflicts.Claimant
+    withdrawal: str
+    services: tuple[VirtualService, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@dataclass
+class _Parsed:
+    """A VirtualServer object parsed, and what else `build` derives from it alone.
+
+    Attributes:
+        version: the object's (metadata.uid, metadata.resourceVersion), "" for what it
+            lacks; an object without a resourceVersion is never taken from a cache.
+        vs: the parsed VirtualServer; None when it does not parse.
+    """
+
+    version: tuple[str, str]
+    vs: spec.VirtualServer | None
+    _derived: _Derived | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any], version: tuple[str, str] = ("", "")) -> _Parsed:
+        """Return `obj`, of `version`, parsed (vs None when it is invalid)."""
+        try:
+            vs: spec.VirtualServer | None = spec.parse(obj)
+        except spec.SpecError:
+            vs = None
+        return cls(version, vs)
+
+    def derived(self, obj: Mapping[str, Any]) -> _Derived:
+        """Return what `build` takes from `obj` (the object this was parsed from), derived
+        the first time it is asked for: objects this node does not select never need it.
+
+        Raises:
+            ValueError: when the VirtualServer does not parse.
+        """
+        if self._derived is None:
+            if self.vs is None:
+                raise ValueError("an invalid VirtualServer has nothing to derive")
+            self._derived = _derive(self.vs, obj)
+        return self._derived
+
+
+def _derive(vs: spec.VirtualServer, obj: Mapping[str, Any]) -> _Derived:
+    """Return what `build` takes from parsed `vs` and its object `obj` alone."""
+    meta = obj.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    claimant = conflicts.Claimant.of(vs, created=str(meta.get("creationTimestamp") or _NEVER))
+    why = _withdrawal(obj)
+    if why:
+        return _Derived(generation, claimant, why)
+    endpoints, problems = _endpoints(obj)
+    try:
+        services = tuple(spec.services(vs, endpoints))
+    except spec.SpecError as e:
+        return _Derived(generation, claimant, f"cannot program its real servers: {e}")
+    return _Derived(generation, claimant, "", services, tuple(problems))
+
+
+class Cache:
+    """What `build` derives from each VirtualServer object alone, kept from one `build` to
+    the next so that unchanged objects are not parsed again.
+
+    An object is taken as unchanged while its namespace/name, metadata.uid and
+    metadata.resourceVersion are: the API server gives every change of an object (spec,
+    status, metadata) a new resourceVersion. Objects without one are never taken from the
+    cache. What depends on more than the object (the Node's labels, the default interface,
+    health results, roles) is not kept; of the conflicts between objects, only the last
+    answer is, for as long as the very same claimants ask. Each `build` keeps only the
+    objects it was given, so the cache holds no more than the objects present. One `build`
+    at a time may use a cache.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], _Parsed] = {}
+        self._claimants: list[conflicts.Claimant] = []
+        self._lost: dict[str, conflicts.Conflict] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, objects: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any],
+                                                                        _Parsed]]:
+        """Return each of `objects` with it parsed: the entry kept for it when its version
+        has not changed, else a new one. Keeps these entries, and only these, for the next
+        call: objects not given are gone."""
+        entries: dict[tuple[str, str], _Parsed] = {}
+        result = []
+        for obj in objects:
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            ident = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            version = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+            entry = self._entries.get(ident)
+            if entry is None or entry.version != version or not version[1]:
+                entry = _Parsed.of(obj, version)
+            entries[ident] = entry
+            result.append((obj, entry))
+        self._entries = entries
+        return result
+
+    def conflicts(self, claimants: list[conflicts.Claimant]) -> dict[str, conflicts.Conflict]:
+        """Return `conflicts.conflicts(claimants)` (not to be changed): the last answer when
+        these are the very claimants of the last call, in the same order."""
+        # Claimants are immutable and kept in the entries: the same objects, in the same
+        # order, are the same question. Comparing identities costs far less than the answer.
+        last = self._claimants
+        if len(last) != len(claimants) or any(
+                a is not b for a, b in zip(last, claimants, strict=True)):
+            self._lost = conflicts.conflicts(claimants)
+            self._claimants = claimants
+        return self._lost
 
 
 def _health(ident: str, services: tuple[VirtualService, ...],
