@@ -125,8 +125,11 @@ class AddrMsg(nlmsg):  # type: ignore[misc]
     )
 
 
-def encode(msg: nlmsg, msg_type: int, flags: int, seq: int = 0) -> bytes:
-    """Return the wire form of `msg` with its netlink header filled in (port id 0)."""
+def encode(msg: nlmsg | bytes, msg_type: int, flags: int, seq: int = 0) -> bytes:
+    """Return the wire form of `msg` with its netlink header filled in (port id 0); `msg`
+    is a message object, or the bytes after the netlink header (see `payload`)."""
+    if isinstance(msg, bytes):
+        return _HEADER.pack(_HEADER.size + len(msg), msg_type, flags, seq, 0) + msg
     msg["header"]["type"] = msg_type
     msg["header"]["flags"] = flags
     msg["header"]["sequence_number"] = seq
@@ -134,6 +137,62 @@ def encode(msg: nlmsg, msg_type: int, flags: int, seq: int = 0) -> bytes:
     msg.reset()
     msg.encode()
     return bytes(msg.data)
+
+
+# The hot paths (an agent's sync reads a link and its addresses) build and read their few
+# fields directly: pyroute2's generic (de)coding of a whole link message (statistics, every
+# per-family setting) costs tens of milliseconds under emulation, for a name and an index.
+_RTATTR = struct.Struct("=HH")
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+
+def attribute(kind: int, value: bytes) -> bytes:
+    """Return one netlink attribute (struct rtattr + `value`), padded to 4 bytes."""
+    length = _RTATTR.size + len(value)
+    return _RTATTR.pack(length, kind) + value + bytes(-length % 4)
+
+
+def attributes(data: bytes, start: int, end: int | None = None) -> dict[int, bytes]:
+    """Return the attributes in `data[start:end]` by type (the last one of a type wins).
+
+    Raises:
+        ValueError: when an attribute runs past the end (a malformed message).
+    """
+    end = len(data) if end is None else end
+    found: dict[int, bytes] = {}
+    offset = start
+    while offset + _RTATTR.size <= end:
+        length, kind = _RTATTR.unpack_from(data, offset)
+        if length < _RTATTR.size or offset + length > end:
+            raise ValueError(f"malformed netlink attribute at byte {offset}")
+        found[kind & NLA_TYPE_MASK] = data[offset + _RTATTR.size : offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def link_request(name: str) -> bytes:
+    """Return the payload of an RTM_GETLINK request for the interface called `name`."""
+    return _IFINFOMSG.pack(0, 0, 0, 0, 0) + attribute(IFLA_IFNAME, name.encode() + b"\0")
+
+
+def addr_dump_request() -> bytes:
+    """Return the payload of an RTM_GETADDR dump request (every family)."""
+    return _IFADDRMSG.pack(0, 0, 0, 0, 0)
+
+
+def link_fields(data: bytes) -> tuple[int, int, dict[int, bytes]]:
+    """Return (index, flags, attributes) of one RTM_NEWLINK message (header included)."""
+    _, _, index, flags, _ = _IFINFOMSG.unpack_from(data, _HEADER.size)
+    return index, flags, attributes(data, _HEADER.size + _IFINFOMSG.size)
+
+
+def addr_fields(data: bytes) -> tuple[int, int, dict[int, bytes]]:
+    """Return (index, prefix length, attributes) of one RTM_NEWADDR message (header
+    included)."""
+    _, prefixlen, _, _, index = _IFADDRMSG.unpack_from(data, _HEADER.size)
+    return index, prefixlen, attributes(data, _HEADER.size + _IFADDRMSG.size)
 
 
 def decode(cls: type[nlmsg], data: bytes) -> Any:
@@ -207,8 +266,10 @@ class RouteSocket:
             cls._next_seq = seq % 0x7FFFFFFF + 1
             return seq
 
-    def request(self, msg: nlmsg, msg_type: int, flags: int, *, what: str) -> list[bytes]:
-        """Send one request and collect its replies.
+    def request(self, msg: nlmsg | bytes, msg_type: int, flags: int, *,
+                what: str) -> list[bytes]:
+        """Send one request (a message object, or the bytes after the netlink header) and
+        collect its replies.
 
         NLM_F_REQUEST is added to `flags`; a request without NLM_F_DUMP also gets NLM_F_ACK,
         so that every request ends with the kernel's verdict. A dump that the kernel marks
@@ -232,7 +293,7 @@ class RouteSocket:
         raise NetlinkError(errno.EAGAIN, what, "the dump kept changing while it was read")
 
     def _exchange(
-        self, msg: nlmsg, msg_type: int, flags: int, what: str
+        self, msg: nlmsg | bytes, msg_type: int, flags: int, what: str
     ) -> tuple[list[bytes], bool]:
         seq = self._sequence()
         self._sock.send(encode(msg, msg_type, flags, seq))

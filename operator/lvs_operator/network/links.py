@@ -50,13 +50,15 @@ class Link:
 
 
 def _link_from(data: bytes) -> Link:
-    msg = nl.decode(nl.LinkMsg, data)
+    index, flags, attrs = nl.link_fields(data)
+    info = nl.attributes(attrs[nl.IFLA_LINKINFO], 0) if nl.IFLA_LINKINFO in attrs else {}
+    kind = info.get(nl.IFLA_INFO_KIND)
     return Link(
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        index=msg["index"],
-        flags=msg["flags"],
-        kind=msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")),
-        mac=bytes(msg.get_attr("IFLA_ADDRESS") or b""),
+        name=attrs.get(nl.IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"),
+        index=index,
+        flags=flags,
+        kind=kind.rstrip(b"\0").decode(errors="replace") if kind is not None else None,
+        mac=attrs.get(nl.IFLA_ADDRESS, b""),
     )
 
 
@@ -80,11 +82,10 @@ def get_link(name: str) -> Link:
         InterfaceNotFound: when there is no such interface in this network namespace.
         NetlinkError: when the kernel refuses the request for another reason.
     """
-    msg = nl.LinkMsg()
-    msg["attrs"] = [("IFLA_IFNAME", name)]
     try:
         with nl.RouteSocket() as rt:
-            replies = rt.request(msg, nl.RTM_GETLINK, 0, what=f"reading interface {name!r}")
+            replies = rt.request(nl.link_request(name), nl.RTM_GETLINK, 0,
+                                 what=f"reading interface {name!r}")
     except NetlinkError as e:
         if e.errno == errno.ENODEV:
             raise InterfaceNotFound(name, [link.name for link in list_links()]) from None

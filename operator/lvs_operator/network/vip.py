@@ -109,19 +109,20 @@ def list_addresses(interface: str) -> list[tuple[IPAddress, int]]:
     link = get_link(interface)
     with nl.RouteSocket() as rt:
         replies = rt.request(
-            nl.AddrMsg(), nl.RTM_GETADDR, nl.NLM_F_DUMP, what=f"listing addresses of {interface!r}"
+            nl.addr_dump_request(), nl.RTM_GETADDR, nl.NLM_F_DUMP,
+            what=f"listing addresses of {interface!r}",
         )
     result: list[tuple[IPAddress, int]] = []
     for data in replies:
-        msg = nl.decode(nl.AddrMsg, data)
-        if msg["index"] != link.index:
+        index, prefixlen, attrs = nl.addr_fields(data)
+        if index != link.index:
             continue
         # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on a
         # point-to-point link, and the only one IPv6 sends.
-        raw = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        raw = attrs.get(nl.IFA_LOCAL) or attrs.get(nl.IFA_ADDRESS)
         if raw is None:
             continue
-        result.append((ipaddress.ip_address(bytes(raw)), msg["prefixlen"]))
+        result.append((ipaddress.ip_address(raw), prefixlen))
     return sorted(result, key=lambda item: (item[0].version, int(item[0]), item[1]))
 
 
