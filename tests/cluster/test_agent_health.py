@@ -5,14 +5,13 @@ an Event; when it is back, its weight and a clean report."""
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import socket
 from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any
 
 import pytest
+import test_agent
 from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
 from test_agent import TIMEOUT, Director, directors, eventually, path, publish
@@ -28,28 +27,14 @@ def ns(cluster: ControlPlane) -> Iterator[str]:
         yield name
 
 
-@pytest.fixture(scope="module")
-def api(cluster: ControlPlane) -> Iterator[kube.Kube]:
-    connection = kube.Kube.connect(str(cluster.kubeconfig))
-    yield connection
-    connection.close()
+# test_agent's fixtures: the admin connection, Nodes, a label.
+api, nodes, label = test_agent.api, test_agent.nodes, test_agent.label
 
 
 @pytest.fixture
-def label() -> str:
-    return secrets.token_hex(4)
-
-
-@pytest.fixture
-def node(api: kube.Kube, label: str) -> Iterator[str]:
+def node(nodes, label: str) -> str:
     """A new Node with the test's label (no kubelet: just the object)."""
-    name = f"director-{secrets.token_hex(4)}"
-    api.request("POST", kube.NODES, body={
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"lvs.dev/test-director": label}}})
-    yield name
-    with contextlib.suppress(kube.ApiError):
-        api.request("DELETE", f"{kube.NODES}/{name}")
+    return str(nodes(**{"lvs.dev/test-director": label}))
 
 
 def listener(port: int = 0) -> socket.socket:
