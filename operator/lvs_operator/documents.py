@@ -9,8 +9,6 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import yaml
-
 from lvs_operator import spec
 from lvs_operator.model import ServiceKey, VirtualService
 
@@ -28,11 +26,10 @@ def load(text: str, *, source: str) -> list[spec.VirtualServer]:
     """
     parsed = []
     for index, document in enumerate(_documents(text, source=source)):
-        name = _describe(document, index)
         try:
             parsed.append(spec.parse(document))
         except spec.SpecError as error:
-            raise DocumentError(f"{source}: {name}: {error}") from None
+            raise DocumentError(f"{source}: {_describe(document, index)}: {error}") from None
     claims: dict[ServiceKey, str] = {}
     for vs in parsed:
         for key in vs.keys:
@@ -62,14 +59,21 @@ def desired_table(servers: list[spec.VirtualServer]) -> dict[ServiceKey, Virtual
 
 
 def _documents(text: str, *, source: str) -> Iterator[Mapping[str, Any]]:
-    try:
-        if text.lstrip().startswith(("{", "[")):
+    if text.lstrip().startswith(("{", "[")):
+        try:
             raw: list[Any] = [json.loads(text)]
-        else:
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster
+        except json.JSONDecodeError as error:
+            raise DocumentError(f"{source}: not valid YAML or JSON: {error}") from None
+    else:
+        # Imported only for YAML: PyYAML's import costs more than the CLI's own modules, and
+        # a machine-written bulk file is JSON.
+        import yaml
+
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster
+        try:
             raw = list(yaml.load_all(text, Loader=loader))
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise DocumentError(f"{source}: not valid YAML or JSON: {error}") from None
+        except yaml.YAMLError as error:
+            raise DocumentError(f"{source}: not valid YAML or JSON: {error}") from None
     for index, document in enumerate(raw):
         if document is None:
             continue  # an empty document between `---` separators

@@ -115,9 +115,17 @@ class OwnershipStore:
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".owned.")
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
+            # One line: with `indent`, json falls back to its pure-Python encoder, which
+            # costs more than the rest of a bulk apply's bookkeeping.
+            json.dump(data, handle)
         os.replace(tmp, self.path)
-        self._cached = None  # read back once: the file's new identity is known only then
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            self._cached = None  # read back next time
+        else:
+            # What was just written is what a load would read: no need to parse it back.
+            self._cached = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), _copy(owned))
 
 
 def _copy(owned: Owned) -> Owned:

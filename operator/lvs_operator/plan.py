@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
-from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService
+from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService, stored_directly
 
 
+@stored_directly
 @dataclass(frozen=True)
 class AddService:
     """Create a virtual service (its attributes only; real servers are separate ops)."""
@@ -31,6 +32,7 @@ class AddService:
         return f"add service {self.service.key} scheduler {self.service.scheduler}"
 
 
+@stored_directly
 @dataclass(frozen=True)
 class SetService:
     """Change a virtual service's attributes in place."""
@@ -41,6 +43,7 @@ class SetService:
         return f"set service {self.service.key} scheduler {self.service.scheduler}"
 
 
+@stored_directly
 @dataclass(frozen=True)
 class DeleteService:
     """Delete a virtual service together with its real servers."""
@@ -51,6 +54,7 @@ class DeleteService:
         return f"delete service {self.key}"
 
 
+@stored_directly
 @dataclass(frozen=True)
 class AddReal:
     """Add a real server to a virtual service."""
@@ -62,6 +66,7 @@ class AddReal:
         return f"add real {self.real} to {self.service} weight {self.real.weight}"
 
 
+@stored_directly
 @dataclass(frozen=True)
 class SetReal:
     """Change a real server's forwarding, weight, thresholds or tunnel in place."""
@@ -73,6 +78,7 @@ class SetReal:
         return f"set real {self.real} in {self.service} weight {self.real.weight}"
 
 
+@stored_directly
 @dataclass(frozen=True)
 class DeleteReal:
     """Remove a real server from a virtual service."""
@@ -119,7 +125,7 @@ def plan(
             continue  # a dump with `expect` found it exactly as desired
         if have is None:
             ops.append(AddService(want.attributes()))
-            ops.extend(AddReal(key, real) for real in _sorted_reals(want.reals.values()))
+            ops += [AddReal(key, real) for real in _sorted_reals(want.reals.values())]
             continue
         if _attributes(want) != _attributes(have):
             ops.append(SetService(want.attributes()))

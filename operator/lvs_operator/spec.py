@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from lvs_operator.model import (
     IPAddress,
     Persistence,
     Protocol,
+    RealKey,
     RealServer,
     SchedulerFlag,
     ServiceKey,
@@ -30,6 +31,7 @@ from lvs_operator.model import (
     TunnelChecksum,
     TunnelType,
     VirtualService,
+    stored_directly,
 )
 
 API_VERSION = "lvs.dev/v1alpha1"
@@ -55,6 +57,7 @@ SCHEDULER_FLAGS = {
 }
 MAX_PERSISTENCE_SECONDS = 31 * 24 * 3600
 MAX_DRAIN_SECONDS = 7 * 24 * 3600
+DEFAULT_DRAIN_SECONDS = 300
 
 MAX_PORTS = 64
 MAX_ADDRESSES = 256
@@ -62,12 +65,14 @@ MAX_NODE_SELECTOR_LABELS = 32
 MAX_STATUS_CODES = 16
 MAX_HTTP_PATH = 1024
 # The dotted IPv4 masks a persistence netmask may be (/1 to /32), as the CRD lists them.
+# (Integer arithmetic: building 32 IPv4Network objects was a visible part of the import.)
 DOTTED_NETMASKS = {
-    str(ipaddress.IPv4Network(f"0.0.0.0/{bits}").netmask): bits for bits in range(1, 33)
+    socket.inet_ntoa((0xFFFFFFFF << (32 - bits) & 0xFFFFFFFF).to_bytes(4, "big")): bits
+    for bits in range(1, 33)
 }
+PROTOCOLS = {p.name: p for p in Protocol}
 # The same patterns as the CRD's (Python's re and the API server's RE2 agree on these).
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # a DNS-1035 label
-_ADDRESS_FIELDS = {"ip", "port", "weight"}  # of spec.backend.addresses[*]
 _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
 _INTERFACE = re.compile(r"[!-.0-9;-~]{1,15}")  # printable ASCII but '/' and ':'
 _HTTP_PATH = re.compile(r"/[!-~]*")
@@ -76,6 +81,29 @@ _LABEL_KEY = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 )
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# The fields each object may have (built once: `_known` runs for every object of a document).
+_SPEC_FIELDS = frozenset({
+    "vip", "ports", "forwarding", "tunnel", "scheduler", "persistence", "onePacket",
+    "backend", "weight", "connectionLimits", "directors", "healthCheck", "drain",
+})
+_PORT_FIELDS = frozenset({"port", "protocol", "targetPort"})
+_TUNNEL_FIELDS = frozenset({"type", "port", "checksum"})
+_SCHEDULER_FIELDS = frozenset({"name", "flags"})
+_PERSISTENCE_FIELDS = frozenset({"timeoutSeconds", "netmask"})
+_BACKEND_FIELDS = frozenset({"service", "addresses"})
+_SERVICE_FIELDS = frozenset({"name", "port"})
+_ADDRESS_FIELDS = frozenset({"ip", "port", "weight"})  # of spec.backend.addresses[*]
+_LIMITS_FIELDS = frozenset({"upper", "lower"})
+_DIRECTORS_FIELDS = frozenset({"nodeSelector", "interface"})
+_HEALTH_CHECK_FIELDS = frozenset({"tcp", "http", "intervalSeconds", "timeoutSeconds",
+                                  "failureThreshold", "successThreshold"})
+_HTTP_FIELDS = frozenset({"path", "statusCodes"})
+_DRAIN_FIELDS = frozenset({"timeoutSeconds"})
+_NO_FIELDS: frozenset[str] = frozenset()
+_NO_FLAGS: frozenset[SchedulerFlag] = frozenset()
+# The first octets of every IPv4 address `_global_unicast` may refuse (0.0.0.0, loopback,
+# link-local, multicast, broadcast): any other is global unicast without further tests.
+_SPECIAL_FIRST_OCTETS = frozenset({0, 127, 169, *range(224, 240), 255})
 _T = TypeVar("_T")
 
 
@@ -93,6 +121,7 @@ class SpecError(ValueError):
         self.reason = reason
 
 
+@stored_directly
 @dataclass(frozen=True)
 class Port:
     """One entry of `spec.ports`: a virtual service on the VIP."""
@@ -102,6 +131,7 @@ class Port:
     target_port: int | None = None
 
 
+@stored_directly
 @dataclass(frozen=True)
 class Endpoint:
     """A real server as resolved from the backend (static address or ready endpoint).
@@ -144,6 +174,11 @@ class Directors:
     interface: str | None = None
 
 
+# What an absent spec.directors means (shared: it is never changed).
+_ALL_DIRECTORS = Directors()
+
+
+@stored_directly
 @dataclass(frozen=True)
 class VirtualServer:
     """A parsed, validated VirtualServer."""
@@ -162,9 +197,9 @@ class VirtualServer:
     weight: int = 1
     upper_threshold: int = 0
     lower_threshold: int = 0
-    directors: Directors = Directors()
+    directors: Directors = _ALL_DIRECTORS
     health_check: HealthCheck | None = None
-    drain_timeout_seconds: int = 300
+    drain_timeout_seconds: int = DEFAULT_DRAIN_SECONDS
 
     @property
     def id(self) -> str:
@@ -206,14 +241,33 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
     Raises:
         SpecError: when an endpoint asks for a port remap that the mode cannot do.
     """
-    endpoints = list(endpoints)
+    forwarding = vs.forwarding
+    if forwarding is Forwarding.TUNNEL:
+        endpoints = list(endpoints)
+    else:
+        version = vs.vip.version
+        endpoints = [e for e in endpoints if e.address.version == version]
+    nat = forwarding is Forwarding.NAT
     result = []
     for index, port in enumerate(vs.ports):
-        reals = [
-            _real(vs, port, endpoint, path=f"spec.ports[{index}]")
-            for endpoint in endpoints
-            if vs.forwarding is Forwarding.TUNNEL or endpoint.address.version == vs.vip.version
-        ]
+        reals: dict[RealKey, RealServer] = {}
+        for endpoint in endpoints:
+            if nat:
+                real_port = port.target_port or endpoint.port or port.port
+            elif endpoint.port is None or endpoint.port == port.port:
+                real_port = port.port
+            else:
+                raise SpecError(
+                    f"spec.ports[{index}]",
+                    f"real server {endpoint.address} listens on port {endpoint.port} but "
+                    f"{_mode_name(forwarding)} cannot remap port {port.port}: use NAT, or "
+                    "make the real server listen on the virtual port",
+                )
+            # Positional, in field order: a bulk file has thousands of real servers.
+            reals[(endpoint.address, real_port)] = RealServer(
+                endpoint.address, real_port, forwarding,
+                vs.weight if endpoint.weight is None else endpoint.weight,
+                vs.upper_threshold, vs.lower_threshold, vs.tunnel)
         result.append(
             VirtualService(
                 key=ServiceKey.inet(port.protocol, vs.vip, port.port),
@@ -221,7 +275,7 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
                 flags=vs.scheduler_flags,
                 persistence=vs.persistence,
                 one_packet=vs.one_packet,
-                reals={real.key: real for real in reals},
+                reals=reals,
             )
         )
     return result
@@ -230,29 +284,6 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
 def static_endpoints(vs: VirtualServer) -> tuple[Endpoint, ...]:
     """Return `spec.backend.addresses`, or nothing for a Service backend."""
     return () if isinstance(vs.backend, ServiceBackend) else vs.backend
-
-
-def _real(vs: VirtualServer, port: Port, endpoint: Endpoint, *, path: str) -> RealServer:
-    if vs.forwarding is Forwarding.NAT:
-        real_port = port.target_port or endpoint.port or port.port
-    else:
-        if endpoint.port not in (None, port.port):
-            raise SpecError(
-                path,
-                f"real server {endpoint.address} listens on port {endpoint.port} but "
-                f"{_mode_name(vs.forwarding)} cannot remap port {port.port}: use NAT, or make "
-                "the real server listen on the virtual port",
-            )
-        real_port = port.port
-    return RealServer(
-        address=endpoint.address,
-        port=real_port,
-        forwarding=vs.forwarding,
-        weight=vs.weight if endpoint.weight is None else endpoint.weight,
-        upper_threshold=vs.upper_threshold,
-        lower_threshold=vs.lower_threshold,
-        tunnel=vs.tunnel,
-    )
 
 
 def _mode_name(forwarding: Forwarding) -> str:
@@ -267,10 +298,7 @@ class _Parser:
 
     def parse(self, *, namespace: str, name: str) -> VirtualServer:
         spec = self.spec
-        _known(spec, "spec", {
-            "vip", "ports", "forwarding", "tunnel", "scheduler", "persistence", "onePacket",
-            "backend", "weight", "connectionLimits", "directors", "healthCheck", "drain",
-        })
+        _known(spec, "spec", _SPEC_FIELDS)
         vip = _address(spec.get("vip"), "spec.vip", required=True)
         forwarding = _enum(spec.get("forwarding", "DirectRouting"), "spec.forwarding", FORWARDING)
         ports = self._ports(forwarding)
@@ -300,31 +328,37 @@ class _Parser:
     def _ports(self, forwarding: Forwarding) -> tuple[Port, ...]:
         raw = _list(self.spec.get("ports"), "spec.ports", required=True, most=MAX_PORTS)
         ports = []
-        seen: dict[tuple[int, Protocol], int] = {}
+        seen: dict[tuple[int, str], int] = {}
+        # As for addresses: plain values skip the checking calls and the path strings.
         for index, item in enumerate(raw):
-            path = f"spec.ports[{index}]"
-            item = _object(item, path)
-            _known(item, path, {"port", "protocol", "targetPort"})
-            port = _int(item.get("port"), f"{path}.port", 1, 65535, required=True)
-            protocol = _enum(item.get("protocol", "TCP"), f"{path}.protocol",
-                             {p.name: p for p in Protocol})
+            if type(item) is not dict or not item.keys() <= _PORT_FIELDS:
+                item = _object(item, _port_path(index))
+                _known(item, _port_path(index), _PORT_FIELDS)
+            port = item.get("port")
+            if type(port) is not int or not 1 <= port <= 65535:
+                port = _int(port, f"{_port_path(index)}.port", 1, 65535, required=True)
+            name = item.get("protocol", "TCP")
+            protocol = PROTOCOLS.get(name) if isinstance(name, str) else None
+            if protocol is None:
+                protocol = _enum(name, f"{_port_path(index)}.protocol", PROTOCOLS)
             target = item.get("targetPort")
             if target is not None:
                 if forwarding is not Forwarding.NAT:
                     raise SpecError(
-                        f"{path}.targetPort",
+                        f"{_port_path(index)}.targetPort",
                         f"only NAT can remap ports; {_mode_name(forwarding)} delivers to the "
                         "virtual port: remove targetPort or use forwarding: NAT",
                     )
-                target = _int(target, f"{path}.targetPort", 1, 65535)
-            if (port, protocol) in seen:
+                if type(target) is not int or not 1 <= target <= 65535:
+                    target = _int(target, f"{_port_path(index)}.targetPort", 1, 65535)
+            if (port, name) in seen:
                 raise SpecError(
-                    f"{path}",
+                    _port_path(index),
                     f"{protocol.name} port {port} is already listed as spec.ports"
-                    f"[{seen[(port, protocol)]}]: list each port/protocol once",
+                    f"[{seen[(port, name)]}]: list each port/protocol once",
                 )
-            seen[(port, protocol)] = index
-            ports.append(Port(port=port, protocol=protocol, target_port=target))
+            seen[(port, name)] = index
+            ports.append(Port(port, protocol, target))
         return tuple(ports)
 
     def _tunnel(self, forwarding: Forwarding) -> Tunnel | None:
@@ -337,7 +371,7 @@ class _Parser:
         if raw is None:
             return Tunnel()
         raw = _object(raw, "spec.tunnel")
-        _known(raw, "spec.tunnel", {"type", "port", "checksum"})
+        _known(raw, "spec.tunnel", _TUNNEL_FIELDS)
         kind = _enum(raw.get("type", "ipip"), "spec.tunnel.type", TUNNEL_TYPES)
         checksum = _enum(raw.get("checksum", "none"), "spec.tunnel.checksum", TUNNEL_CHECKSUMS)
         port = 0
@@ -358,15 +392,17 @@ class _Parser:
 
     def _scheduler(self) -> tuple[str, frozenset[SchedulerFlag]]:
         raw = _object(self.spec.get("scheduler", {}), "spec.scheduler")
-        _known(raw, "spec.scheduler", {"name", "flags"})
+        _known(raw, "spec.scheduler", _SCHEDULER_FIELDS)
         name = raw.get("name", "wlc")
         if not isinstance(name, str) or name not in model.SCHEDULERS:
             raise SpecError(
                 "spec.scheduler.name",
                 f"unknown scheduler {name!r}: use one of {', '.join(sorted(model.SCHEDULERS))}",
             )
+        if "flags" not in raw:
+            return str(name), _NO_FLAGS
         flags = set()
-        raw_flags = _list(raw.get("flags", []), "spec.scheduler.flags", most=2)
+        raw_flags = _list(raw["flags"], "spec.scheduler.flags", most=2)
         for index, flag in enumerate(raw_flags):
             path = f"spec.scheduler.flags[{index}]"
             if not isinstance(flag, str) or flag not in SCHEDULER_FLAGS:
@@ -384,7 +420,7 @@ class _Parser:
         if raw is None:
             return None
         raw = _object(raw, "spec.persistence")
-        _known(raw, "spec.persistence", {"timeoutSeconds", "netmask"})
+        _known(raw, "spec.persistence", _PERSISTENCE_FIELDS)
         timeout = _int(raw.get("timeoutSeconds", 300), "spec.persistence.timeoutSeconds",
                        1, MAX_PERSISTENCE_SECONDS)
         return Persistence(timeout=timeout, prefix=_netmask(raw.get("netmask"), vip))
@@ -402,13 +438,13 @@ class _Parser:
                  ports: tuple[Port, ...]) -> ServiceBackend | tuple[Endpoint, ...]:
         raw = self.spec.get("backend")
         raw = _object(raw, "spec.backend")
-        _known(raw, "spec.backend", {"service", "addresses"})
+        _known(raw, "spec.backend", _BACKEND_FIELDS)
         if ("service" in raw) == ("addresses" in raw):
             raise SpecError("spec.backend", "give exactly one of service or addresses")
         if "service" in raw:
             svc = raw["service"]
             svc = _object(svc, "spec.backend.service")
-            _known(svc, "spec.backend.service", {"name", "port"})
+            _known(svc, "spec.backend.service", _SERVICE_FIELDS)
             name = svc.get("name")
             if not isinstance(name, str) or not name:
                 raise SpecError("spec.backend.service.name", "is required: the Service's name")
@@ -425,56 +461,82 @@ class _Parser:
             elif port is not None:
                 port = _int(port, "spec.backend.service.port", 1, 65535)
             return ServiceBackend(name=name, port=port)
-        endpoints = []
-        seen: set[tuple[IPAddress, int | None]] = set()
         addresses = _list(raw["addresses"], "spec.backend.addresses", most=MAX_ADDRESSES)
         if not addresses:
             raise SpecError("spec.backend.addresses", "must not be empty: give at least one "
                             "address, or use backend.service")
-        # A bulk file has thousands of addresses: the common case below takes no function
-        # call and builds no path string; anything unusual goes through the full checks.
+        # A bulk file has thousands of addresses: the common case below calls no function of
+        # ours and builds no path string (`_address_path` does, for an error); anything
+        # unusual goes through the full checks.
         fields = _ADDRESS_FIELDS
+        version = vip.version
+        mixed = forwarding is Forwarding.TUNNEL
+        nat = forwarding is Forwarding.NAT
+        # The port every address may name: the virtual port (not NAT), the targetPort (NAT).
+        # None when a port per address is refused or a mismatch needs a closer look.
+        free_port = ports[0].target_port if nat else ports[0].port
+        if len(ports) > 1 and (nat or any(p.port != free_port for p in ports)):
+            free_port = None
+        endpoints = []
+        # Real servers seen, by the text of an IPv4 address (a dotted quad has one spelling:
+        # `_ip` takes no other) and by the address object for IPv6 (many spellings): hashing
+        # an address object runs Python code.
+        seen: set[tuple[str | IPAddress, int | None]] = set()
         for index, item in enumerate(addresses):
-            path = f"spec.backend.addresses[{index}]"
-            if type(item) is not dict or not item.keys() <= fields:
-                item = _object(item, path)
-                _known(item, path, fields)
-            address = _address(item.get("ip"), f"{path}.ip", required=True)
-            if address.version != vip.version and forwarding is not Forwarding.TUNNEL:
-                raise SpecError(f"{path}.ip", f"{address} is not an IPv{vip.version} address "
-                                "like the VIP; only forwarding: Tunnel may mix IPv4 and IPv6: "
-                                "use an address of the VIP's family or forwarding: Tunnel")
+            if type(item) is not dict or not fields.issuperset(item):
+                item = _object(item, _address_path(index))
+                _known(item, _address_path(index), fields)
+            ip = item.get("ip")
+            try:
+                address = _ip(ip, required=True)
+            except _Invalid as error:
+                raise SpecError(f"{_address_path(index)}.ip", error.reason) from None
+            family = address.version
+            if family != version and not mixed:
+                raise SpecError(f"{_address_path(index)}.ip", f"{address} is not an "
+                                f"IPv{version} address like the VIP; only forwarding: Tunnel "
+                                "may mix IPv4 and IPv6: use an address of the VIP's family or "
+                                "forwarding: Tunnel")
             port = item.get("port")
-            if port is not None:
-                if type(port) is not int or not 1 <= port <= 65535:
-                    port = _int(port, f"{path}.port", 1, 65535)
-                if forwarding is Forwarding.NAT and len(ports) > 1:
-                    raise SpecError(f"{path}.port", "with several spec.ports a port per "
-                                    "address is ambiguous: remove it and give each spec.ports "
-                                    "entry its targetPort")
-                if forwarding is Forwarding.NAT and ports[0].target_port not in (None, port):
-                    raise SpecError(f"{path}.port", "differs from spec.ports[0].targetPort, "
-                                    "which already sets the real servers' port: remove one "
-                                    "of them")
-                if forwarding is not Forwarding.NAT and any(p.port != port for p in ports):
-                    raise SpecError(f"{path}.port", f"{_mode_name(forwarding)} cannot remap "
-                                    "ports: the real server must listen on the virtual port; "
-                                    "remove port or use forwarding: NAT")
+            if port is not None and (port != free_port or type(port) is not int):
+                port = self._address_port(port, _address_path(index), forwarding, ports)
             weight = item.get("weight")
             if weight is not None and (type(weight) is not int
                                        or not 0 <= weight <= model.MAX_WEIGHT):
-                weight = _int(weight, f"{path}.weight", 0, model.MAX_WEIGHT)
-            if (address, port) in seen:
-                raise SpecError(f"{path}.ip", f"{address} is listed twice: list each real "
-                                "server once")
-            seen.add((address, port))
-            endpoints.append(Endpoint(address=address, port=port, weight=weight))
+                weight = _int(weight, f"{_address_path(index)}.weight", 0, model.MAX_WEIGHT)
+            real = (ip if family == 4 else address, port)
+            if real in seen:
+                raise SpecError(f"{_address_path(index)}.ip", f"{address} is listed twice: list "
+                                "each real server once")
+            seen.add(real)
+            endpoints.append(Endpoint(address, port, weight))
         return tuple(endpoints)
 
+    @staticmethod
+    def _address_port(raw: object, path: str, forwarding: Forwarding,
+                      ports: tuple[Port, ...]) -> int:
+        """Return the port of `spec.backend.addresses[i]` (`path`), if the mode allows one."""
+        port = _int(raw, f"{path}.port", 1, 65535)
+        if forwarding is Forwarding.NAT and len(ports) > 1:
+            raise SpecError(f"{path}.port", "with several spec.ports a port per address is "
+                            "ambiguous: remove it and give each spec.ports entry its "
+                            "targetPort")
+        if forwarding is Forwarding.NAT and ports[0].target_port not in (None, port):
+            raise SpecError(f"{path}.port", "differs from spec.ports[0].targetPort, which "
+                            "already sets the real servers' port: remove one of them")
+        if forwarding is not Forwarding.NAT and any(p.port != port for p in ports):
+            raise SpecError(f"{path}.port", f"{_mode_name(forwarding)} cannot remap ports: "
+                            "the real server must listen on the virtual port; remove port or "
+                            "use forwarding: NAT")
+        return port
+
+    # Absent optional sections return their defaults at once (most documents have none).
+
     def _limits(self) -> tuple[int, int]:
-        raw = self.spec.get("connectionLimits", {})
-        raw = _object(raw, "spec.connectionLimits")
-        _known(raw, "spec.connectionLimits", {"upper", "lower"})
+        if "connectionLimits" not in self.spec:
+            return 0, 0
+        raw = _object(self.spec["connectionLimits"], "spec.connectionLimits")
+        _known(raw, "spec.connectionLimits", _LIMITS_FIELDS)
         upper = _int(raw.get("upper", 0), "spec.connectionLimits.upper", 0, model.MAX_THRESHOLD)
         lower = _int(raw.get("lower", 0), "spec.connectionLimits.lower", 0, model.MAX_THRESHOLD)
         if lower and (not upper or lower > upper):
@@ -484,9 +546,10 @@ class _Parser:
         return upper, lower
 
     def _directors(self) -> Directors:
-        raw = self.spec.get("directors", {})
-        raw = _object(raw, "spec.directors")
-        _known(raw, "spec.directors", {"nodeSelector", "interface"})
+        if "directors" not in self.spec:
+            return _ALL_DIRECTORS
+        raw = _object(self.spec["directors"], "spec.directors")
+        _known(raw, "spec.directors", _DIRECTORS_FIELDS)
         selector = raw.get("nodeSelector", {})
         selector = _object(selector, "spec.directors.nodeSelector")
         if len(selector) > MAX_NODE_SELECTOR_LABELS:
@@ -516,8 +579,7 @@ class _Parser:
             return None
         path = "spec.healthCheck"
         raw = _object(raw, path)
-        _known(raw, path, {"tcp", "http", "intervalSeconds", "timeoutSeconds",
-                           "failureThreshold", "successThreshold"})
+        _known(raw, path, _HEALTH_CHECK_FIELDS)
         if ("tcp" in raw) == ("http" in raw):
             raise SpecError(path, "give exactly one of tcp or http")
         interval = _int(raw.get("intervalSeconds", 2), f"{path}.intervalSeconds", 1, 3600)
@@ -535,11 +597,11 @@ class _Parser:
                                    f"{path}.successThreshold", 1, 100),
         )
         if "tcp" in raw:
-            _known(_object(raw["tcp"], f"{path}.tcp"), f"{path}.tcp", set())
+            _known(_object(raw["tcp"], f"{path}.tcp"), f"{path}.tcp", _NO_FIELDS)
             return check
         http = raw["http"]
         http = _object(http, f"{path}.http")
-        _known(http, f"{path}.http", {"path", "statusCodes"})
+        _known(http, f"{path}.http", _HTTP_FIELDS)
         url_path = http.get("path", "/")
         if not isinstance(url_path, str) or len(url_path) > MAX_HTTP_PATH \
                 or not _HTTP_PATH.fullmatch(url_path):
@@ -558,10 +620,11 @@ class _Parser:
         return replace(check, kind="http", path=url_path, status_codes=tuple(codes))
 
     def _drain(self) -> int:
-        raw = self.spec.get("drain", {})
-        raw = _object(raw, "spec.drain")
-        _known(raw, "spec.drain", {"timeoutSeconds"})
-        return _int(raw.get("timeoutSeconds", 300), "spec.drain.timeoutSeconds",
+        if "drain" not in self.spec:
+            return DEFAULT_DRAIN_SECONDS
+        raw = _object(self.spec["drain"], "spec.drain")
+        _known(raw, "spec.drain", _DRAIN_FIELDS)
+        return _int(raw.get("timeoutSeconds", DEFAULT_DRAIN_SECONDS), "spec.drain.timeoutSeconds",
                     0, MAX_DRAIN_SECONDS)
 
 
@@ -595,26 +658,54 @@ def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:
 
     Like CEL (Go's netip), no zone ("%eth0") and no IPv4-mapped IPv6 ("::ffff:10.0.0.1").
     """
+    try:
+        return _ip(raw, required=required)
+    except _Invalid as error:
+        raise SpecError(path, error.reason) from None
+
+
+class _Invalid(ValueError):
+    """A value is invalid; the caller names the field (the path is built only on error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _ip(raw: object, *, required: bool) -> IPAddress:
+    """Return `_address` without the field path: raise `_Invalid` with the reason."""
     if raw is None and required:
-        raise SpecError(path, "is required: give an IPv4 or IPv6 address")
+        raise _Invalid("is required: give an IPv4 or IPv6 address")
     try:
         if not isinstance(raw, str) or "%" in raw:
             raise ValueError(raw)
         try:
             # inet_pton is C and as strict as ipaddress for IPv4 (dotted quad, no leading
             # zeros); ipaddress parses octet by octet in Python.
-            address: IPAddress = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, raw))
+            packed = socket.inet_pton(socket.AF_INET, raw)
         except OSError:
             address = ipaddress.ip_address(raw)
+        else:
+            if packed[0] not in _SPECIAL_FIRST_OCTETS:
+                return ipaddress.IPv4Address(packed)  # surely global unicast
+            address = ipaddress.IPv4Address(packed)
     except ValueError:
-        raise SpecError(path, f"{raw!r} is not an IPv4 or IPv6 address (no zone)") from None
+        raise _Invalid(f"{raw!r} is not an IPv4 or IPv6 address (no zone)") from None
     if address.version == 6 and address.ipv4_mapped is not None:
-        raise SpecError(path, f"{raw} is an IPv4-mapped IPv6 address: write the IPv4 address "
-                        f"{address.ipv4_mapped}")
+        raise _Invalid(f"{raw} is an IPv4-mapped IPv6 address: write the IPv4 address "
+                       f"{address.ipv4_mapped}")
     if not _global_unicast(address):
-        raise SpecError(path, f"{address} cannot be used: give a unicast address (not "
-                        "loopback, link-local, multicast or unspecified)")
+        raise _Invalid(f"{address} cannot be used: give a unicast address (not loopback, "
+                       "link-local, multicast or unspecified)")
     return address
+
+
+def _address_path(index: int) -> str:
+    return f"spec.backend.addresses[{index}]"
+
+
+def _port_path(index: int) -> str:
+    return f"spec.ports[{index}]"
 
 
 def _global_unicast(address: IPAddress) -> bool:
@@ -670,6 +761,8 @@ def _mapping(parent: Mapping[str, Any], key: str, path: str,
 
 def _object(raw: object, path: str) -> Mapping[str, Any]:
     """Return `raw` if it is an object (a mapping); raise SpecError naming `path` if not."""
+    if type(raw) is dict:
+        return raw  # what JSON and YAML give, without the (slower) ABC check below
     if raw is None:
         raise SpecError(path or "document", "is required: give an object")
     if not isinstance(raw, Mapping):
@@ -677,7 +770,9 @@ def _object(raw: object, path: str) -> Mapping[str, Any]:
     return raw
 
 
-def _known(raw: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+def _known(raw: Mapping[str, Any], path: str, allowed: Set[str]) -> None:
+    if raw.keys() <= allowed:
+        return
     unknown = sorted(set(raw) - allowed)
     if unknown:
         field_path = f"{path}.{unknown[0]}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -63,3 +65,24 @@ def test_desired_table():
     servers = documents.load(stream(renamed("a"), renamed("b", "192.0.2.11")), source="f")
     table = documents.desired_table(servers)
     assert sorted(str(k) for k in table) == ["TCP 192.0.2.10:80", "TCP 192.0.2.11:80"]
+
+
+def test_json_syntax_error():
+    with pytest.raises(documents.DocumentError, match=r"^f: not valid YAML or JSON"):
+        documents.load('{"kind": "List", ', source="f")
+
+
+def test_apply_of_json_imports_no_yaml_nor_cluster_clients():
+    """`ipvs apply` of a JSON file is benchmarked end to end: what it loads matters."""
+    code = (
+        "import json, sys\n"
+        "from lvs_operator import cli, documents, syncer\n"
+        "from lvs_operator.ipvs import kernel\n"
+        "from lvs_operator.network import errors, sysctl\n"
+        f"documents.load(json.dumps({base()!r}), source='f')\n"
+        "heavy = {'yaml', 'kubernetes', 'kopf', 'pyroute2', 'urllib3', 'aiohttp'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
