@@ -58,7 +58,7 @@ class OwnershipStore:
             return Owned()
         except OSError:
             stat = None  # let the read below report it
-        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size) if stat else None
+        identity = _identity(stat) if stat else None
         if self._cached is not None and self._cached[0] == identity:
             return _copy(self._cached[1])
         owned = self._read()
@@ -125,7 +125,13 @@ class OwnershipStore:
             self._cached = None  # read back next time
         else:
             # What was just written is what a load would read: no need to parse it back.
-            self._cached = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), _copy(owned))
+            self._cached = (_identity(stat), _copy(owned))
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    """Return what tells one version of the record file from another (a save replaces the
+    file: a new inode)."""
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _copy(owned: Owned) -> Owned:

@@ -686,9 +686,9 @@ def _ip(raw: object, *, required: bool) -> IPAddress:
         except OSError:
             address = ipaddress.ip_address(raw)
         else:
-            if packed[0] not in _SPECIAL_FIRST_OCTETS:
-                return ipaddress.IPv4Address(packed)  # surely global unicast
             address = ipaddress.IPv4Address(packed)
+            if packed[0] not in _SPECIAL_FIRST_OCTETS:
+                return address  # surely global unicast
     except ValueError:
         raise _Invalid(f"{raw!r} is not an IPv4 or IPv6 address (no zone)") from None
     if address.version == 6 and address.ipv4_mapped is not None:

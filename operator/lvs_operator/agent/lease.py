@@ -108,10 +108,10 @@ def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
 def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str],
          term: str, now: datetime) -> dict[str, Any]:
     """Return a new Lease for director `node`, in `term`."""
-    patch = renewal(node, duration=duration, labels=labels, term=term, now=now)
+    patch = renewal(node, duration=duration, labels=labels, term=term, now=now, begins=True)
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
-            "spec": {**patch["spec"], "acquireTime": micro_time(now), "leaseTransitions": 0}}
+            "spec": {**patch["spec"], "leaseTransitions": 0}}
 
 
 def seen(obj: watch.Object, *, default_duration: float) -> election.Seen | None:

@@ -127,7 +127,8 @@ class AddrMsg(nlmsg):  # type: ignore[misc]
 
 def encode(msg: nlmsg | bytes, msg_type: int, flags: int, seq: int = 0) -> bytes:
     """Return the wire form of `msg` with its netlink header filled in (port id 0); `msg`
-    is a message object, or the bytes after the netlink header (see `payload`)."""
+    is a message object, or the bytes after the netlink header (as `link_request` and
+    `addr_dump_request` return)."""
     if isinstance(msg, bytes):
         return _HEADER.pack(_HEADER.size + len(msg), msg_type, flags, seq, 0) + msg
     msg["header"]["type"] = msg_type
