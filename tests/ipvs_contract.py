@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from dataclasses import replace
 
 import pytest
 
@@ -45,6 +44,7 @@ from lvs_operator.plan import (
     SetService,
     plan,
 )
+from lvs_operator.records import replace
 
 A = ipaddress.ip_address
 V4 = ServiceKey.inet(Protocol.TCP, A("192.0.2.1"), 80)

@@ -10,63 +10,13 @@ when the kernel would behave the same, whatever traffic they have seen.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+
+from lvs_operator.records import field, record, replace
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_C = TypeVar("_C", bound=type)
-_NO_VALUE = object()  # the default of a parameter whose field has a default_factory
-
-
-def stored_directly(cls: _C) -> _C:
-    """Give the frozen dataclass `cls` an `__init__` that fills the instance dict directly.
-
-    The `__init__` that dataclasses generates for a frozen class sets each field through
-    `object.__setattr__` (to get past the frozen `__setattr__`), several times the cost of a
-    plain dict store: a RealServer took 2.7 times as long to build, and a bulk file's table
-    is thousands of real servers, each several frozen objects deep. This one takes
-    the same parameters, defaults and default factories and calls `__post_init__` the same
-    way. For classes with an instance dict (no slots) whose fields are all plain init
-    fields (no InitVar, no keyword-only).
-
-    Raises:
-        TypeError: when `cls` is not such a dataclass.
-    """
-    params = getattr(cls, "__dataclass_params__", None)
-    fields = dataclasses.fields(cls) if params is not None else ()
-    if (params is None or not params.frozen or not params.init or "__slots__" in vars(cls)
-            or len(fields) != len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-            or any(not f.init or f.kw_only for f in fields)):
-        raise TypeError(f"{cls.__name__}: stored_directly needs a frozen dataclass with an "
-                        "instance dict and plain init fields only")
-    namespace: dict[str, Any] = {"_NO_VALUE": _NO_VALUE}
-    arguments, stores = ["self"], []
-    for f in fields:
-        value = f.name
-        if f.default is not dataclasses.MISSING:
-            namespace[f"_default_{f.name}"] = f.default
-            arguments.append(f"{f.name}=_default_{f.name}")
-        elif f.default_factory is not dataclasses.MISSING:
-            namespace[f"_factory_{f.name}"] = f.default_factory
-            arguments.append(f"{f.name}=_NO_VALUE")
-            value = f"_factory_{f.name}() if {f.name} is _NO_VALUE else {f.name}"
-        else:
-            arguments.append(f.name)
-        stores.append(f"    fields[{f.name!r}] = {value}")
-    if hasattr(cls, "__post_init__"):
-        stores.append("    self.__post_init__()")
-    source = "\n".join([f"def __init__({', '.join(arguments)}):", "    fields = self.__dict__",
-                        *stores])
-    exec(source, namespace)  # the way dataclasses builds its own __init__
-    init: Callable[..., None] = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    cls.__init__ = init  # type: ignore[misc]
-    return cls
 
 
 class Protocol(enum.Enum):
@@ -129,8 +79,7 @@ MAX_WEIGHT = 65535  # ipvsadm refuses more; the kernel takes an int but nobody n
 MAX_THRESHOLD = 2**31 - 1
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class ServiceKey:
     """What identifies a virtual service in the kernel.
 
@@ -188,7 +137,7 @@ def format_endpoint(address: IPAddress, port: int) -> str:
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
-@dataclass(frozen=True)
+@record
 class Persistence:
     """Client affinity (ipvsadm -p / -M): the same client goes to the same real server.
 
@@ -199,7 +148,7 @@ class Persistence:
     prefix: int = 32
 
 
-@dataclass(frozen=True)
+@record
 class Stats:
     """Traffic counters and rates as the kernel reports them."""
 
@@ -215,7 +164,7 @@ class Stats:
     out_bps: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class Tunnel:
     """Tunnel encapsulation of a real server in Tunnel mode. `port` is used by GUE only."""
 
@@ -227,8 +176,7 @@ class Tunnel:
 RealKey = tuple[IPAddress, int]
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class RealServer:
     """A destination of a virtual service.
 
@@ -267,8 +215,7 @@ class RealServer:
         return format_endpoint(self.address, self.port)
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class VirtualService:
     """A virtual service and its real servers: one `ipvsadm -A` plus its `-a` lines."""
 
@@ -322,7 +269,7 @@ def table(services: Iterable[VirtualService]) -> dict[ServiceKey, VirtualService
     return result
 
 
-@dataclass(frozen=True)
+@record
 class Timeouts:
     """IPVS connection timeouts in seconds (ipvsadm --set tcp tcpfin udp); 0 = leave as is."""
 
@@ -338,7 +285,7 @@ class SyncState(enum.Enum):
     BACKUP = 2
 
 
-@dataclass(frozen=True)
+@record
 class SyncDaemon:
     """A kernel IPVS connection-sync daemon (ipvsadm --start-daemon)."""
 

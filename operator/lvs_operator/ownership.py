@@ -12,16 +12,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from lvs_operator.files import replace_file
 from lvs_operator.model import IPAddress, Protocol, ServiceKey
+from lvs_operator.records import field, record
 
 DEFAULT_STATE_FILE = Path("/var/lib/lvs-operator/owned.json")
 
 
-@dataclass
+@record(frozen=False)
 class Owned:
     """Virtual services and VIPs (per interface) this director created."""
 
@@ -104,8 +104,11 @@ class OwnershipStore:
             self.save(new)
 
     def save(self, owned: Owned) -> None:
-        """Write `owned` atomically (write a temporary file, then rename it over the old one)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write `owned` atomically (see `files.replace_file`).
+
+        Raises:
+            OSError: when the record cannot be written.
+        """
         data = {
             "services": [
                 _key_to_json(key) for key in sorted(owned.services, key=ServiceKey.sort_key)
@@ -113,12 +116,9 @@ class OwnershipStore:
             "vips": {name: sorted(str(a) for a in addresses)
                      for name, addresses in sorted(owned.vips.items()) if addresses},
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".owned.")
-        with os.fdopen(fd, "w") as handle:
-            # One line: with `indent`, json falls back to its pure-Python encoder, which
-            # costs more than the rest of a bulk apply's bookkeeping.
-            json.dump(data, handle)
-        os.replace(tmp, self.path)
+        # One line, and `dumps`: with `indent`, or through `dump`'s chunked writing, json uses
+        # its pure-Python encoder, which costs more than the rest of a bulk apply's bookkeeping.
+        replace_file(self.path, json.dumps(data))
         try:
             stat = os.stat(self.path)
         except OSError:

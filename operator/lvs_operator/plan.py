@@ -16,13 +16,12 @@ Rules, the same ones kube-proxy's IPVS proxier and keepalived follow:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
 
-from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService, stored_directly
+from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService
+from lvs_operator.records import record, replace
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class AddService:
     """Create a virtual service (its attributes only; real servers are separate ops)."""
 
@@ -32,8 +31,7 @@ class AddService:
         return f"add service {self.service.key} scheduler {self.service.scheduler}"
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class SetService:
     """Change a virtual service's attributes in place."""
 
@@ -43,8 +41,7 @@ class SetService:
         return f"set service {self.service.key} scheduler {self.service.scheduler}"
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class DeleteService:
     """Delete a virtual service together with its real servers."""
 
@@ -54,8 +51,7 @@ class DeleteService:
         return f"delete service {self.key}"
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class AddReal:
     """Add a real server to a virtual service."""
 
@@ -66,8 +62,7 @@ class AddReal:
         return f"add real {self.real} to {self.service} weight {self.real.weight}"
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class SetReal:
     """Change a real server's forwarding, weight, thresholds or tunnel in place."""
 
@@ -78,8 +73,7 @@ class SetReal:
         return f"set real {self.real} in {self.service} weight {self.real.weight}"
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class DeleteReal:
     """Remove a real server from a virtual service."""
 

@@ -14,7 +14,6 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from lvs_operator import model
@@ -31,8 +30,8 @@ from lvs_operator.model import (
     TunnelChecksum,
     TunnelType,
     VirtualService,
-    stored_directly,
 )
+from lvs_operator.records import field, record, replace
 
 API_VERSION = "lvs.dev/v1alpha1"
 KIND = "VirtualServer"
@@ -121,8 +120,7 @@ class SpecError(ValueError):
         self.reason = reason
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class Port:
     """One entry of `spec.ports`: a virtual service on the VIP."""
 
@@ -131,8 +129,7 @@ class Port:
     target_port: int | None = None
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class Endpoint:
     """A real server as resolved from the backend (static address or ready endpoint).
 
@@ -145,7 +142,7 @@ class Endpoint:
     weight: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class ServiceBackend:
     """`spec.backend.service`: the ready endpoints of a Kubernetes Service."""
 
@@ -153,7 +150,7 @@ class ServiceBackend:
     port: str | int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class HealthCheck:
     """`spec.healthCheck`: director-side checks of each real server."""
 
@@ -166,7 +163,7 @@ class HealthCheck:
     success_threshold: int = 1
 
 
-@dataclass(frozen=True)
+@record
 class Directors:
     """`spec.directors`: which nodes direct this VirtualServer and where they hold the VIP."""
 
@@ -178,8 +175,7 @@ class Directors:
 _ALL_DIRECTORS = Directors()
 
 
-@stored_directly
-@dataclass(frozen=True)
+@record
 class VirtualServer:
     """A parsed, validated VirtualServer."""
 

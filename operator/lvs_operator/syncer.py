@@ -6,16 +6,16 @@ Used by `lvs-operator ipvs apply` and by the agent. Only services recorded as ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import IPAddress, Table
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import DeleteService, Operation, plan
+from lvs_operator.records import record
 
 
-@dataclass(frozen=True)
+@record
 class SyncResult:
     """What a sync did: the operations planned (and applied unless dry-run)."""
 
@@ -60,7 +60,7 @@ def sync(
 
 
 
-@dataclass(frozen=True)
+@record
 class VipResult:
     """What a VIP sync did (or would do, with dry-run)."""
 

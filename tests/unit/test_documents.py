@@ -80,9 +80,26 @@ def test_apply_of_json_imports_no_yaml_nor_cluster_clients():
         "from lvs_operator.ipvs import kernel\n"
         "from lvs_operator.network import errors, sysctl\n"
         f"documents.load(json.dumps({base()!r}), source='f')\n"
-        "heavy = {'yaml', 'kubernetes', 'kopf', 'pyroute2', 'urllib3', 'aiohttp'}\n"
+        "from lvs_operator import ownership, plan\n"
+        # Third-party clients, and the standard modules records and files exist to avoid.
+        "heavy = {'yaml', 'kubernetes', 'kopf', 'pyroute2', 'urllib3', 'aiohttp',\n"
+        "         'dataclasses', 'inspect', 'tempfile', 'shutil'}\n"
         "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_console_script_flushes_before_its_quick_exit(tmp_path):
+    """`ipvs` commands end with os._exit: what they printed must still come out."""
+    missing = tmp_path / "missing.json"
+    code = ("import sys\n"
+            f"sys.argv = ['lvs-operator', 'ipvs', 'apply', '-f', {str(missing)!r}]\n"
+            "from lvs_operator.cli import console\n"
+            "print('before', end='')\n"
+            "console()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stdout == "before"
+    assert f"cannot read {missing}" in done.stderr

@@ -110,6 +110,25 @@ def test_an_operation_that_cannot_be_encoded_is_reported_and_not_sent() -> None:
     assert sock.count == 3
 
 
+def test_a_socket_failure_while_batches_are_sent_ends_the_apply() -> None:
+    """Past the first batch a second thread sends: its failure reaches the caller, and
+    nothing more is sent after it."""
+
+    class Failing(ScriptedSocket):
+        def send(self, data: bytes) -> int:
+            if len(self.sent) == 2:
+                self.sent.append([])
+                raise OSError(errno.EPERM, "Operation not permitted")
+            return super().send(data)
+
+    sock = Failing({})
+    with pytest.raises(IPVSError) as caught:
+        kernel_with(sock).apply(operations(300))
+    assert caught.value.errno == errno.EPERM
+    assert "Operation not permitted" in str(caught.value)
+    assert len(sock.sent) == 3  # two batches, the failed send, then nothing
+
+
 def test_a_kernel_without_ipvs_says_what_to_do() -> None:
     kernel = KernelIPVS()
     try:

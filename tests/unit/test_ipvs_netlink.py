@@ -11,7 +11,6 @@ import errno
 import ipaddress
 import struct
 import sys
-from dataclasses import replace
 
 import pytest
 
@@ -32,7 +31,16 @@ from lvs_operator.model import (
     TunnelType,
     VirtualService,
 )
-from lvs_operator.plan import AddReal, AddService, DeleteReal, DeleteService, SetReal, SetService
+from lvs_operator.plan import (
+    AddReal,
+    AddService,
+    DeleteReal,
+    DeleteService,
+    Operation,
+    SetReal,
+    SetService,
+)
+from lvs_operator.records import replace
 
 little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="bytes written for x86")
 
@@ -200,6 +208,45 @@ def test_operations_map_to_commands() -> None:
 def test_values_that_do_not_fit_are_refused(bad: AddReal | AddService) -> None:
     with pytest.raises(ValueError):
         netlink.encode_operation(bad)
+
+
+_KEYS = [VIP, ServiceKey.inet(Protocol.UDP, A("2001:db8::1"), 53), ServiceKey.mark(7),
+         ServiceKey.mark(9, family=6)]
+_REQUESTS = [op for key in _KEYS for real in [
+    *REALS, RealServer(A("10.0.0.1"), 80, Forwarding.NAT, tunnel=Tunnel(TunnelType.GUE, 9)),
+    RealServer(A("2001:db8::9"), 443, Forwarding.TUNNEL, weight=-1)]
+    for op in (AddReal(key, real), SetReal(key, real), DeleteReal(key, real))]
+_REQUESTS += [op for service in SERVICES
+              for op in (AddService(service), SetService(service), DeleteService(service.key))]
+
+
+@pytest.mark.parametrize("op", _REQUESTS, ids=str)
+def test_encode_request_is_the_general_encoding(op: Operation) -> None:
+    """The single-struct path for real servers sends exactly what the general path does."""
+    keys: dict[ServiceKey, bytes] = {}
+    cmd, payload = netlink.encode_operation(op)
+    general = netlink.request(FAMILY, cmd, payload, seq=77, flags=0)
+    assert netlink.encode_request(op, FAMILY, 77, keys) == general
+    assert netlink.encode_request(op, FAMILY, 77, keys) == general  # with the cached key
+    acked = netlink.with_ack(general)
+    assert acked == netlink.request(FAMILY, cmd, payload, seq=77, flags=netlink.NLM_F_ACK)
+
+
+@pytest.mark.parametrize("bad", [
+    AddReal(VIP, RealServer(A("10.0.0.1"), 70000)),
+    SetReal(VIP, RealServer(A("10.0.0.1"), -1)),
+    AddReal(VIP, RealServer(A("10.0.0.1"), 80, weight=2**31)),
+    AddReal(VIP, RealServer(A("10.0.0.1"), 80, upper_threshold=-1)),
+    AddReal(VIP, RealServer(A("10.0.0.1"), 80, lower_threshold=2**32)),
+    AddReal(VIP, RealServer(A("10.0.0.1"), 80, Forwarding.TUNNEL,
+                            tunnel=Tunnel(TunnelType.GUE, 65536))),
+], ids=str)
+def test_encode_request_refuses_what_does_not_fit_like_the_general_path(bad: AddReal) -> None:
+    with pytest.raises(ValueError) as general:
+        netlink.encode_operation(bad)
+    with pytest.raises(ValueError) as fast:
+        netlink.encode_request(bad, FAMILY, 1, {})
+    assert str(fast.value) == str(general.value)
 
 
 # --- replies built the way the kernel builds them (ip_vs_genl_fill_*) --------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -25,6 +24,7 @@ from lvs_operator.plan import (
     SetService,
     plan,
 )
+from lvs_operator.records import replace
 
 KEY = ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.10"), 80)
 OTHER = ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.11"), 80)

@@ -15,13 +15,12 @@ The start times are wall-clock times, kept in a file beside the ownership record
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from lvs_operator.files import replace_file
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import (
     RealKey,
@@ -34,6 +33,7 @@ from lvs_operator.model import (
     VirtualService,
 )
 from lvs_operator.plan import DeleteReal, DeleteService, Operation
+from lvs_operator.records import replace
 
 # spec.drain.timeoutSeconds' default, for a service whose VirtualServer is gone and whose
 # drain began only after an agent restart (its timeout died with the object).
@@ -123,12 +123,8 @@ class DrainStore:
 
     def save(self, timers: Mapping[str, Timer]) -> None:
         """Write `timers` atomically (a temporary file renamed over the old one)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"drains": {name: [t.started, t.timeout] for name, t in sorted(timers.items())}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".drains.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps(data, indent=1))
 
 
 class TimedDrain:

@@ -26,7 +26,9 @@ import contextlib
 import errno
 import gc
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -154,7 +156,7 @@ class KernelIPVS:
                     wanted.append(want if want is not None and _same_attributes(s, want)
                                   else None)
             reals = self._dump_reals([s.key for s in services], wanted)
-        # The constructor, not `with_reals`: dataclasses.replace costs more than the decoding.
+        # The constructor, not `with_reals`: `replace` costs more than the decoding.
         table = {s.key: r if isinstance(r, VirtualService) else VirtualService(
                      key=s.key, scheduler=s.scheduler, flags=s.flags,
                      persistence=s.persistence, one_packet=s.one_packet,
@@ -299,40 +301,61 @@ class KernelIPVS:
     # --- apply -------------------------------------------------------------------------------
 
     def _execute(self, operations: Sequence[Operation]) -> list[IPVSError | None]:
-        """Send `operations` in batches; return None or the error of each, in order."""
+        """Send `operations` in batches; return None or the error of each, in order.
+
+        When the operations fill more than one batch, a second thread sends them while this
+        one encodes the next: the kernel carries out a batch inside `sendmsg`, which releases
+        the GIL, so its work and Python's overlap instead of adding up.
+
+        Raises:
+            IPVSError: when the socket fails (see `_send_batch`).
+        """
         family = self._family_id()
+        self._socket()  # opened here, in the caller's namespace, before any other thread
         results: list[IPVSError | None] = [None] * len(operations)
         keys: dict[ServiceKey, bytes] = {}
-        batch: list[tuple[int, int, bytes]] = []  # (operation index, command, attributes)
-        size = 0
-        limit = self._batch_bytes
         most = self._max_batch_messages
-        encode = netlink.encode_operation
+        limit = self._batch_bytes
+        sender: _Sender | None = None
+        batch: list[tuple[int, bytes]] = []  # (operation index, request)
+        first = self._next_seq(most)
+        size = 0
+        encode = netlink.encode_request
         for index, op in enumerate(operations):
             try:
-                cmd, payload = encode(op, keys)
+                message = encode(op, family, first + len(batch), keys)
             except ValueError as exc:
                 results[index] = idempotence.error(op, errno.EINVAL, str(exc))
                 continue
-            length = netlink.HEADER_SIZE + len(payload)
-            if batch and (size + length > limit or len(batch) >= most):
-                self._send_batch(family, batch, operations, results)
+            if batch and (size + len(message) > limit or len(batch) >= most):
+                if sender is None:
+                    sender = _Sender(self, operations, results)
+                sender.send(first, batch)
+                first = self._next_seq(most)
+                # The sequence number changes with the batch: encode this one again.
+                message = encode(op, family, first, keys)
                 batch, size = [], 0
-            batch.append((index, cmd, payload))
-            size += length
-        if batch:
-            self._send_batch(family, batch, operations, results)
+            batch.append((index, message))
+            size += len(message)
+        if sender is not None:
+            if batch:
+                sender.send(first, batch)
+            sender.finish()
+        elif batch:
+            self._send_batch(first, batch, operations, results)
         return results
 
-    def _send_batch(self, family: int, batch: list[tuple[int, int, bytes]],
+    def _send_batch(self, first: int, batch: list[tuple[int, bytes]],
                     operations: Sequence[Operation], results: list[IPVSError | None]) -> None:
-        first = self._next_seq(len(batch))
+        """Send one batch (requests numbered from `first`, the last one asking for an ACK) and
+        record the error reply of each failing operation in `results`.
+
+        Raises:
+            IPVSError: when the socket fails; ENOBUFS when replies were dropped.
+        """
         last = first + len(batch) - 1
-        request = netlink.request
-        data = b"".join([request(family, cmd, payload, seq=first + i, flags=0)
-                         for i, (_index, cmd, payload) in enumerate(batch[:-1])]
-                        + [request(family, batch[-1][1], batch[-1][2], seq=last,
-                                   flags=netlink.NLM_F_ACK)])
+        data = b"".join([message for _index, message in batch[:-1]]
+                        + [netlink.with_ack(batch[-1][1])])
         sock = self._socket()
         try:
             sock.send(data)
@@ -611,3 +634,46 @@ def _set_buffer(sock: socket.socket, force: int, plain: int) -> int:
         sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
     # The kernel doubles the value it was given and reports the doubled size.
     return int(sock.getsockopt(socket.SOL_SOCKET, plain)) // 2
+
+
+class _Sender:
+    """The thread that sends an apply's batches, in order, while the caller encodes more.
+
+    Only this thread uses the socket until `finish` returns. After a failure it sends
+    nothing more; `finish` raises that failure.
+    """
+
+    def __init__(self, ipvs: KernelIPVS, operations: Sequence[Operation],
+                 results: list[IPVSError | None]) -> None:
+        self._ipvs = ipvs
+        self._operations = operations
+        self._results = results
+        self._queue: queue.SimpleQueue[tuple[int, list[tuple[int, bytes]]] | None] = (
+            queue.SimpleQueue())
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ipvs-apply", daemon=True)
+        self._thread.start()
+
+    def send(self, first: int, batch: list[tuple[int, bytes]]) -> None:
+        """Queue one batch (see `KernelIPVS._send_batch`)."""
+        self._queue.put((first, batch))
+
+    def finish(self) -> None:
+        """Wait until every queued batch is sent and answered.
+
+        Raises:
+            IPVSError: the sending thread's failure, if any.
+        """
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: nothing more is sent after a failure
+            try:
+                self._ipvs._send_batch(item[0], item[1], self._operations, self._results)
+            except BaseException as exc:  # handed to the caller by finish()
+                self._error = exc

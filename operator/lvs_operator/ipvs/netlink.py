@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+import socket
 import struct
 from collections.abc import Iterable
 from typing import ClassVar
@@ -935,6 +936,78 @@ def encode_operation(op: Operation, keys: dict[ServiceKey, bytes] | None = None,
     if isinstance(op, DeleteService):
         return CMD_DEL_SERVICE, encode_service_key(op.key)
     raise TypeError(f"not an IPVS operation: {op!r}")
+
+
+def encode_request(op: Operation, family: int, seq: int,
+                   keys: dict[ServiceKey, bytes]) -> bytes:
+    """Return the whole request message (headers included, no ACK asked) for one operation.
+
+    The same bytes as `request(family, *encode_operation(op, keys), seq=seq, flags=0)`. Adding
+    or changing a real server, nearly every message of a bulk apply, is packed in a single
+    `struct` call here: building it attribute by attribute cost more than the kernel's work
+    on it. `keys` caches encoded service keys.
+
+    Raises:
+        ValueError: when a field of the operation does not fit its netlink type.
+    """
+    if isinstance(op, AddReal | SetReal):
+        real = op.real
+        key = keys.get(op.service)
+        if key is None:
+            key = keys[op.service] = encode_service_key(op.service)
+        address = real.address.packed
+        tunnel = real.tunnel if real.forwarding is Forwarding.TUNNEL else None
+        shape = (len(key), len(address), tunnel is not None)
+        layout = _REAL_REQUESTS.get(shape)
+        if layout is None:
+            layout = _REAL_REQUESTS[shape] = _real_request(*shape)
+        # `_value_`: the plain attribute behind an enum member's `value` property.
+        head = (layout.size, family, NLM_F_REQUEST, seq, 0,
+                CMD_NEW_DEST if isinstance(op, AddReal) else CMD_SET_DEST, IPVS_GENL_VERSION, 0,
+                key, layout.size - HEADER_SIZE - len(key), CMD_ATTR_DEST | NLA_F_NESTED,
+                4 + len(address), DEST_ATTR_ADDR, address)
+        try:
+            if tunnel is None:
+                return layout.pack(
+                    *head, 6, DEST_ATTR_PORT, _htons(real.port),
+                    6, DEST_ATTR_ADDR_FAMILY, AF_INET if len(address) == 4 else AF_INET6,
+                    8, DEST_ATTR_FWD_METHOD, real.forwarding._value_,
+                    8, DEST_ATTR_WEIGHT, real.weight,
+                    8, DEST_ATTR_U_THRESH, real.upper_threshold,
+                    8, DEST_ATTR_L_THRESH, real.lower_threshold)
+            return layout.pack(
+                *head, 6, DEST_ATTR_PORT, _htons(real.port),
+                6, DEST_ATTR_ADDR_FAMILY, AF_INET if len(address) == 4 else AF_INET6,
+                8, DEST_ATTR_FWD_METHOD, real.forwarding._value_,
+                8, DEST_ATTR_WEIGHT, real.weight,
+                8, DEST_ATTR_U_THRESH, real.upper_threshold,
+                8, DEST_ATTR_L_THRESH, real.lower_threshold,
+                5, DEST_ATTR_TUN_TYPE, tunnel.type._value_,
+                6, DEST_ATTR_TUN_PORT, _htons(tunnel.port),
+                6, DEST_ATTR_TUN_FLAGS, tunnel.checksum._value_)
+        except (struct.error, OverflowError):
+            pass  # out of range: the general path below says which field
+    cmd, payload = encode_operation(op, keys)
+    return request(family, cmd, payload, seq=seq, flags=0)
+
+
+def with_ack(message: bytes) -> bytes:
+    """Return `message` (one request from `encode_request`) asking for an ACK."""
+    (flags,) = _U16_AT.unpack_from(message, 6)
+    return message[:6] + _U16_AT.pack(flags | NLM_F_ACK) + message[8:]
+
+
+def _real_request(key_size: int, address_size: int, tunnel: bool) -> struct.Struct:
+    # nlmsghdr + genlmsghdr, the service key nest as encoded, then the dest nest: address,
+    # port (network order: `_htons`), family, forwarding, weight (signed), thresholds, and
+    # for a tunnel its type, port (network order) and checksum flags.
+    pad = (4 - address_size % 4) % 4
+    return struct.Struct(f"=IHHIIBBH{key_size}sHH HH{address_size}s{pad}x HHH2x HHH2x "
+                         "HHI HHi HHI HHI" + (" HHB3x HHH2x HHH2x" if tunnel else ""))
+
+
+_REAL_REQUESTS: dict[tuple[int, int, bool], struct.Struct] = {}
+_htons = socket.htons
 
 
 # --- configuration and sync daemons ----------------------------------------------------------

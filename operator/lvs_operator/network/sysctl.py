@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from lvs_operator.network.errors import SysctlError
+from lvs_operator.records import record
 
 PROC_SYS = Path("/proc/sys")
 
@@ -87,7 +87,7 @@ def write_sysctl(name: str, value: str, *, root: Path = PROC_SYS) -> None:
         raise SysctlError(name, f"cannot write {value!r} to {path}: {e.strerror}; {hint}") from None
 
 
-@dataclass(frozen=True)
+@record
 class SysctlChange:
     """One sysctl checked by `ensure_sysctl`: its value before and after."""
 
@@ -126,7 +126,7 @@ def ensure_sysctl(name: str, value: str, *, root: Path = PROC_SYS) -> SysctlChan
     return SysctlChange(name, before, after)
 
 
-@dataclass(frozen=True)
+@record
 class DirectorSysctls:
     """The IPVS settings of a director's network namespace, with the reason for each default.
 
