@@ -12,13 +12,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from pathlib import Path
 
 from lvs_operator.files import replace_file
 from lvs_operator.model import IPAddress, Protocol, ServiceKey
 from lvs_operator.records import field, record
 
-DEFAULT_STATE_FILE = Path("/var/lib/lvs-operator/owned.json")
+# A plain string: `ipvs apply` runs without loading pathlib.
+DEFAULT_STATE_FILE = "/var/lib/lvs-operator/owned.json"
 
 
 @record(frozen=False)
@@ -39,7 +39,7 @@ class Owned:
 class OwnershipStore:
     """Loads and saves an `Owned` record as JSON at `path`."""
 
-    def __init__(self, path: Path = DEFAULT_STATE_FILE) -> None:
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_FILE) -> None:
         self.path = path
         # The last record read or written, with the file's identity then: the agent reads the
         # record several times per sync, and parsing it is the cost (a stat is not).
@@ -68,7 +68,8 @@ class OwnershipStore:
 
     def _read(self) -> Owned:
         try:
-            raw = json.loads(self.path.read_text())
+            with open(self.path, encoding="utf-8") as handle:
+                raw = json.loads(handle.read())
         except FileNotFoundError:
             return Owned()
         except (OSError, json.JSONDecodeError) as error:

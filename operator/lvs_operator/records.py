@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar, dataclass_transform, overload
+from typing import Any, TypeVar, dataclass_transform, overload
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound=type)
@@ -46,19 +46,37 @@ class FrozenInstanceError(AttributeError):
     """An attribute of a frozen record was assigned or deleted."""
 
 
-class Field(NamedTuple):
-    """One field of a record."""
+class Field:
+    """One field of a record: its name, default or default factory (else MISSING), and
+    whether `==` and the hash use it.
 
-    name: str
-    default: Any = MISSING
-    default_factory: Callable[[], Any] | Any = MISSING
-    compare: bool = True
+    A plain class, not a NamedTuple: that one would compile methods too.
+    """
+
+    __slots__ = ("compare", "default", "default_factory", "name")
+
+    def __init__(self, name: str, default: Any = MISSING,
+                 default_factory: Callable[[], Any] | Any = MISSING, compare: bool = True,
+                 ) -> None:
+        self.name = name
+        self.default = default
+        self.default_factory = default_factory
+        self.compare = compare
+
+    def __repr__(self) -> str:
+        return (f"Field(name={self.name!r}, default={self.default!r}, "
+                f"default_factory={self.default_factory!r}, compare={self.compare!r})")
 
 
-class _Spec(NamedTuple):
-    default: Any
-    default_factory: Any
-    compare: bool
+class _Spec:
+    """What `field()` returns, in a class body, until `record` turns it into a Field."""
+
+    __slots__ = ("compare", "default", "default_factory")
+
+    def __init__(self, default: Any, default_factory: Any, compare: bool) -> None:
+        self.default = default
+        self.default_factory = default_factory
+        self.compare = compare
 
 
 def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | Any = MISSING,

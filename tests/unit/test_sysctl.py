@@ -88,10 +88,10 @@ def test_unchanged_is_reported_as_such():
 
 
 def test_sysctl_path_accepts_slashes_for_names_with_dots():
-    root = Path("/proc/sys")
-    assert sysctl_path("net.ipv4.ip_forward") == root / "net/ipv4/ip_forward"
+    assert sysctl_path("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
     name = "net/ipv4/conf/eth0.100/rp_filter"
-    assert sysctl_path(name) == root / name
+    assert sysctl_path(name) == f"/proc/sys/{name}"
+    assert sysctl_path("a.b", root=Path("/x")) == "/x/a/b"
 
 
 def test_missing_sysctl_names_the_path(tmp_path):

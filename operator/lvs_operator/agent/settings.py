@@ -181,7 +181,7 @@ class Settings:
 
     node: str
     kubeconfig: str | None = None
-    state_file: Path = DEFAULT_STATE_FILE
+    state_file: Path = Path(DEFAULT_STATE_FILE)
     interface: str | None = None
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     sync: SyncSettings = SyncSettings()
@@ -246,7 +246,7 @@ def from_env(env: Mapping[str, str], **flags: str | None) -> Settings:
     return Settings(
         node=node,
         kubeconfig=pick("kubeconfig", "KUBECONFIG") or None,
-        state_file=Path(state_file) if state_file else DEFAULT_STATE_FILE,
+        state_file=Path(state_file or DEFAULT_STATE_FILE),
         interface=pick("interface", "LVS_INTERFACE") or None,
         metrics_address=DEFAULT_METRICS_ADDRESS if metrics is None else metrics,
         sync=SyncSettings(

@@ -17,14 +17,13 @@ import errno
 import socket
 import struct
 from collections.abc import Mapping
-from pathlib import Path
 
 from pyroute2.netlink import nla, nlmsg
 
 from lvs_operator.network import _netlink as nl
 from lvs_operator.network.errors import NetlinkError, NetworkError
 from lvs_operator.network.links import get_link
-from lvs_operator.network.sysctl import PROC_SYS, read_sysctl_int
+from lvs_operator.network.sysctl import PROC_SYS, Root, read_sysctl_int
 
 # enum IPV4_DEVCONF_* of linux/ip.h (checked against the 6.1 uapi header: FORWARDING = 1,
 # RP_FILTER = 8, ARP_ANNOUNCE = 18, ARP_IGNORE = 19); keys are the /proc/sys file names.
@@ -215,7 +214,7 @@ def set_inet_conf(interface: str, values: Mapping[str, int]) -> dict[str, int]:
     return after
 
 
-def read_conf_all(name: str, *, root: Path = PROC_SYS) -> int:
+def read_conf_all(name: str, *, root: Root = PROC_SYS) -> int:
     """Return net.ipv4.conf.all.<name> from /proc/sys (readable even when mounted read-only).
 
     Raises:

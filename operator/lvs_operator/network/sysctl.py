@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from lvs_operator.network.errors import SysctlError
 from lvs_operator.records import record
 
-PROC_SYS = Path("/proc/sys")
+# Paths are plain strings here: `ipvs apply` sets sysctls and runs without loading pathlib.
+PROC_SYS = "/proc/sys"
+Root = str | os.PathLike[str]
 
 
-def sysctl_path(name: str, *, root: Path = PROC_SYS) -> Path:
+def sysctl_path(name: str, *, root: Root = PROC_SYS) -> str:
     """Return the file of the sysctl `name` ("net.ipv4.ip_forward") under `root`.
 
     Dots separate path components; an interface name containing a dot ("eth0.100") must be
     given with slashes instead ("net/ipv4/conf/eth0.100/rp_filter").
     """
     parts = name.split("/") if "/" in name else name.split(".")
-    return root.joinpath(*parts)
+    return os.path.join(root, *parts)
 
 
-def read_sysctl(name: str, *, root: Path = PROC_SYS) -> str:
+def read_sysctl(name: str, *, root: Root = PROC_SYS) -> str:
     """Return the value of the sysctl `name`, stripped of surrounding whitespace.
 
     Raises:
@@ -38,14 +39,15 @@ def read_sysctl(name: str, *, root: Path = PROC_SYS) -> str:
     """
     path = sysctl_path(name, root=root)
     try:
-        return path.read_text().strip()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
     except FileNotFoundError:
         raise SysctlError(name, f"{path} does not exist in this kernel") from None
     except OSError as e:
         raise SysctlError(name, f"cannot read {path}: {e.strerror}") from None
 
 
-def read_sysctl_int(name: str, *, root: Path = PROC_SYS) -> int:
+def read_sysctl_int(name: str, *, root: Root = PROC_SYS) -> int:
     """Return the value of the integer sysctl `name`.
 
     Raises:
@@ -58,7 +60,7 @@ def read_sysctl_int(name: str, *, root: Path = PROC_SYS) -> int:
         raise SysctlError(name, f"expected an integer, read {text!r}") from None
 
 
-def write_sysctl(name: str, value: str, *, root: Path = PROC_SYS) -> None:
+def write_sysctl(name: str, value: str, *, root: Root = PROC_SYS) -> None:
     """Write `value` to the sysctl `name` (no read-back; see `ensure_sysctl`).
 
     Raises:
@@ -107,7 +109,7 @@ class SysctlChange:
         return f"{self.name} = {self.after} (unchanged)"
 
 
-def ensure_sysctl(name: str, value: str, *, root: Path = PROC_SYS) -> SysctlChange:
+def ensure_sysctl(name: str, value: str, *, root: Root = PROC_SYS) -> SysctlChange:
     """Set the sysctl `name` to `value` unless it already has it, and read it back.
 
     Returns:
@@ -175,7 +177,7 @@ class DirectorSysctls:
 
 
 def apply_director_sysctls(
-    settings: DirectorSysctls, *, root: Path = PROC_SYS
+    settings: DirectorSysctls, *, root: Root = PROC_SYS
 ) -> list[SysctlChange]:
     """Apply `settings` to the current network namespace, reading every value back.
 
@@ -187,7 +189,7 @@ def apply_director_sysctls(
             or a value cannot be written or reads back different.
     """
     vs = sysctl_path("net.ipv4.vs", root=root)
-    if not vs.is_dir():
+    if not os.path.isdir(vs):
         raise SysctlError(
             "net.ipv4.vs",
             f"{vs} is missing: the ip_vs kernel module is not loaded; load it on the node "
