@@ -32,7 +32,7 @@ def test_a_failed_rename_keeps_the_old_content_and_leaves_no_temporary(
     def refuse(src: str, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError):
         files.replace_file(target, "new")
     assert target.read_text() == "old"

@@ -212,7 +212,7 @@ def test_values_that_do_not_fit_are_refused(bad: AddReal | AddService) -> None:
 
 _KEYS = [VIP, ServiceKey.inet(Protocol.UDP, A("2001:db8::1"), 53), ServiceKey.mark(7),
          ServiceKey.mark(9, family=6)]
-_REQUESTS = [op for key in _KEYS for real in [
+_REQUESTS: list[Operation] = [op for key in _KEYS for real in [
     *REALS, RealServer(A("10.0.0.1"), 80, Forwarding.NAT, tunnel=Tunnel(TunnelType.GUE, 9)),
     RealServer(A("2001:db8::9"), 443, Forwarding.TUNNEL, weight=-1)]
     for op in (AddReal(key, real), SetReal(key, real), DeleteReal(key, real))]
