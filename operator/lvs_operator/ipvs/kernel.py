@@ -321,28 +321,31 @@ class KernelIPVS:
         first = self._next_seq(most)
         size = 0
         encode = netlink.encode_request
-        for index, op in enumerate(operations):
-            try:
-                message = encode(op, family, first + len(batch), keys)
-            except ValueError as exc:
-                results[index] = idempotence.error(op, errno.EINVAL, str(exc))
-                continue
-            if batch and (size + len(message) > limit or len(batch) >= most):
-                if sender is None:
-                    sender = _Sender(self, operations, results)
+        try:
+            for index, op in enumerate(operations):
+                try:
+                    message = encode(op, family, first + len(batch), keys)
+                except ValueError as exc:
+                    results[index] = idempotence.error(op, errno.EINVAL, str(exc))
+                    continue
+                if batch and (size + len(message) > limit or len(batch) >= most):
+                    if sender is None:
+                        sender = _Sender(self, operations, results)
+                    sender.send(first, batch)
+                    first = self._next_seq(most)
+                    # The sequence number changes with the batch: encode this one again.
+                    message = encode(op, family, first, keys)
+                    batch, size = [], 0
+                batch.append((index, message))
+                size += len(message)
+            if sender is None:
+                if batch:
+                    self._send_batch(first, batch, operations, results)
+            elif batch:
                 sender.send(first, batch)
-                first = self._next_seq(most)
-                # The sequence number changes with the batch: encode this one again.
-                message = encode(op, family, first, keys)
-                batch, size = [], 0
-            batch.append((index, message))
-            size += len(message)
-        if sender is not None:
-            if batch:
-                sender.send(first, batch)
-            sender.finish()
-        elif batch:
-            self._send_batch(first, batch, operations, results)
+        finally:
+            if sender is not None:
+                sender.finish()  # also when this thread failed: never leave it waiting
         return results
 
     def _send_batch(self, first: int, batch: list[tuple[int, bytes]],
