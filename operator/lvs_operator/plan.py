@@ -15,7 +15,7 @@ Rules, the same ones kube-proxy's IPVS proxier and keepalived follow:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService
 from lvs_operator.records import record, replace
@@ -107,24 +107,37 @@ def plan(
     Returns:
         The operations in the order they must be applied; empty when converged.
     """
+    return list(iter_plan(desired, actual, owned=owned, drain=drain))
+
+
+def iter_plan(
+    desired: Table,
+    actual: Table,
+    *,
+    owned: Owned,
+    drain: bool = False,
+) -> Iterator[Operation]:
+    """Yield the operations of `plan(...)` one service at a time, in the same order.
+
+    For `IPVS.apply`, which sends earlier operations while later ones are being planned.
+    The tables must not change while the iterator is in use.
+    """
     is_owned = _predicate(owned)
-    ops: list[Operation] = []
     for key in _sorted(actual):
         if key not in desired and is_owned(key):
-            ops.extend(_withdraw(actual[key], drain=drain))
+            yield from _withdraw(actual[key], drain=drain)
     for key in _sorted(desired):
         want = desired[key]
         have = actual.get(key)
         if have is want:
             continue  # a dump with `expect` found it exactly as desired
         if have is None:
-            ops.append(AddService(want.attributes()))
-            ops += [AddReal(key, real) for real in _sorted_reals(want.reals.values())]
+            yield AddService(want.attributes())
+            yield from [AddReal(key, real) for real in _sorted_reals(want.reals.values())]
             continue
         if _attributes(want) != _attributes(have):
-            ops.append(SetService(want.attributes()))
-        ops.extend(_reals(key, want, have, drain=drain))
-    return ops
+            yield SetService(want.attributes())
+        yield from _reals(key, want, have, drain=drain)
 
 
 def _withdraw(have: VirtualService, *, drain: bool) -> list[Operation]:

@@ -11,7 +11,7 @@ from typing import Protocol
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import IPAddress, Table
 from lvs_operator.ownership import OwnershipStore
-from lvs_operator.plan import DeleteService, Operation, plan
+from lvs_operator.plan import DeleteService, Operation, iter_plan
 from lvs_operator.records import record
 
 
@@ -45,13 +45,14 @@ def sync(
     owned = store.load()
     # `expect`: services already as desired come back as the desired objects, undecoded.
     actual = ipvs.dump(expect=desired)
-    operations = plan(desired, actual, owned=owned.services | set(desired), drain=drain)
+    planned = iter_plan(desired, actual, owned=owned.services | set(desired), drain=drain)
     if dry_run:
-        return SyncResult(operations, dry_run=True)
-    if operations:
-        # Record intent first: a crash mid-apply must not orphan what we are creating.
-        store.update(services=owned.services | set(desired))
-        ipvs.apply(operations)
+        return SyncResult(list(planned), dry_run=True)
+    # Record intent first (saved only if it adds something): a crash mid-apply must not
+    # orphan what we are creating. The plan is then carried out as it is made: the kernel
+    # works on the first operations while the next are planned.
+    store.update(services=owned.services | set(desired))
+    operations = ipvs.apply(planned)
     deleted = {op.key for op in operations if isinstance(op, DeleteService)}
     # Services being drained (withdrawn but not yet deleted) stay ours until they are gone.
     draining = {key for key in owned.services if key in actual and key not in deleted}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
 
@@ -33,10 +33,11 @@ class Script:
         self.answers = answers
         self.calls: list[list[Operation]] = []
 
-    def __call__(self, operations: Sequence[Operation]) -> list[IPVSError | None]:
-        self.calls.append(list(operations))
+    def __call__(self, operations: Iterable[Operation]) -> list[IPVSError | None]:
+        ops = list(operations)  # an iterator: read once
+        self.calls.append(ops)
         return [idempotence.error(op, self.answers[str(op)]) if self.answers.get(str(op))
-                else None for op in operations]
+                else None for op in ops]
 
 
 def test_adds_that_exist_are_retried_as_sets() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import struct
+from collections.abc import Iterator
 
 import pytest
 
@@ -108,6 +109,24 @@ def test_an_operation_that_cannot_be_encoded_is_reported_and_not_sent() -> None:
     assert (error.operation, error.errno) == (bad, errno.EINVAL)
     assert "70000" in str(error)
     assert sock.count == 3
+
+
+def test_operations_from_an_iterator_are_sent_as_they_come() -> None:
+    """`plan.iter_plan` feeds apply lazily: errors still map back, and apply returns the list."""
+    ops = operations(100)
+    produced: list[int] = []
+
+    def lazily() -> Iterator[Operation]:
+        for index, op in enumerate(ops):
+            produced.append(index)
+            yield op
+
+    sock = ScriptedSocket({57: errno.ERANGE})
+    with pytest.raises(ApplyError) as caught:
+        kernel_with(sock).apply(lazily())
+    assert [(e.operation, e.errno) for e in caught.value.errors] == [(ops[57], errno.ERANGE)]
+    assert produced == list(range(100)) and sock.count == 100
+    assert kernel_with(ScriptedSocket({})).apply(iter(ops)) == ops
 
 
 def test_a_socket_failure_while_batches_are_sent_ends_the_apply() -> None:

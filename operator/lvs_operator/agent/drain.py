@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,21 +164,22 @@ class TimedDrain:
             self.store.save(self.timers)
         return result
 
-    def apply(self, operations: Sequence[Operation]) -> None:
+    def apply(self, operations: Iterable[Operation]) -> list[Operation]:
         """Apply `operations` with the inner IPVS (see `IPVS.apply`); the drains they end
-        are forgotten.
+        are forgotten. Returns the operations as a list.
 
         Raises:
             ApplyError: as the inner IPVS (the timers are then kept until the next dump).
         """
-        self.inner.apply(operations)
-        ended = {timer_id(op.service, op.real) for op in operations if isinstance(op, DeleteReal)}
-        deleted = {f"{op.key} " for op in operations if isinstance(op, DeleteService)}
+        done = self.inner.apply(operations)
+        ended = {timer_id(op.service, op.real) for op in done if isinstance(op, DeleteReal)}
+        deleted = {f"{op.key} " for op in done if isinstance(op, DeleteService)}
         left = {name: timer for name, timer in self.timers.items()
                 if name not in ended and not any(name.startswith(k) for k in deleted)}
         if left != self.timers:
             self.timers = left
             self.store.save(left)
+        return done
 
     def timeouts(self) -> Timeouts:
         """Return the inner IPVS's timeouts."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from lvs_operator.model import (
@@ -78,11 +78,13 @@ class IPVS(Protocol):
         """
         ...
 
-    def apply(self, operations: Sequence[Operation]) -> None:
-        """Apply `operations` in order, idempotently.
+    def apply(self, operations: Iterable[Operation]) -> list[Operation]:
+        """Apply `operations` in order, idempotently; return them as a list.
 
         An add that finds the object already there is turned into a set of the same
-        attributes; a delete or drain of something already gone counts as done.
+        attributes; a delete or drain of something already gone counts as done. An iterator
+        (`plan.iter_plan`) is consumed as the operations go out: the kernel may be working
+        on earlier ones while later ones are still being planned.
 
         Raises:
             ApplyError: naming every operation that failed for another reason; the

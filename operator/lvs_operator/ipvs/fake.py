@@ -25,7 +25,7 @@ interfaces given to it.
 from __future__ import annotations
 
 import errno
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from lvs_operator.ipvs import IPVSError, idempotence, netlink
@@ -113,13 +113,13 @@ class FakeIPVS:
             out[key] = replace(service.attributes, stats=stats).with_reals(reals)
         return out
 
-    def apply(self, operations: Sequence[Operation]) -> None:
-        """Apply `operations` in order, idempotently, like `KernelIPVS.apply`.
+    def apply(self, operations: Iterable[Operation]) -> list[Operation]:
+        """Apply `operations` in order, idempotently, like `KernelIPVS.apply`; return them.
 
         Raises:
             ApplyError: naming every operation that failed; the others have been applied.
         """
-        idempotence.apply(operations, self._execute)
+        return idempotence.apply(operations, self._execute)
 
     def timeouts(self) -> Timeouts:
         """Return the current tcp / tcpfin / udp timeouts."""
@@ -185,7 +185,7 @@ class FakeIPVS:
 
     # --- the "kernel" ------------------------------------------------------------------------
 
-    def _execute(self, operations: Sequence[Operation]) -> list[IPVSError | None]:
+    def _execute(self, operations: Iterable[Operation]) -> list[IPVSError | None]:
         results: list[IPVSError | None] = []
         for op in operations:
             try:

@@ -15,7 +15,7 @@ the outcome idempotent the same way for both:
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.model import ServiceKey
@@ -29,7 +29,7 @@ from lvs_operator.plan import (
     SetService,
 )
 
-Execute = Callable[[Sequence[Operation]], Sequence[IPVSError | None]]
+Execute = Callable[[Iterable[Operation]], Sequence[IPVSError | None]]
 
 # What an errno means for IPVS, where the C library's text misleads ("No such process").
 _MEANING = {
@@ -38,16 +38,22 @@ _MEANING = {
 }
 
 
-def apply(operations: Sequence[Operation], execute: Execute) -> None:
+def apply(operations: Iterable[Operation], execute: Execute) -> list[Operation]:
     """Apply `operations` through `execute` with the idempotence rules above.
 
+    `execute` consumes `operations` as it goes (an iterator may still be producing them).
     Retries (add -> set) run in a second `execute` call after the first pass: a plan touches
     each object at most once, so their order relative to the other operations does not matter.
+
+    Returns:
+        The operations, as a list.
 
     Raises:
         ApplyError: naming every operation that failed, in plan order.
     """
-    results = list(execute(operations))
+    done: list[Operation] = []
+    results = list(execute(_recorded(operations, done)))
+    operations = done
     retry_at = [i for i, (op, err) in enumerate(zip(operations, results, strict=True))
                 if err is not None and err.errno == errno.EEXIST
                 and isinstance(op, AddService | AddReal)]
@@ -72,6 +78,13 @@ def apply(operations: Sequence[Operation], execute: Execute) -> None:
         errors.append(err)
     if errors:
         raise ApplyError(errors)
+    return done
+
+
+def _recorded(operations: Iterable[Operation], into: list[Operation]) -> Iterator[Operation]:
+    for op in operations:
+        into.append(op)
+        yield op
 
 
 def error(op: Operation | None, code: int, detail: str = "", *, what: str = "") -> IPVSError:

@@ -30,7 +30,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -166,8 +166,9 @@ class KernelIPVS:
             self._remember(expect, table)
         return table
 
-    def apply(self, operations: Sequence[Operation]) -> None:
-        """Apply `operations` in order, idempotently (see `lvs_operator.ipvs.idempotence`).
+    def apply(self, operations: Iterable[Operation]) -> list[Operation]:
+        """Apply `operations` in order, idempotently (see `lvs_operator.ipvs.idempotence`);
+        return them as a list. An iterator is consumed while earlier batches are sent.
 
         Raises:
             ApplyError: naming every operation that failed; the others have been applied.
@@ -175,7 +176,7 @@ class KernelIPVS:
                 outcome is unknown: dump again).
         """
         self._verified = None  # whatever the outcome, the next dump looks at everything
-        idempotence.apply(operations, self._execute)
+        return idempotence.apply(operations, self._execute)
 
     def timeouts(self) -> Timeouts:
         """Return the current tcp / tcpfin / udp timeouts in seconds.
@@ -300,19 +301,23 @@ class KernelIPVS:
 
     # --- apply -------------------------------------------------------------------------------
 
-    def _execute(self, operations: Sequence[Operation]) -> list[IPVSError | None]:
+    def _execute(self, operations: Iterable[Operation]) -> list[IPVSError | None]:
         """Send `operations` in batches; return None or the error of each, in order.
 
         When the operations fill more than one batch, a second thread sends them while this
-        one encodes the next: the kernel carries out a batch inside `sendmsg`, which releases
-        the GIL, so its work and Python's overlap instead of adding up.
+        one encodes (and, from an iterator, plans) the next: the kernel carries out a batch
+        inside `sendmsg`, which releases the GIL, so its work and Python's overlap instead of
+        adding up.
 
         Raises:
             IPVSError: when the socket fails (see `_send_batch`).
         """
         family = self._family_id()
         self._socket()  # opened here, in the caller's namespace, before any other thread
-        results: list[IPVSError | None] = [None] * len(operations)
+        # Both grow as operations come; the sending thread only touches entries of batches
+        # already queued.
+        seen: list[Operation] = []
+        results: list[IPVSError | None] = []
         keys: dict[ServiceKey, bytes] = {}
         most = self._max_batch_messages
         limit = self._batch_bytes
@@ -323,14 +328,16 @@ class KernelIPVS:
         encode = netlink.encode_request
         try:
             for index, op in enumerate(operations):
+                seen.append(op)
                 try:
                     message = encode(op, family, first + len(batch), keys)
                 except ValueError as exc:
-                    results[index] = idempotence.error(op, errno.EINVAL, str(exc))
+                    results.append(idempotence.error(op, errno.EINVAL, str(exc)))
                     continue
+                results.append(None)
                 if batch and (size + len(message) > limit or len(batch) >= most):
                     if sender is None:
-                        sender = _Sender(self, operations, results)
+                        sender = _Sender(self, seen, results)
                     sender.send(first, batch)
                     first = self._next_seq(most)
                     # The sequence number changes with the batch: encode this one again.
@@ -340,7 +347,7 @@ class KernelIPVS:
                 size += len(message)
             if sender is None:
                 if batch:
-                    self._send_batch(first, batch, operations, results)
+                    self._send_batch(first, batch, seen, results)
             elif batch:
                 sender.send(first, batch)
         finally:

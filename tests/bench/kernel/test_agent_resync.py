@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,9 +190,10 @@ class CountingIPVS(KernelIPVS):
 
     operations = 0
 
-    def apply(self, operations: Sequence[Operation]) -> None:
-        self.operations += len(operations)
-        super().apply(operations)
+    def apply(self, operations: Iterable[Operation]) -> list[Operation]:
+        done = super().apply(operations)
+        self.operations += len(done)
+        return done
 
 
 # --- measuring ---------------------------------------------------------------------------------
