@@ -204,8 +204,16 @@ class VirtualServer:
 
     @property
     def keys(self) -> list[ServiceKey]:
-        """Return the keys of the virtual services this VirtualServer asks for."""
-        return [ServiceKey.inet(p.protocol, self.vip, p.port) for p in self.ports]
+        """Return the keys of the virtual services this VirtualServer asks for, in the order
+        of `ports` (a new list each time)."""
+        # Built once and kept, as ServiceKey keeps its hash: a bulk file's keys are claimed,
+        # then made into services, and each new key object would compute its hash again.
+        values = self.__dict__
+        keys: tuple[ServiceKey, ...] | None = values.get("_keys")
+        if keys is None:
+            keys = values["_keys"] = tuple(
+                ServiceKey.inet(p.protocol, self.vip, p.port) for p in self.ports)
+        return list(keys)
 
 
 def parse(document: Mapping[str, Any], *, default_namespace: str = "default") -> VirtualServer:
@@ -245,6 +253,7 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
         endpoints = [e for e in endpoints if e.address.version == version]
     nat = forwarding is Forwarding.NAT
     result = []
+    keys = vs.keys
     for index, port in enumerate(vs.ports):
         reals: dict[RealKey, RealServer] = {}
         for endpoint in endpoints:
@@ -266,7 +275,7 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
                 vs.upper_threshold, vs.lower_threshold, vs.tunnel)
         result.append(
             VirtualService(
-                key=ServiceKey.inet(port.protocol, vs.vip, port.port),
+                key=keys[index],
                 scheduler=vs.scheduler,
                 flags=vs.scheduler_flags,
                 persistence=vs.persistence,
