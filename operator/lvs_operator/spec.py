@@ -14,7 +14,6 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
-from typing import Any, TypeVar
 
 from lvs_operator import model
 from lvs_operator.model import (
@@ -32,6 +31,14 @@ from lvs_operator.model import (
     VirtualService,
 )
 from lvs_operator.records import field, record, replace
+
+# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
+# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
 
 API_VERSION = "lvs.dev/v1alpha1"
 KIND = "VirtualServer"
@@ -103,7 +110,6 @@ _NO_FLAGS: frozenset[SchedulerFlag] = frozenset()
 # The first octets of every IPv4 address `_global_unicast` may refuse (0.0.0.0, loopback,
 # link-local, multicast, broadcast): any other is global unicast without further tests.
 _SPECIAL_FIRST_OCTETS = frozenset({0, 127, 169, *range(224, 240), 255})
-_T = TypeVar("_T")
 
 
 class SpecError(ValueError):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import random
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -127,6 +129,23 @@ def test_operations_from_an_iterator_are_sent_as_they_come() -> None:
     assert [(e.operation, e.errno) for e in caught.value.errors] == [(ops[57], errno.ERANGE)]
     assert produced == list(range(100)) and sock.count == 100
     assert kernel_with(ScriptedSocket({})).apply(iter(ops)) == ops
+
+
+def test_many_small_batches_go_out_in_order_with_a_slow_kernel() -> None:
+    """The hand-over between the encoding and the sending thread loses and reorders
+    nothing, whichever of the two is ahead."""
+
+    class Slow(ScriptedSocket):
+        def send(self, data: bytes) -> int:
+            time.sleep(random.choice((0, 0, 0.0005)))
+            return super().send(data)
+
+    for _ in range(5):
+        sock = Slow({})
+        ops = operations(1500)
+        assert kernel_with(sock, batch_bytes=600).apply(ops) == ops
+        seqs = [seq for batch in sock.sent for _cmd, _f, seq in batch]
+        assert len(sock.sent) > 100 and len(seqs) == 1500 and seqs == sorted(seqs)
 
 
 def test_a_socket_failure_while_batches_are_sent_ends_the_apply() -> None:
