@@ -117,13 +117,18 @@ class ServiceKey:
 
     def sort_key(self) -> tuple[int, int, int, int, int]:
         """Return a tuple that orders keys deterministically (addresses of both families)."""
-        return (
-            self.family,
-            self.fwmark,
-            self.protocol.value if self.protocol else 0,
-            int(self.address) if self.address is not None else 0,
-            self.port,
-        )
+        # Kept like the hash: plans and the ownership record sort thousands of keys.
+        fields = self.__dict__
+        key: tuple[int, int, int, int, int] | None = fields.get("_sort")
+        if key is None:
+            key = fields["_sort"] = (
+                self.family,
+                self.fwmark,
+                self.protocol.value if self.protocol else 0,
+                int(self.address) if self.address is not None else 0,
+                self.port,
+            )
+        return key
 
     def __str__(self) -> str:
         """Render like `ipvsadm -L -n`: `TCP 192.0.2.1:80` or `FWM 5 IPv4`."""
