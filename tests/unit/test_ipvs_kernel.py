@@ -148,6 +148,18 @@ def test_many_small_batches_go_out_in_order_with_a_slow_kernel() -> None:
         assert len(sock.sent) > 100 and len(seqs) == 1500 and seqs == sorted(seqs)
 
 
+def test_only_an_apply_with_operations_forgets_the_verified_table() -> None:
+    """An empty (lazy) plan, which every quiet resync hands to apply, must keep the /proc
+    confirmation of the last thorough dump; anything applied must drop it."""
+    kernel = kernel_with(ScriptedSocket({}))
+    verified = object()
+    kernel._verified = verified  # type: ignore[assignment]
+    assert kernel.apply(iter([])) == []
+    assert kernel._verified is verified
+    kernel.apply(operations(1))
+    assert kernel._verified is None
+
+
 def test_a_socket_failure_while_batches_are_sent_ends_the_apply() -> None:
     """Past the first batch a second thread sends: its failure reaches the caller, and
     nothing more is sent after it."""

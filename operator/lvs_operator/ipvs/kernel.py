@@ -181,7 +181,6 @@ class KernelIPVS:
             IPVSError: when IPVS cannot be reached at all, or replies were lost (then the
                 outcome is unknown: dump again).
         """
-        self._verified = None  # whatever the outcome, the next dump looks at everything
         return idempotence.apply(operations, self._execute)
 
     def timeouts(self) -> Timeouts:
@@ -334,6 +333,11 @@ class KernelIPVS:
         encode = netlink.encode_request
         try:
             for index, op in enumerate(operations):
+                if index == 0:
+                    # Whatever the outcome, the next dump looks at everything. Only once
+                    # there is an operation: an empty plan (a resync that found nothing to
+                    # do) keeps what the last thorough dump verified.
+                    self._verified = None
                 seen.append(op)
                 try:
                     message = encode(op, family, first + len(batch), keys)
