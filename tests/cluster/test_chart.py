@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -375,8 +376,13 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
             kube.get(vs_path(ns, "web")), "Ready")["status"] == "True"
             and kube.get(vs_path(ns, "web")))
         assert vs["status"]["activeDirector"] == "chart-node"
-        text = logged()
-        assert "403" not in text and "orbidden" not in text, text[-3000:]
+        # The controller watches the whole cluster: other tests' VirtualServers are there
+        # too, and an Event posted into a namespace being deleted is refused with 403 as
+        # well (not an RBAC matter). Any other refusal is one.
+        refused = [line for line in logged().splitlines()
+                   if ("403" in line or "orbidden" in line)
+                   and not _event_in_another_namespace(line, ns)]
+        assert not refused, "\n".join(refused[-20:])
     finally:
         proc.terminate()
         proc.wait(15)
@@ -466,3 +472,10 @@ def test_uninstall_leaves_no_workload(cluster: ControlPlane, release: Release) -
 
     wait_for("the release's objects and pods to go", gone, timeout=30)
     cluster.kubectl("get", "crd", CRD_NAME)  # kept, with the VirtualServers
+
+
+def _event_in_another_namespace(line: str, namespace: str) -> bool:
+    """Whether `line` is the controller's warning that an Event for a VirtualServer outside
+    `namespace` could not be posted."""
+    match = re.search(r"VirtualServer ([^/ ]+)/\S+: cannot post Event", line)
+    return match is not None and match.group(1) != namespace
