@@ -61,7 +61,7 @@ class FrozenInstanceError(AttributeError):
 
 class Field:
     """One field of a record: its name, default or default factory (else MISSING), and
-    whether `==` and the hash use it.
+    whether `==` and the hash use it. `field()` makes one without a name; `record` names it.
 
     A plain class, not a NamedTuple: that one would compile methods too.
     """
@@ -81,17 +81,6 @@ class Field:
                 f"default_factory={self.default_factory!r}, compare={self.compare!r})")
 
 
-class _Spec:
-    """What `field()` returns, in a class body, until `record` turns it into a Field."""
-
-    __slots__ = ("compare", "default", "default_factory")
-
-    def __init__(self, default: Any, default_factory: Any, compare: bool) -> None:
-        self.default = default
-        self.default_factory = default_factory
-        self.compare = compare
-
-
 def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | Any = MISSING,
           compare: bool = True) -> Any:
     """Return a field specifier: a default or a default factory, and whether `==` and the
@@ -102,7 +91,7 @@ def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | Any = 
     """
     if default is not MISSING and default_factory is not MISSING:
         raise ValueError("a field cannot have both a default and a default factory")
-    return _Spec(default, default_factory, compare)
+    return Field("", default, default_factory, compare)
 
 
 # The F811 notes: ruff does not see that `overload` is typing's for the type checker.
@@ -168,8 +157,9 @@ def _build(cls: _C, *, frozen: bool) -> _C:
         if text.startswith(("ClassVar", "typing.ClassVar")):
             continue
         value = cls.__dict__.get(name, MISSING)
-        if isinstance(value, _Spec):
-            own.append(Field(name, value.default, value.default_factory, value.compare))
+        if isinstance(value, Field):
+            value.name = name
+            own.append(value)
             if value.default is MISSING:
                 delattr(cls, name)
             else:
@@ -192,11 +182,10 @@ def _build(cls: _C, *, frozen: bool) -> _C:
         cls.__repr__ = _repr(names)  # type: ignore[assignment]
     if "__eq__" not in body:
         cls.__eq__ = _eq(compared)  # type: ignore[assignment]
-    if "__hash__" not in body:
-        # A class body with __eq__ but no __hash__ gets __hash__ = None from Python itself.
+    # None also when the class body defines __eq__ without __hash__: Python then sets
+    # __hash__ = None itself.
+    if body.get("__hash__") is None:
         cls.__hash__ = _hash(compared) if frozen else None  # type: ignore[assignment]
-    elif body["__hash__"] is None and frozen:
-        cls.__hash__ = _hash(compared)  # type: ignore[assignment]
     if frozen:
         for name, method in (("__setattr__", _frozen_setattr), ("__delattr__", _frozen_delattr)):
             if name in body:

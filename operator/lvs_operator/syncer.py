@@ -51,13 +51,14 @@ def sync(
     owned = store.load()
     # `expect`: services already as desired come back as the desired objects, undecoded.
     actual = ipvs.dump(expect=desired)
-    planned = iter_plan(desired, actual, owned=owned.services | set(desired), drain=drain)
+    ours = owned.services | set(desired)
+    planned = iter_plan(desired, actual, owned=ours, drain=drain)
     if dry_run:
         return SyncResult(list(planned), dry_run=True)
     # Record intent first (saved only if it adds something): a crash mid-apply must not
     # orphan what we are creating. The plan is then carried out as it is made: the kernel
     # works on the first operations while the next are planned.
-    store.update(services=owned.services | set(desired))
+    store.update(services=ours)
     operations = ipvs.apply(planned)
     deleted = {op.key for op in operations if isinstance(op, DeleteService)}
     # Services being drained (withdrawn but not yet deleted) stay ours until they are gone.

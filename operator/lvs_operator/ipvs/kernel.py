@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 # Found = what netlink.messages returns for one received chunk.
 Found = list[tuple[int, int, int, int, int]]
+# One request of an apply's batch: the operation's index in the apply, the operation, and
+# its encoded message.
+_Request = tuple[int, Operation, bytes]
 
 BATCH_BYTES = 64 * 1024
 # Each failing message of a batch queues its own error reply (~1 KiB of receive-buffer
@@ -319,26 +322,19 @@ class KernelIPVS:
         """
         family = self._family_id()
         self._socket()  # opened here, in the caller's namespace, before any other thread
-        # Both grow as operations come; the sending thread only touches entries of batches
+        # Grows as operations come; the sending thread only touches entries of batches
         # already queued.
-        seen: list[Operation] = []
         results: list[IPVSError | None] = []
         keys: dict[ServiceKey, bytes] = {}
         most = self._max_batch_messages
         limit = self._batch_bytes
         sender: _Sender | None = None
-        batch: list[tuple[int, bytes]] = []  # (operation index, request)
+        batch: list[_Request] = []
         first = self._next_seq(most)
         size = 0
         encode = netlink.encode_request
         try:
             for index, op in enumerate(operations):
-                if index == 0:
-                    # Whatever the outcome, the next dump looks at everything. Only once
-                    # there is an operation: an empty plan (a resync that found nothing to
-                    # do) keeps what the last thorough dump verified.
-                    self._verified = None
-                seen.append(op)
                 try:
                     message = encode(op, family, first + len(batch), keys)
                 except ValueError as exc:
@@ -347,17 +343,17 @@ class KernelIPVS:
                 results.append(None)
                 if batch and (size + len(message) > limit or len(batch) >= most):
                     if sender is None:
-                        sender = _Sender(self, seen, results)
+                        sender = _Sender(self, results)
                     sender.send(first, batch)
                     first = self._next_seq(most)
                     # The sequence number changes with the batch: encode this one again.
                     message = encode(op, family, first, keys)
                     batch, size = [], 0
-                batch.append((index, message))
+                batch.append((index, op, message))
                 size += len(message)
             if sender is None:
                 if batch:
-                    self._send_batch(first, batch, seen, results)
+                    self._send_batch(first, batch, results)
             elif batch:
                 sender.send(first, batch)
         finally:
@@ -365,17 +361,21 @@ class KernelIPVS:
                 sender.finish()  # also when this thread failed: never leave it waiting
         return results
 
-    def _send_batch(self, first: int, batch: list[tuple[int, bytes]],
-                    operations: Sequence[Operation], results: list[IPVSError | None]) -> None:
+    def _send_batch(self, first: int, batch: list[_Request],
+                    results: list[IPVSError | None]) -> None:
         """Send one batch (requests numbered from `first`, the last one asking for an ACK) and
         record the error reply of each failing operation in `results`.
 
         Raises:
             IPVSError: when the socket fails; ENOBUFS when replies were dropped.
         """
+        # Whatever the outcome, the next dump looks at everything. Here, where requests go
+        # out: an apply of an empty plan (a resync that found nothing to do) keeps what the
+        # last thorough dump verified.
+        self._verified = None
         last = first + len(batch) - 1
-        data = b"".join([message for _index, message in batch[:-1]]
-                        + [netlink.with_ack(batch[-1][1])])
+        data = b"".join([message for _index, _op, message in batch[:-1]]
+                        + [netlink.with_ack(batch[-1][2])])
         sock = self._socket()
         try:
             sock.send(data)
@@ -388,8 +388,8 @@ class KernelIPVS:
                     continue
                 code, text = netlink.decode_error(buf, start, end, flags)
                 if code:
-                    index = batch[seq - first][0]
-                    results[index] = idempotence.error(operations[index], code, text)
+                    index, op, _message = batch[seq - first]
+                    results[index] = idempotence.error(op, code, text)
                 if seq == last:
                     return
 
@@ -665,12 +665,10 @@ class _Sender:
     emulation importing those two cost `ipvs apply` a few percent of its time.
     """
 
-    def __init__(self, ipvs: KernelIPVS, operations: Sequence[Operation],
-                 results: list[IPVSError | None]) -> None:
+    def __init__(self, ipvs: KernelIPVS, results: list[IPVSError | None]) -> None:
         self._ipvs = ipvs
-        self._operations = operations
         self._results = results
-        self._batches: collections.deque[tuple[int, list[tuple[int, bytes]]] | None] = (
+        self._batches: collections.deque[tuple[int, list[_Request]] | None] = (
             collections.deque())
         # Held while the thread has nothing to do: `_signal` releases it. A release that
         # finds it released already is a wake-up the thread has not consumed yet: the thread
@@ -682,7 +680,7 @@ class _Sender:
         self._error: BaseException | None = None
         _thread.start_new_thread(self._run, ())
 
-    def send(self, first: int, batch: list[tuple[int, bytes]]) -> None:
+    def send(self, first: int, batch: list[_Request]) -> None:
         """Queue one batch (see `KernelIPVS._send_batch`)."""
         self._batches.append((first, batch))
         self._signal()
@@ -716,8 +714,8 @@ class _Sender:
         finally:
             self._ended.release()
 
-    def _send(self, first: int, batch: list[tuple[int, bytes]]) -> None:
+    def _send(self, first: int, batch: list[_Request]) -> None:
         try:
-            self._ipvs._send_batch(first, batch, self._operations, self._results)
+            self._ipvs._send_batch(first, batch, self._results)
         except BaseException as exc:  # handed to the caller by finish()
             self._error = exc

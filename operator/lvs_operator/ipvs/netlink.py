@@ -972,24 +972,17 @@ def encode_request(op: Operation, family: int, seq: int,
                 key, layout.size - HEADER_SIZE - len(key), CMD_ATTR_DEST | NLA_F_NESTED,
                 4 + len(address), DEST_ATTR_ADDR, address)
         try:
-            if tunnel is None:
-                return layout.pack(
-                    *head, 6, DEST_ATTR_PORT, _htons(real.port),
-                    6, DEST_ATTR_ADDR_FAMILY, AF_INET if len(address) == 4 else AF_INET6,
-                    8, DEST_ATTR_FWD_METHOD, real.forwarding._value_,
-                    8, DEST_ATTR_WEIGHT, real.weight,
-                    8, DEST_ATTR_U_THRESH, real.upper_threshold,
-                    8, DEST_ATTR_L_THRESH, real.lower_threshold)
+            tail = () if tunnel is None else (
+                5, DEST_ATTR_TUN_TYPE, tunnel.type._value_,
+                6, DEST_ATTR_TUN_PORT, _htons(tunnel.port),
+                6, DEST_ATTR_TUN_FLAGS, tunnel.checksum._value_)
             return layout.pack(
                 *head, 6, DEST_ATTR_PORT, _htons(real.port),
                 6, DEST_ATTR_ADDR_FAMILY, AF_INET if len(address) == 4 else AF_INET6,
                 8, DEST_ATTR_FWD_METHOD, real.forwarding._value_,
                 8, DEST_ATTR_WEIGHT, real.weight,
                 8, DEST_ATTR_U_THRESH, real.upper_threshold,
-                8, DEST_ATTR_L_THRESH, real.lower_threshold,
-                5, DEST_ATTR_TUN_TYPE, tunnel.type._value_,
-                6, DEST_ATTR_TUN_PORT, _htons(tunnel.port),
-                6, DEST_ATTR_TUN_FLAGS, tunnel.checksum._value_)
+                8, DEST_ATTR_L_THRESH, real.lower_threshold, *tail)
         except (struct.error, OverflowError):
             pass  # out of range: the general path below says which field
     cmd, payload = encode_operation(op, keys)
