@@ -243,7 +243,7 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
             (best["python_json"] + best["inprocess_apply"]) / best["ipvsadm_restore"],
     }
     print(f"\n{SERVICES} services x {REALS} real servers, best of {ROUNDS} (seconds); "
-          f"Python {sys.version.split()[0]} at {os.path.realpath(sys._base_executable)}:")
+          f"Python {sys.version.split()[0]} at {os.path.realpath(sys.executable)}:")
     for name, values in figures.items():
         print(f"  {name:16} best {best[name]:7.2f}   all {' '.join(f'{v:.2f}' for v in values)}")
     for name, ratio in ratios.items():
