@@ -222,7 +222,8 @@ _REQUESTS += [op for service in SERVICES
 
 @pytest.mark.parametrize("op", _REQUESTS, ids=str)
 def test_encode_request_is_the_general_encoding(op: Operation) -> None:
-    """The single-struct path for real servers sends exactly what the general path does."""
+    """The fast paths (real servers in one struct, services reusing their cached key) send
+    exactly what the general path does."""
     keys: dict[ServiceKey, bytes] = {}
     cmd, payload = netlink.encode_operation(op)
     general = netlink.request(FAMILY, cmd, payload, seq=77, flags=0)
@@ -240,8 +241,11 @@ def test_encode_request_is_the_general_encoding(op: Operation) -> None:
     AddReal(VIP, RealServer(A("10.0.0.1"), 80, lower_threshold=2**32)),
     AddReal(VIP, RealServer(A("10.0.0.1"), 80, Forwarding.TUNNEL,
                             tunnel=Tunnel(TunnelType.GUE, 65536))),
+    AddService(VirtualService(VIP, persistence=Persistence(300, 33))),
+    SetService(VirtualService(VIP, persistence=Persistence(2**32, 24))),
+    AddService(VirtualService(VIP, scheduler="x" * 16)),
 ], ids=str)
-def test_encode_request_refuses_what_does_not_fit_like_the_general_path(bad: AddReal) -> None:
+def test_encode_request_refuses_what_does_not_fit_like_the_general_path(bad: Operation) -> None:
     with pytest.raises(ValueError) as general:
         netlink.encode_operation(bad)
     with pytest.raises(ValueError) as fast:

@@ -18,6 +18,7 @@ something the model cannot represent (an unknown protocol or forwarding method).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import operator
 import socket
@@ -347,34 +348,53 @@ def encode_service(service: VirtualService) -> bytes:
     Raises:
         ValueError: when a field does not fit its netlink type.
     """
+    return _nest(CMD_ATTR_SERVICE, _key_attrs(service.key) + _attributes_of(service))
+
+
+def _attributes_of(service: VirtualService) -> bytes:
+    """Return the attributes of `encode_service` that follow the service key.
+
+    Raises:
+        ValueError: when a field does not fit its netlink type.
+    """
     key = service.key
+    try:
+        return _service_attributes(key.family, service.scheduler, service.flags,
+                                   service.persistence, service.one_packet)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
+# A table's services share a handful of scheduler/flags/persistence combinations: a bulk
+# apply encodes each combination once.
+@functools.lru_cache(maxsize=256)
+def _service_attributes(family: int, scheduler: str, service_flags: frozenset[SchedulerFlag],
+                        persistence: Persistence | None, one_packet: bool) -> bytes:
     flags = 0
-    for flag in service.flags:
+    for flag in service_flags:
         flags |= flag.value
-    if service.one_packet:
+    if one_packet:
         flags |= SVC_F_ONEPACKET
-    persistence = service.persistence
     if persistence is not None:
         flags |= SVC_F_PERSISTENT
         timeout, prefix = persistence.timeout, persistence.prefix
     else:
-        timeout, prefix = 0, 128 if key.family == 6 else 32
-    if key.family == 6:
+        timeout, prefix = 0, 128 if family == 6 else 32
+    if family == 6:
         # A prefix length in host order; the kernel refuses 0 and >128 itself (EINVAL).
         netmask = _U32.pack(8, SVC_ATTR_NETMASK, _u32(prefix, "persistence prefix"))
     else:
         if not 0 <= prefix <= 32:
-            raise ValueError(f"{key}: IPv4 persistence prefix {prefix} is not 0..32")
+            raise ValueError(f"IPv4 persistence prefix {prefix} is not 0..32")
         mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
         netmask = _attr(SVC_ATTR_NETMASK, mask.to_bytes(4, "big"))
-    scheduler = service.scheduler.encode()
-    if len(scheduler) >= IP_VS_SCHEDNAME_MAXLEN:
-        raise ValueError(f"{key}: scheduler name {service.scheduler!r} is too long")
-    return _nest(CMD_ATTR_SERVICE, _key_attrs(key)
-                 + _attr(SVC_ATTR_SCHED_NAME, scheduler + b"\0")
-                 + _FLAGS.pack(12, SVC_ATTR_FLAGS, flags, SVC_FLAGS_MASK)
-                 + _U32.pack(8, SVC_ATTR_TIMEOUT, _u32(timeout, "persistence timeout"))
-                 + netmask)
+    name = scheduler.encode()
+    if len(name) >= IP_VS_SCHEDNAME_MAXLEN:
+        raise ValueError(f"scheduler name {scheduler!r} is too long")
+    return (_attr(SVC_ATTR_SCHED_NAME, name + b"\0")
+            + _FLAGS.pack(12, SVC_ATTR_FLAGS, flags, SVC_FLAGS_MASK)
+            + _U32.pack(8, SVC_ATTR_TIMEOUT, _u32(timeout, "persistence timeout"))
+            + netmask)
 
 
 def decode_service(buf: Buffer, start: int, end: int, *, stats: bool = True) -> VirtualService:
@@ -950,7 +970,8 @@ def encode_request(op: Operation, family: int, seq: int,
     The same bytes as `request(family, *encode_operation(op, keys), seq=seq, flags=0)`. Adding
     or changing a real server, nearly every message of a bulk apply, is packed in a single
     `struct` call here: building it attribute by attribute cost more than the kernel's work
-    on it. `keys` caches encoded service keys.
+    on it. Adding or changing a service reuses its encoded key, which its real servers'
+    messages need too. `keys` caches encoded service keys.
 
     Raises:
         ValueError: when a field of the operation does not fit its netlink type.
@@ -985,6 +1006,17 @@ def encode_request(op: Operation, family: int, seq: int,
                 8, DEST_ATTR_L_THRESH, real.lower_threshold, *tail)
         except (struct.error, OverflowError):
             pass  # out of range: the general path below says which field
+    elif isinstance(op, AddService | SetService):
+        # The service key nest that its real servers' messages reuse, widened to hold the
+        # service's other attributes.
+        service = op.service
+        key = keys.get(service.key)
+        if key is None:
+            key = keys[service.key] = encode_service_key(service.key)
+        rest = _attributes_of(service)
+        return request(family, CMD_NEW_SERVICE if isinstance(op, AddService) else CMD_SET_SERVICE,
+                       _NLA.pack(len(key) + len(rest), CMD_ATTR_SERVICE | NLA_F_NESTED)
+                       + key[4:] + rest, seq=seq, flags=0)
     cmd, payload = encode_operation(op, keys)
     return request(family, cmd, payload, seq=seq, flags=0)
 
