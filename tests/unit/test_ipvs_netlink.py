@@ -244,6 +244,7 @@ def test_encode_request_is_the_general_encoding(op: Operation) -> None:
     AddService(VirtualService(VIP, persistence=Persistence(300, 33))),
     SetService(VirtualService(VIP, persistence=Persistence(2**32, 24))),
     AddService(VirtualService(VIP, scheduler="x" * 16)),
+    AddService(VirtualService(ServiceKey.mark(0))),
 ], ids=str)
 def test_encode_request_refuses_what_does_not_fit_like_the_general_path(bad: Operation) -> None:
     with pytest.raises(ValueError) as general:
