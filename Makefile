@@ -54,7 +54,7 @@ help:
 	@echo "                  in the VM, each with its own qemu user-network uplink; pytest"
 	@echo "                  tests/fullstack inside the VM (incl. failover: test_ha.py)"
 	@echo "make demo         the whole product on this machine in a few minutes (root)"
-	@echo "make test         venv provision lint test-unit test-cluster test-kernel test-fullstack"
+	@echo "make test         provision venv lint test-unit test-cluster test-kernel test-fullstack"
 	@echo "                  (what CI runs)"
 	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
 	@echo "                  tests/bench/fullstack with the agents in the VM (failover: two"
@@ -128,13 +128,13 @@ _test-unit:
 	@$(call pytest_tier,test-unit,$(BIN)/pytest tests/unit)
 
 # The cluster fixture runs tests/cluster/build-k8s itself (cached; a cold build prints progress).
-test-cluster: venv provision
+test-cluster: provision venv
 	@$(MAKE) _test-cluster
 _test-cluster:
 	$(call say,test-cluster: a real control plane on 127.0.0.1; pytest tests/cluster)
 	@$(call pytest_tier,test-cluster,$(BIN)/pytest tests/cluster -v)
 
-test-kernel: venv provision
+test-kernel: provision venv
 	@$(MAKE) _test-kernel
 _test-kernel:
 	$(call say,test-kernel: boot the VM once; pytest tests/kernel inside it)
@@ -144,7 +144,7 @@ _test-kernel:
 # pytest runs; tests/fullstack/host.py skips (fails under CI) when the stack cannot start.
 # The VM gets one qemu user-network NIC per director Node (LVS_FULLSTACK_DIRECTORS, default
 # 2): each test module builds its own site with as many directors as it needs.
-test-fullstack: venv provision
+test-fullstack: provision venv
 	@$(MAKE) _test-fullstack
 _test-fullstack:
 	$(call say,test-fullstack: control plane + controller on the host; pytest tests/fullstack in the VM)
@@ -152,7 +152,7 @@ _test-fullstack:
 
 # Every step runs even if an earlier check failed (one CI run tells everything); the target
 # fails if any did. venv and provision must succeed first.
-test: venv provision
+test: provision venv
 	@failed=(); summary=(); \
 	for step in lint test-unit test-cluster test-kernel test-fullstack; do \
 		start=$$SECONDS; \
@@ -166,7 +166,7 @@ test: venv provision
 # --- by hand ---------------------------------------------------------------------------------
 
 # The README's first command: everything on this machine, torn down at the end.
-demo: venv provision
+demo: provision venv
 	$(call say,demo: control plane + controller on the host, director + real servers in the kernel VM)
 	@$(BIN)/python tests/demo/demo.py
 
@@ -190,7 +190,7 @@ fi; [[ $$r == 0 ]] || rc=1
 endef
 
 # The parts run one after the other: never two VMs at once.
-bench: venv provision
+bench: provision venv
 	$(call say,bench: boot the VM once; pytest tests/bench/kernel inside it (results in build/vm-out))
 	@rc=0; $(call bench_part,tests/bench/kernel,tests/vm/run $(BIN)/pytest tests/bench/kernel -s -v); \
 	printf '\n==> %s\n' "bench: control plane + controller on the host, agent in the VM; pytest tests/bench/fullstack in the VM (results in build/vm-out)"; \
