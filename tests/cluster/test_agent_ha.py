@@ -185,3 +185,31 @@ def test_graceful_stop_hands_over_at_once(api, ns, label, pair):
     assert sampler.both == 0, sampler.history
     # The last one stopping was alone: it keeps the VIP (a restart must not drop traffic).
     assert other.holds(vip)
+
+
+def test_a_deleted_nodes_lease_goes_with_it(api, ns, pair):
+    """A director gone for good (its agent died, then its Node was deleted) leaves no Lease
+    behind: its Node owns the Lease, and the garbage collector deletes it with the Node."""
+    director = pair[0]
+    name = f"{lease.leases_path(ns)}/{lease.lease_name(director.node)}"
+    uid = api.request("GET", f"{kube.NODES}/{director.node}")["metadata"]["uid"]
+
+    def current() -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = api.request("GET", name)
+        except kube.ApiError as error:
+            if error.status != 404:
+                raise
+            return None
+        return found
+
+    with director.agent(api=director.connection):
+        owners = eventually(lambda: ((current() or {}).get("metadata") or {}).get(
+            "ownerReferences"), what="the Lease owned by its Node")
+        assert owners == [{"apiVersion": "v1", "kind": "Node", "name": director.node,
+                           "uid": uid}]
+        director.connection.cut = True  # as if it died: its Lease stays behind
+    assert (current() or {}).get("spec", {}).get("holderIdentity") == director.node
+    api.request("DELETE", f"{kube.NODES}/{director.node}")
+    eventually(lambda: current() is None, timeout=60,
+               what="the garbage collector deleting the Lease")

@@ -14,6 +14,11 @@ whatever the number of VirtualServers) and copies into it
   they were written in, so the others can tell a claim left from an earlier run
   (`election.Claim`).
 
+The Lease is owned by the director's Node (metadata.ownerReferences, as kubelet's own node
+Lease is): when the Node is deleted, Kubernetes' garbage collector deletes the Lease too, so
+no Lease outlives the director it stood for. While this agent finds no Node of its name, its
+Lease has no owner (the collector would delete it again and again).
+
 A `watch.Reflector` keeps every director's Lease (by that label); each change is recorded
 in the `election.Tracker` at the local time it is seen. A monitor thread wakes the sync
 loop when the election's view changes, including by time alone (a Lease expiring, this
@@ -89,26 +94,41 @@ def new_term() -> str:
     return secrets.token_hex(8)
 
 
+def owners(node: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Return the ownerReferences that make a Lease the dependent of `node` (a Node object),
+    or [] when it has no uid."""
+    meta = node.get("metadata") or {}
+    if not meta.get("uid") or not meta.get("name"):
+        return []
+    return [{"apiVersion": "v1", "kind": "Node", "name": str(meta["name"]),
+             "uid": str(meta["uid"])}]
+
+
 def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
-            now: datetime, begins: bool = False) -> dict[str, Any]:
+            now: datetime, begins: bool = False,
+            owned_by: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Return the merge patch that renews director `node`'s Lease in `term` (and refreshes
-    what it copies into it); `begins`: the renewal starts a new run (sets acquireTime)."""
+    what it copies into it); `begins`: the renewal starts a new run (sets acquireTime);
+    `owned_by`: replaces the Lease's ownerReferences (None leaves them, [] removes them)."""
     spec: dict[str, Any] = {"holderIdentity": node, "renewTime": micro_time(now),
                             "leaseDurationSeconds": max(1, math.ceil(duration))}
     if begins:
         spec["acquireTime"] = micro_time(now)
-    return {"metadata": {"labels": {LABEL: "true"}, "annotations": {
-                DURATION_ANNOTATION: str(round(duration * 1000)),
-                LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())),
-                                              separators=(",", ":")),
-                TERM_ANNOTATION: term}},
-            "spec": spec}
+    meta: dict[str, Any] = {"labels": {LABEL: "true"}, "annotations": {
+        DURATION_ANNOTATION: str(round(duration * 1000)),
+        LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())), separators=(",", ":")),
+        TERM_ANNOTATION: term}}
+    if owned_by is not None:
+        meta["ownerReferences"] = owned_by or None  # null: a merge patch removes the field
+    return {"metadata": meta, "spec": spec}
 
 
 def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str],
-         term: str, now: datetime) -> dict[str, Any]:
-    """Return a new Lease for director `node`, in `term`."""
-    patch = renewal(node, duration=duration, labels=labels, term=term, now=now, begins=True)
+         term: str, now: datetime, owned_by: list[dict[str, str]] | None = None,
+         ) -> dict[str, Any]:
+    """Return a new Lease for director `node`, in `term`, owned by `owned_by` if any."""
+    patch = renewal(node, duration=duration, labels=labels, term=term, now=now, begins=True,
+                    owned_by=owned_by or None)
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
             "spec": {**patch["spec"], "leaseTransitions": 0}}
@@ -160,6 +180,10 @@ class Keeper:
         self._stopping = threading.Event()
         self._tracker = election.Tracker(node, settle=settings.settle_seconds)
         self._labels: dict[str, str] = {}
+        self._owners: list[dict[str, str]] = []  # the Node, once seen (see `set_node`)
+        # What the Lease's ownerReferences were last written as (None: not known): a
+        # renewal sends them only when they differ, or when it begins a run.
+        self._owners_written: list[dict[str, str]] | None = None
         self._renewed: float | None = None  # start of the last successful renewal
         self._held_since: float | None = None  # start of the current run of renewals
         self._term = ""  # the current run's term (see election.Claim)
@@ -185,10 +209,17 @@ class Keeper:
         """Set once the first complete Lease list is in."""
         return self.reflector.synced
 
-    def set_labels(self, labels: Mapping[str, str]) -> None:
-        """Copy the Node's `labels` into the Lease from the next renewal on."""
+    def set_node(self, node: Mapping[str, Any] | None) -> None:
+        """From the next renewal on, copy the labels of `node` (this director's Node object)
+        into the Lease and make the Node its owner; None: there is no such Node (the Lease
+        keeps the labels it has and loses its owner)."""
         with self._lock:
-            self._labels = dict(labels)
+            if node is None:
+                self._owners = []
+            else:
+                self._labels = {str(k): str(v) for k, v in
+                                ((node.get("metadata") or {}).get("labels") or {}).items()}
+                self._owners = owners(node)
 
     def start(self) -> None:
         """Start renewing and watching (threads)."""
@@ -266,6 +297,8 @@ class Keeper:
         s = self.settings
         with self._lock:
             labels = dict(self._labels)
+            owned_by = self._owners
+            send_owners = begins or owned_by != self._owners_written
         timeout = (s.renew_deadline_seconds, s.renew_deadline_seconds)
         name = f"{self._path}/{lease_name(self.node)}"
         now = self._now()
@@ -274,14 +307,15 @@ class Keeper:
                 self.api.request("PATCH", name, content_type=kube.MERGE_PATCH, timeout=timeout,
                                  body=renewal(self.node, duration=s.lease_duration_seconds,
                                               labels=labels, term=term, now=now,
-                                              begins=begins))
+                                              begins=begins,
+                                              owned_by=owned_by if send_owners else None))
             except kube.ApiError as e:
                 if e.status != 404:
                     raise
                 self.api.request("POST", self._path, timeout=timeout,
                                  body=body(self.node, s.namespace,
                                            duration=s.lease_duration_seconds, labels=labels,
-                                           term=term, now=now))
+                                           term=term, now=now, owned_by=owned_by))
                 log.info("created Lease %s/%s", s.namespace, lease_name(self.node))
         except kube.ApiError as e:
             if not self._failing:
@@ -292,6 +326,8 @@ class Keeper:
         if self._failing:
             log.info("renewing Lease %s/%s again", s.namespace, lease_name(self.node))
         self._failing = False
+        with self._lock:
+            self._owners_written = owned_by
         return True
 
     def _monitor_loop(self) -> None:

@@ -258,12 +258,16 @@ class Agent:
                             "missing Node must not withdraw this director's services)",
                             self.settings.node)
             self._node_missing = True
+            if self.leases is not None:
+                self.leases.set_node(None)  # or the garbage collector deletes its Lease
             return self.settings.sync.retry_seconds
         self._node_missing = False
         labels = desired.node_labels(node)
         view = decide = None
         if self.leases is not None:
-            self.leases.set_labels(labels)  # the others learn this director's eligibility
+            # The others learn this director's eligibility from its Lease, which its Node
+            # owns.
+            self.leases.set_node(node)
             view = self.leases.view()
             self._term = view.term  # the roles decided now are claims of this term
             held = {vip for vips in self._safe_load().vips.values() for vip in vips}
