@@ -67,6 +67,11 @@ def test_status_keeps_the_unhealthy_list(api, ns):
     assert directors(api, ns, "schema")["node-x"] == entry, "not pruned"
     api.patch_status(ns, "schema", {"status": {"directors": {"node-x": {"unhealthy": None}}}})
     assert "unhealthy" not in directors(api, ns, "schema")["node-x"]
+    # The warning of a service deleted behind the agent's back (agent.loop) is kept too.
+    warning = ("TCP 192.0.2.40:80 deleted behind this director's back and restored: kube-proxy "
+               "runs in IPVS mode on this node (kube-ipvs0) ...")
+    api.patch_status(ns, "schema", {"status": {"directors": {"node-x": {"warning": warning}}}})
+    assert directors(api, ns, "schema")["node-x"]["warning"] == warning, "not pruned"
 
 
 def test_failing_real_server_weight_0_status_and_event(cluster, api, ns, node, label,

@@ -24,7 +24,7 @@ from lvs_operator.network.errors import (
     UnsupportedLinkKind,
 )
 from lvs_operator.network.inetconf import get_inet_conf, set_inet_conf
-from lvs_operator.network.links import ensure_link, get_link, set_up
+from lvs_operator.network.links import ensure_link, get_link, interface_exists, set_up
 from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
 from lvs_operator.network.vip import add_vip, list_vips, remove_vip
 
@@ -218,6 +218,16 @@ def test_ensure_link_and_set_up(lab):
     assert "UP" in info["flags"]
     with pytest.raises(NetlinkError, match=r"an interface of kind dummy already has that name"):
         ns.call(ensure_link, "dummy7", "ipip")
+
+
+def test_interface_exists_in_this_namespace_only(lab):
+    # How the agent tells that kube-proxy runs in IPVS mode on its node (kube-ipvs0).
+    ns, other = lab.netns("kubeproxy"), lab.netns("plain")
+    assert ns.call(interface_exists, "kube-ipvs0") is False
+    ns.ip("link", "add", "kube-ipvs0", "type", "dummy")
+    assert ns.call(interface_exists, "kube-ipvs0") is True
+    assert other.call(interface_exists, "kube-ipvs0") is False
+    assert ns.call(interface_exists, "lo") is True
 
 
 def test_unknown_link_kind_says_which_module_to_load(lab):

@@ -15,6 +15,7 @@ import pytest
 
 from lvs_operator.agent import kube, loop
 from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
+from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
 from lvs_operator.ownership import OwnershipStore
@@ -195,13 +196,13 @@ class FakeVips:
 
 
 @contextlib.contextmanager
-def running(api, ipvs, tmp_path, **sync):
+def running(api, ipvs, tmp_path, *, interface_exists=lambda name: False, **sync):
     settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
                         sync=SyncSettings(**{"resync_seconds": 30.0, "min_interval_seconds":
                                              0.0, "retry_seconds": 0.1, **sync}),
                         director=DirectorSettings(sysctls=None))
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=FakeVips(), sysctls=lambda s: [],
-                       default_interface=lambda: None)
+                       default_interface=lambda: None, interface_exists=interface_exists)
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:
@@ -271,15 +272,65 @@ def test_a_burst_of_events_is_one_or_two_syncs(tmp_path):
         assert agent.metrics.syncs - before <= 3, "100 events, a few syncs"
 
 
+def warning(api):
+    """Return the `warning` of this node's status entry in the last status patch."""
+    if not api.patches:
+        return None
+    return api.patches[-1]["status"]["directors"][NODE].get("warning")
+
+
 def test_periodic_resync_repairs_drift(tmp_path):
     api = FakeApi([virtualserver([1])])
     ipvs = FakeIPVS()
     with running(api, ipvs, tmp_path, resync_seconds=0.2) as agent:
         eventually(lambda: reals(agent) == {"10.0.0.1"})
+        eventually(lambda: api.patches)  # the first sync reported
+        assert warning(api) is None
         with agent._kernel:  # somebody runs `ipvsadm -C` behind the agent's back
             ipvs.apply([DeleteService(KEY)])
         eventually(lambda: reals(agent) == {"10.0.0.1"})
-        assert api.patches, "the first sync reported"
+        # The status says so, once; this node has no kube-ipvs0: kube-proxy is not named.
+        eventually(lambda: warning(api))
+        assert warning(api).startswith(f"{KEY} deleted behind this director's back and "
+                                       "restored"), warning(api)
+        assert "kube-proxy" not in warning(api)
         patches = len(api.patches)
         time.sleep(0.5)
         assert len(api.patches) == patches, "resyncs write no status when nothing changed"
+
+
+def test_kube_proxy_deleting_a_service_is_named_with_the_cidr_to_exclude(tmp_path):
+    api = FakeApi([virtualserver([1])])
+    ipvs = FakeIPVS()
+    with running(api, ipvs, tmp_path, resync_seconds=0.2,
+                 interface_exists=lambda name: name == "kube-ipvs0") as agent:
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        eventually(lambda: api.patches)
+        assert warning(api) is None, "kube-ipvs0 alone is no reason to warn"
+        with agent._kernel:  # kube-proxy's cleanup of services it does not know
+            ipvs.apply([DeleteService(KEY)])
+        eventually(lambda: warning(api))
+        assert "kube-proxy runs in IPVS mode on this node (kube-ipvs0)" in warning(api)
+        assert f"add {VIP}/32 to its --ipvs-exclude-cidrs" in warning(api)
+
+
+def test_a_service_the_agent_failed_to_add_is_not_taken_for_a_deletion(tmp_path):
+    class Refusing(FakeIPVS):
+        refuse = True
+
+        def apply(self, operations):
+            operations = list(operations)
+            if self.refuse and any(isinstance(op, AddService) for op in operations):
+                raise ApplyError([IPVSError("refused (scripted)", operation=op)
+                                  for op in operations if isinstance(op, AddService)])
+            return super().apply(operations)
+
+    api = FakeApi([virtualserver([1])])
+    ipvs = Refusing()
+    with running(api, ipvs, tmp_path, resync_seconds=0.2) as agent:
+        eventually(lambda: api.patches and "refused" in
+                   api.patches[-1]["status"]["directors"][NODE]["error"])
+        ipvs.refuse = False
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        time.sleep(0.3)
+        assert warning(api) is None, "added late, not restored"

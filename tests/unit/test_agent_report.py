@@ -34,9 +34,22 @@ def test_report(error, previous, expected):
     ({"role": "Standby", "generation": 3, "error": ""}, False),
     ({"role": "Active", "generation": 2, "error": ""}, False),
     ({"role": "Active", "generation": 3, "error": "old trouble"}, False),
+    ({"role": "Active", "generation": 3, "error": "", "warning": "deleted"}, False),
 ])
 def test_matches(entry, matches):
     assert report.Report("Active", 3).matches(entry) is matches
+
+
+def test_a_warning_is_written_and_compared() -> None:
+    warned = report.report(role="Active", generation=3, error="", previous=None,
+                           warning="TCP 192.0.2.1:80 deleted")
+    value = report.entry(warned, now=NOW)
+    assert value["warning"] == "TCP 192.0.2.1:80 deleted"
+    assert warned.matches(value)
+    assert not report.Report("Active", 3).matches(value)
+    failing = report.report(role="Active", generation=4, error="boom",
+                            previous={"generation": 3}, warning="w" * 2000)
+    assert failing.generation == 3 and len(failing.warning) == report.MAX_MESSAGE
 
 
 def test_entry_and_patch_touch_only_this_node():
@@ -45,7 +58,7 @@ def test_entry_and_patch_touch_only_this_node():
                      "error": ""}
     # The keys the entry lacks are removed (a merge patch would keep them otherwise).
     assert report.patch("node-a", value) == {"status": {"directors": {"node-a": {
-        **value, "term": None, "unhealthy": None}}}}
+        **value, "term": None, "unhealthy": None, "warning": None}}}}
     assert report.patch("node-a", None) == {"status": {"directors": {"node-a": None}}}
     no_generation = report.entry(report.Report("Active", None, "x"), now=NOW)
     assert "generation" not in no_generation

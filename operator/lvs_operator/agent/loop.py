@@ -19,6 +19,13 @@ Stopping the agent changes nothing in the kernel (a restart or an upgrade must n
 traffic, and the next agent finds everything as it was: zero kernel operations), except
 that VIPs another live director can take are released first and its Lease is deleted, so
 they move at once instead of being held twice (`_leave`). A lone director keeps them.
+
+A virtual service this agent had programmed that a later sync finds gone was deleted behind
+its back (`ipvsadm -C`, keepalived, or kube-proxy in IPVS mode, which deletes every IPVS
+service it does not know unless its `--ipvs-exclude-cidrs` covers the address): the sync puts
+it back, and the VirtualServer's status entry carries a `warning` saying so, for
+`RESTORED_WARNING_SECONDS` after the last time. When this node has kube-proxy's IPVS
+interface (`kube-ipvs0`), the warning names kube-proxy and the CIDR to exclude.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from lvs_operator.model import (
     Timeouts,
     VirtualService,
 )
+from lvs_operator.network import links
 from lvs_operator.network.errors import NetworkError
 from lvs_operator.network.sysctl import DirectorSysctls, SysctlChange
 from lvs_operator.ownership import Owned, OwnershipStore
@@ -64,6 +72,12 @@ from lvs_operator.records import replace
 log = logging.getLogger(__name__)
 
 SysctlApplier = Callable[[DirectorSysctls], list[SysctlChange]]
+# How long a status entry warns that a service was deleted behind the agent's back and
+# restored, after the last time it happened.
+RESTORED_WARNING_SECONDS = 600.0
+# The dummy interface kube-proxy's IPVS mode binds Service IPs to: it exists on a node
+# where kube-proxy runs in IPVS mode.
+KUBE_PROXY_IPVS_INTERFACE = "kube-ipvs0"
 
 
 class Api(Protocol):
@@ -99,11 +113,13 @@ class Agent:
     def __init__(self, settings: Settings, *, api: Api, ipvs: IPVS,
                  vips: syncer.VipHolder, sysctls: SysctlApplier,
                  default_interface: Callable[[], str | None] = routes.default_interface,
+                 interface_exists: Callable[[str], bool] = links.interface_exists,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         """Prepare an agent talking to the API server through `api`; the kernel boundary
         comes in as `ipvs`, `vips` and `sysctls` (the real ones, or fakes in tests);
         `default_interface` finds the VIP interface when neither the VirtualServer nor the
-        settings name one."""
+        settings name one; `interface_exists` tells whether kube-proxy's IPVS interface is
+        there."""
         self.settings = settings
         self.api = api
         self.ipvs = ipvs
@@ -111,7 +127,12 @@ class Agent:
         self.metrics = metrics.AgentMetrics()
         self._sysctls = sysctls
         self._default_interface = default_interface
+        self._interface_exists = interface_exists
         self._now = now
+        # The services the last sync left in the kernel as desired, and when each service
+        # found deleted behind this agent's back was last put back (monotonic).
+        self._present: set[ServiceKey] = set()
+        self._restored: dict[ServiceKey, float] = {}
         self._store = OwnershipStore(settings.state_file)
         self._drains = drain.DrainStore(settings.drain_file)
         self._kernel = threading.Lock()
@@ -341,6 +362,7 @@ class Agent:
                                  owned=lambda: self._store.load().services,
                                  drain_timeouts=self._drain_timeouts)
         operations: list[Operation] = []
+        present, self._present = self._present, set()
         try:
             operations = syncer.sync(timed, wanted.table, store=self._store,
                                      drain=True).operations
@@ -354,9 +376,52 @@ class Agent:
                     stray.append(str(failure))
         except (IPVSError, ValueError) as e:
             node_errors.append(str(e))
+        else:
+            self._present = set(wanted.table)
+            self._note_restored(operations, present, wanted)
         self._blame(self._sync_vips(wanted.vips, release_only=False, verify=full), wanted,
                     errors, stray)
         return operations, len(timed.timers)
+
+    def _note_restored(self, operations: Sequence[Operation], present: set[ServiceKey],
+                       wanted: desired.Desired) -> None:
+        """Remember the services `operations` added although the previous sync had left
+        them `present`: something deleted them behind this agent's back."""
+        now = time.monotonic()
+        for op in operations:
+            if isinstance(op, AddService) and op.service.key in present:
+                key = op.service.key
+                if key not in self._restored:
+                    log.warning("%s (VirtualServer %s) was deleted behind this agent's back: "
+                                "restored%s", key, wanted.owners.get(key, "?"),
+                                " (kube-proxy runs in IPVS mode on this node)"
+                                if self._kube_proxy_ipvs() else "")
+                self._restored[key] = now
+        self._restored = {key: when for key, when in self._restored.items()
+                          if now - when < RESTORED_WARNING_SECONDS}
+
+    def _kube_proxy_ipvs(self) -> bool:
+        try:
+            return self._interface_exists(KUBE_PROXY_IPVS_INTERFACE)
+        except OSError:
+            return False
+
+    def _warning(self, keys: Sequence[ServiceKey], kube_proxy: bool) -> str:
+        """Return the status warning for a VirtualServer whose services `keys` were
+        restored lately ("" for none); `kube_proxy`: kube-proxy runs in IPVS mode here."""
+        if not keys:
+            return ""
+        names = ", ".join(str(key) for key in keys)
+        text = (f"{names} deleted behind this director's back and restored (within the last "
+                f"{RESTORED_WARNING_SECONDS / 60:.0f} minutes)")
+        if not kube_proxy:
+            return f"{text}: something else manages IPVS on this node"
+        cidrs = sorted({f"{key.address}/{key.address.max_prefixlen}" for key in keys
+                        if key.address is not None})
+        return (f"{text}: kube-proxy runs in IPVS mode on this node ({KUBE_PROXY_IPVS_INTERFACE}) "
+                "and deletes the IPVS services it does not know: add "
+                f"{', '.join(cidrs) or 'the VIP'} to its --ipvs-exclude-cidrs (ipvs.excludeCIDRs "
+                "in its configuration)")
 
     def _sync_vips(self, vips: Mapping[str, set[IPAddress]], *,
                    release_only: bool, verify: bool = True) -> dict[str, str]:
@@ -555,6 +620,13 @@ class Agent:
         node = self.settings.node
         ok = True
         self._written = {k: v for k, v in self._written.items() if k in objects}
+        restored: dict[str, list[ServiceKey]] = {}
+        now = time.monotonic()
+        for key, when in sorted(self._restored.items(), key=lambda item: item[0].sort_key()):
+            owner = wanted.owners.get(key)
+            if owner and now - when < RESTORED_WARNING_SECONDS:
+                restored.setdefault(owner, []).append(key)
+        kube_proxy = bool(restored) and self._kube_proxy_ipvs()
         for ident, obj in objects.items():
             current = report.entry_of(obj, node)
             program = wanted.programs.get(ident)
@@ -563,7 +635,9 @@ class Agent:
                 error = "; ".join([*node_errors, *errors.get(ident, [])])
                 want = report.report(role=program.role.value, generation=program.generation,
                                      error=error, previous=current,
-                                     unhealthy=program.unhealthy, term=self._term)
+                                     unhealthy=program.unhealthy, term=self._term,
+                                     warning=self._warning(restored.get(ident, []),
+                                                           kube_proxy))
                 if want.matches(current):
                     continue
             elif current is None:

@@ -6,8 +6,9 @@ writing at the same time cannot clobber each other's entries (a `null` removes t
 
 An entry carries the election term it was written in (`term`: the director's current run of
 Lease renewals, see `election.Claim`; absent without an election). It is written only when
-role, programmed generation, error or the real servers failing this director's health
-checks (`unhealthy`, "address:port" sorted; absent when none) change: `syncedAt` is the
+role, programmed generation, error, the real servers failing this director's health
+checks (`unhealthy`, "address:port" sorted; absent when none) or the `warning` (absent when
+none: see `agent.loop` for what it warns of) change: `syncedAt` is the
 time of that change (when this director converged to what the entry says), not of every
 resync, so a steady state costs the API server nothing.
 
@@ -35,7 +36,7 @@ REAL_SERVER_HEALTHY = "RealServerHealthy"
 HEALTH_EVENT_SECONDS = 30.0
 # Every key an entry may have: a merge patch sets the ones a new entry lacks to null, so the
 # stored entry is exactly the new one (a merge patch keeps keys it does not name).
-ENTRY_KEYS = ("role", "term", "generation", "syncedAt", "error", "unhealthy")
+ENTRY_KEYS = ("role", "term", "generation", "syncedAt", "error", "unhealthy", "warning")
 MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; status entries stay readable too
 
 
@@ -46,7 +47,8 @@ class Report:
     `generation` is the metadata.generation it has programmed (None: none yet); `error`
     says why it could not program the current one ("" when it did); `unhealthy` lists the
     real servers ("address:port", sorted) failing this director's health checks; `term`
-    is the election term the role was decided in ("" without an election).
+    is the election term the role was decided in ("" without an election); `warning`
+    says what works but needs the user's attention ("" when nothing does).
     """
 
     role: str
@@ -54,6 +56,7 @@ class Report:
     error: str = ""
     unhealthy: tuple[str, ...] = ()
     term: str = ""
+    warning: str = ""
 
     def matches(self, entry: Mapping[str, Any] | None) -> bool:
         """Return whether the stored `entry` already says what this report says."""
@@ -64,22 +67,24 @@ class Report:
         # only tells the others that an Active claim may be stale, and a director that
         # still holds the VIP is right to claim it (see election.Claim).
         return (entry.get("role"), entry.get("generation"), entry.get("error") or "",
-                unhealthy_of(entry)) == (self.role, self.generation, self.error,
-                                         self.unhealthy)
+                unhealthy_of(entry), entry.get("warning") or "") == (
+            self.role, self.generation, self.error, self.unhealthy, self.warning)
 
 
 def report(*, role: str, generation: int, error: str,
            previous: Mapping[str, Any] | None, unhealthy: Sequence[str] = (),
-           term: str = "") -> Report:
+           term: str = "", warning: str = "") -> Report:
     """Return the report of a director that programmed `generation` (or failed to, with
     `error`: then the generation reported stays the one `previous` reported), with the
-    real servers that fail its health checks, in election `term`."""
+    real servers that fail its health checks, in election `term`, with `warning`."""
     failing = tuple(unhealthy)
+    warning = _truncate(warning)
     if not error:
-        return Report(role=role, generation=generation, unhealthy=failing, term=term)
+        return Report(role=role, generation=generation, unhealthy=failing, term=term,
+                      warning=warning)
     before = previous.get("generation") if isinstance(previous, Mapping) else None
     return Report(role=role, generation=before if isinstance(before, int) else None,
-                  error=_truncate(error), unhealthy=failing, term=term)
+                  error=_truncate(error), unhealthy=failing, term=term, warning=warning)
 
 
 def unhealthy_of(entry: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -99,6 +104,8 @@ def entry(report: Report, *, now: datetime) -> dict[str, Any]:
     result["error"] = report.error
     if report.unhealthy:
         result["unhealthy"] = list(report.unhealthy)
+    if report.warning:
+        result["warning"] = report.warning
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 from dataclasses import dataclass
 
 from lvs_operator.network import _netlink as nl
@@ -73,6 +74,15 @@ def list_links() -> list[Link]:
             nl.LinkMsg(), nl.RTM_GETLINK, nl.NLM_F_DUMP, what="listing network interfaces"
         )
     return sorted((_link_from(r) for r in replies), key=lambda link: link.index)
+
+
+def interface_exists(name: str) -> bool:
+    """Return whether this network namespace has an interface called `name`."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:  # ENODEV; also a name too long to be one
+        return False
+    return True
 
 
 def get_link(name: str) -> Link:
