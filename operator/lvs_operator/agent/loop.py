@@ -415,7 +415,8 @@ class Agent:
         text = (f"{names} deleted behind this director's back and restored (within the last "
                 f"{RESTORED_WARNING_SECONDS / 60:.0f} minutes)")
         if not kube_proxy:
-            return f"{text}: something else manages IPVS on this node"
+            return (f"{text}: `ipvsadm -C`, keepalived or another tool changes IPVS on this "
+                    "node")
         cidrs = sorted({f"{key.address}/{key.address.max_prefixlen}" for key in keys
                         if key.address is not None})
         return (f"{text}: kube-proxy runs in IPVS mode on this node ({KUBE_PROXY_IPVS_INTERFACE}) "
@@ -622,8 +623,9 @@ class Agent:
         self._written = {k: v for k, v in self._written.items() if k in objects}
         restored: dict[str, list[ServiceKey]] = {}
         now = time.monotonic()
+        owners = wanted.owners  # a property that builds a dict
         for key, when in sorted(self._restored.items(), key=lambda item: item[0].sort_key()):
-            owner = wanted.owners.get(key)
+            owner = owners.get(key)
             if owner and now - when < RESTORED_WARNING_SECONDS:
                 restored.setdefault(owner, []).append(key)
         kube_proxy = bool(restored) and self._kube_proxy_ipvs()
