@@ -944,11 +944,8 @@ def encode_operation(op: Operation, keys: dict[ServiceKey, bytes] | None = None,
         ValueError: when a field of the operation does not fit its netlink type.
     """
     if isinstance(op, AddReal | SetReal | DeleteReal):
-        key = keys.get(op.service) if keys is not None else None
-        if key is None:
-            key = encode_service_key(op.service)
-            if keys is not None:
-                keys[op.service] = key
+        key = (keys.get(op.service) if keys is not None else None) or _key_into(
+            op.service, keys)
         if isinstance(op, AddReal):
             return CMD_NEW_DEST, key + encode_dest(op.real)
         if isinstance(op, SetReal):
@@ -961,6 +958,15 @@ def encode_operation(op: Operation, keys: dict[ServiceKey, bytes] | None = None,
     if isinstance(op, DeleteService):
         return CMD_DEL_SERVICE, encode_service_key(op.key)
     raise TypeError(f"not an IPVS operation: {op!r}")
+
+
+def _key_into(key: ServiceKey, keys: dict[ServiceKey, bytes] | None) -> bytes:
+    """Return `encode_service_key(key)`, kept in the cache `keys` (if any) for the next
+    operation on the same service: what the encoders call when the cache has no entry."""
+    encoded = encode_service_key(key)
+    if keys is not None:
+        keys[key] = encoded
+    return encoded
 
 
 def encode_request(op: Operation, family: int, seq: int,
@@ -978,9 +984,7 @@ def encode_request(op: Operation, family: int, seq: int,
     """
     if isinstance(op, AddReal | SetReal):
         real = op.real
-        key = keys.get(op.service)
-        if key is None:
-            key = keys[op.service] = encode_service_key(op.service)
+        key = keys.get(op.service) or _key_into(op.service, keys)
         address = real.address.packed
         tunnel = real.tunnel if real.forwarding is Forwarding.TUNNEL else None
         shape = (len(key), len(address), tunnel is not None)
@@ -1010,9 +1014,7 @@ def encode_request(op: Operation, family: int, seq: int,
         # The service key nest that its real servers' messages reuse, widened to hold the
         # service's other attributes.
         service = op.service
-        key = keys.get(service.key)
-        if key is None:
-            key = keys[service.key] = encode_service_key(service.key)
+        key = keys.get(service.key) or _key_into(service.key, keys)
         rest = _attributes_of(service)
         return request(family, CMD_NEW_SERVICE if isinstance(op, AddService) else CMD_SET_SERVICE,
                        _NLA.pack(len(key) + len(rest), CMD_ATTR_SERVICE | NLA_F_NESTED)
