@@ -52,6 +52,12 @@ def keeper() -> Iterator[tuple[lease.Keeper, RecordingApi]]:
     keeper.stop(delete=False)
 
 
+def set_node(keeper: lease.Keeper, node: dict[str, Any]) -> None:
+    """What the agent loop does with its Node: its labels and its ownership."""
+    keeper.set_labels(node["metadata"]["labels"])
+    keeper.set_owner(lease.owners(node))
+
+
 def owned_by(obj: dict[str, Any]) -> Any:
     return obj.get("metadata", {}).get("ownerReferences")
 
@@ -65,7 +71,7 @@ def test_lease_is_owned_by_the_node_and_says_so_once(keeper) -> None:
     keeper_, api = keeper
     eventually(lambda: api.lease())  # created before the Node is known: no owner
     assert owned_by(api.lease()) is None
-    keeper_.set_node(NODE)
+    set_node(keeper_, NODE)
     eventually(lambda: owned_by(api.lease()) == OWNER)
     assert api.lease()["metadata"]["annotations"][lease.LABELS_ANNOTATION] == '{"zone":"a"}'
     # Later renewals leave ownerReferences alone (the patch does not carry them).
@@ -78,9 +84,9 @@ def test_lease_is_owned_by_the_node_and_says_so_once(keeper) -> None:
 
 def test_lease_loses_its_owner_while_the_node_is_missing(keeper) -> None:
     keeper_, api = keeper
-    keeper_.set_node(NODE)
+    set_node(keeper_, NODE)
     eventually(lambda: owned_by(api.lease()) == OWNER)
-    keeper_.set_node(None)  # the Node is gone: the garbage collector would delete the Lease
+    keeper_.set_owner([])  # the Node is gone: the garbage collector would delete the Lease
     eventually(lambda: owned_by(api.lease()) is None)
     # The labels it had stay in the Lease.
     assert api.lease()["metadata"]["annotations"][lease.LABELS_ANNOTATION] == '{"zone":"a"}'

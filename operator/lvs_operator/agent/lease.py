@@ -180,7 +180,7 @@ class Keeper:
         self._stopping = threading.Event()
         self._tracker = election.Tracker(node, settle=settings.settle_seconds)
         self._labels: dict[str, str] = {}
-        self._owners: list[dict[str, str]] = []  # the Node, once seen (see `set_node`)
+        self._owners: list[dict[str, str]] = []  # the Node, once seen (see `set_owner`)
         # What the Lease's ownerReferences were last written as (None: not known): a
         # renewal sends them only when they differ, or when it begins a run.
         self._owners_written: list[dict[str, str]] | None = None
@@ -209,17 +209,16 @@ class Keeper:
         """Set once the first complete Lease list is in."""
         return self.reflector.synced
 
-    def set_node(self, node: Mapping[str, Any] | None) -> None:
-        """From the next renewal on, copy the labels of `node` (this director's Node object)
-        into the Lease and make the Node its owner; None: there is no such Node (the Lease
-        keeps the labels it has and loses its owner)."""
+    def set_labels(self, labels: Mapping[str, str]) -> None:
+        """Copy the Node's `labels` into the Lease from the next renewal on."""
         with self._lock:
-            if node is None:
-                self._owners = []
-            else:
-                self._labels = {str(k): str(v) for k, v in
-                                ((node.get("metadata") or {}).get("labels") or {}).items()}
-                self._owners = owners(node)
+            self._labels = dict(labels)
+
+    def set_owner(self, owned_by: list[dict[str, str]]) -> None:
+        """Make the Lease owned by `owned_by` (`owners` of this director's Node; [] while
+        there is no such Node) from the next renewal on."""
+        with self._lock:
+            self._owners = owned_by
 
     def start(self) -> None:
         """Start renewing and watching (threads)."""

@@ -280,15 +280,14 @@ class Agent:
                             self.settings.node)
             self._node_missing = True
             if self.leases is not None:
-                self.leases.set_node(None)  # or the garbage collector deletes its Lease
+                self.leases.set_owner([])  # or the garbage collector deletes its Lease
             return self.settings.sync.retry_seconds
         self._node_missing = False
         labels = desired.node_labels(node)
         view = decide = None
         if self.leases is not None:
-            # The others learn this director's eligibility from its Lease, which its Node
-            # owns.
-            self.leases.set_node(node)
+            self.leases.set_labels(labels)  # the others learn this director's eligibility
+            self.leases.set_owner(lease.owners(node))
             view = self.leases.view()
             self._term = view.term  # the roles decided now are claims of this term
             held = {vip for vips in self._safe_load().vips.values() for vip in vips}
@@ -395,16 +394,8 @@ class Agent:
                     log.warning("%s (VirtualServer %s) was deleted behind this agent's back: "
                                 "restored%s", key, wanted.owners.get(key, "?"),
                                 " (kube-proxy runs in IPVS mode on this node)"
-                                if self._kube_proxy_ipvs() else "")
+                                if self._interface_exists(KUBE_PROXY_IPVS_INTERFACE) else "")
                 self._restored[key] = now
-        self._restored = {key: when for key, when in self._restored.items()
-                          if now - when < RESTORED_WARNING_SECONDS}
-
-    def _kube_proxy_ipvs(self) -> bool:
-        try:
-            return self._interface_exists(KUBE_PROXY_IPVS_INTERFACE)
-        except OSError:
-            return False
 
     def _warning(self, keys: Sequence[ServiceKey], kube_proxy: bool) -> str:
         """Return the status warning for a VirtualServer whose services `keys` were
@@ -621,14 +612,18 @@ class Agent:
         node = self.settings.node
         ok = True
         self._written = {k: v for k, v in self._written.items() if k in objects}
-        restored: dict[str, list[ServiceKey]] = {}
+        # Restorations older than the warning's lifetime are forgotten here, where the
+        # warning is decided (every sync reports).
         now = time.monotonic()
+        self._restored = {key: when for key, when in self._restored.items()
+                          if now - when < RESTORED_WARNING_SECONDS}
+        restored: dict[str, list[ServiceKey]] = {}
         owners = wanted.owners  # a property that builds a dict
-        for key, when in sorted(self._restored.items(), key=lambda item: item[0].sort_key()):
+        for key in sorted(self._restored, key=ServiceKey.sort_key):
             owner = owners.get(key)
-            if owner and now - when < RESTORED_WARNING_SECONDS:
+            if owner:
                 restored.setdefault(owner, []).append(key)
-        kube_proxy = bool(restored) and self._kube_proxy_ipvs()
+        kube_proxy = bool(restored) and self._interface_exists(KUBE_PROXY_IPVS_INTERFACE)
         for ident, obj in objects.items():
             current = report.entry_of(obj, node)
             program = wanted.programs.get(ident)
