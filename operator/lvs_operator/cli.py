@@ -361,7 +361,8 @@ def _controller(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from lvs_operator import controller
+    from lvs_operator.controller import handlers
+    from lvs_operator.controller import settings as controller_settings
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -370,22 +371,22 @@ def _controller(args: argparse.Namespace) -> int:
         if not args.realserver_image:
             return _fail("--webhook needs the image to inject: give --realserver-image IMAGE "
                          "(or set LVS_IMAGE)", status=EXIT_USAGE)
-        webhook = controller.WebhookSettings(
+        webhook = controller_settings.WebhookSettings(
             image=args.realserver_image, namespace=args.webhook_namespace,
             service_name=args.webhook_service, port=args.webhook_port,
             cert_dir=args.webhook_cert_dir, secret_name=args.webhook_secret,
             configuration_name=args.webhook_configuration,
             extra_sans=tuple(args.webhook_extra_san), image_pull_policy=args.image_pull_policy)
     try:
-        settings = controller.Settings(
+        settings = controller_settings.Settings(
             kubeconfig=args.kubeconfig, namespaces=tuple(args.namespace), webhook=webhook,
             lease_namespace=args.lease_namespace, lease_name=args.lease_name,
-            identity=args.identity or controller.default_identity(),
+            identity=args.identity or controller_settings.default_identity(),
             lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
             retry_period=args.lease_duration * 2 / 15)
     except ValueError as error:
         return _fail(str(error), status=EXIT_USAGE)
-    asyncio.run(controller.run(settings))
+    asyncio.run(handlers.run(settings))
     return EXIT_OK
 
 
@@ -393,10 +394,11 @@ def _agent(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from lvs_operator.agent import kube, loop
+    from lvs_operator.agent import loop
     from lvs_operator.agent import settings as agent_settings
     from lvs_operator.ipvs import IPVSError
     from lvs_operator.ipvs.kernel import KernelIPVS
+    from lvs_operator.kube import client
     from lvs_operator.network.holder import KernelVipHolder
     from lvs_operator.network.sysctl import apply_director_sysctls
 
@@ -414,8 +416,8 @@ def _agent(args: argparse.Namespace) -> int:
         # Resyncs confirm a table verified less than AGENT_VERIFY_SECONDS ago from
         # /proc/net/ip_vs (one read) instead of a netlink dump per service; see KernelIPVS.
         ipvs = KernelIPVS(verify_seconds=AGENT_VERIFY_SECONDS).connect()
-        api = kube.Kube.connect(settings.kubeconfig)
-    except (IPVSError, kube.ApiError) as error:
+        api = client.Client.connect(settings.kubeconfig)
+    except (IPVSError, client.ApiError) as error:
         return _fail(str(error))
     # Takeover announcements: 3 rounds 0.1 s apart (a lost frame is covered by the next).
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=KernelVipHolder(interval=0.1),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import ServiceKey, VirtualService
 
 # `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see

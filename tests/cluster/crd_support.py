@@ -15,7 +15,7 @@ from typing import Any
 
 from controlplane import ControlPlane
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "lvs.dev_virtualservers.yaml"

@@ -21,7 +21,7 @@ import pytest
 from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
 
-from lvs_operator.agent import kube, loop
+from lvs_operator.agent import loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
     HASettings,
@@ -30,6 +30,7 @@ from lvs_operator.agent.settings import (
     WatchSettings,
 )
 from lvs_operator.ipvs.fake import FakeIPVS
+from lvs_operator.kube import client
 from lvs_operator.model import (
     Forwarding,
     Protocol,
@@ -53,9 +54,9 @@ def ns(cluster: ControlPlane) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def api(cluster: ControlPlane) -> Iterator[kube.Kube]:
+def api(cluster: ControlPlane) -> Iterator[client.Client]:
     """The test's own admin connection (playing the controller and the kubelet)."""
-    connection = kube.Kube.connect(str(cluster.kubeconfig))
+    connection = client.Client.connect(str(cluster.kubeconfig))
     yield connection
     connection.close()
 
@@ -67,21 +68,21 @@ def label() -> str:
 
 
 @pytest.fixture
-def nodes(api: kube.Kube) -> Iterator[Callable[..., str]]:
+def nodes(api: client.Client) -> Iterator[Callable[..., str]]:
     """make(labels) -> the name of a new Node; all deleted afterwards."""
     made: list[str] = []
 
     def make(**labels: str) -> str:
         name = f"director-{secrets.token_hex(4)}"
-        api.request("POST", kube.NODES, body={
+        api.request("POST", client.NODES, body={
             "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
         made.append(name)
         return name
 
     yield make
     for name in made:
-        with contextlib.suppress(kube.ApiError):
-            api.request("DELETE", f"{kube.NODES}/{name}")
+        with contextlib.suppress(client.ApiError):
+            api.request("DELETE", f"{client.NODES}/{name}")
 
 
 class FakeVips:
@@ -150,9 +151,9 @@ class Director:
             ha=HASettings(namespace="default"))  # the Leases: in a namespace that exists
 
     @contextlib.contextmanager
-    def agent(self, api: kube.Kube | None = None) -> Iterator[loop.Agent]:
+    def agent(self, api: client.Client | None = None) -> Iterator[loop.Agent]:
         """Run an agent for this director in a thread; stop it afterwards."""
-        connection = api or kube.Kube.connect(str(self.cluster.kubeconfig))
+        connection = api or client.Client.connect(str(self.cluster.kubeconfig))
         agent = loop.Agent(self.settings(), api=connection, ipvs=self.ipvs, vips=self.vips,
                            sysctls=self.sysctls, default_interface=lambda: "eth9")
         thread = threading.Thread(target=agent.run, name=f"agent {self.node}", daemon=True)
@@ -183,7 +184,7 @@ def path(namespace: str, name: str = "") -> str:
         f"/{name}" if name else "")
 
 
-def create_vs(api: kube.Kube, namespace: str, name: str, *, vip: str, label: str,
+def create_vs(api: client.Client, namespace: str, name: str, *, vip: str, label: str,
               drain: int = 300, forwarding: str = "DirectRouting",
               interface: str | None = "eth0") -> Any:
     directors: dict[str, Any] = {"nodeSelector": {"lvs.dev/test-director": label}}
@@ -198,7 +199,7 @@ def create_vs(api: kube.Kube, namespace: str, name: str, *, vip: str, label: str
                  "drain": {"timeoutSeconds": drain}}})
 
 
-def publish(api: kube.Kube, namespace: str, name: str, reals: list[dict[str, Any]],
+def publish(api: client.Client, namespace: str, name: str, reals: list[dict[str, Any]],
             **status: Any) -> Any:
     """Write status.realServers (and other status fields) as the controller would."""
     return api.patch_status(namespace, name, {"status": {"realServers": reals, **status}})
@@ -208,11 +209,11 @@ def ready(last: int, *, ok: bool = True, weight: int = 1) -> dict[str, Any]:
     return {"ip": f"10.0.0.{last}", "port": 80, "weight": weight if ok else 0, "ready": ok}
 
 
-def get(api: kube.Kube, namespace: str, name: str) -> Any:
+def get(api: client.Client, namespace: str, name: str) -> Any:
     return api.request("GET", path(namespace, name))
 
 
-def directors(api: kube.Kube, namespace: str, name: str) -> dict[str, Any]:
+def directors(api: client.Client, namespace: str, name: str) -> dict[str, Any]:
     return (get(api, namespace, name).get("status") or {}).get("directors") or {}
 
 
@@ -297,27 +298,27 @@ def test_conflict_and_node_deselection_withdraw(cluster, api, ns, nodes, label, 
         assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1})
 
         # The Node loses the label: this director lets go.
-        api.request("PATCH", f"{kube.NODES}/{node}", content_type=kube.MERGE_PATCH,
+        api.request("PATCH", f"{client.NODES}/{node}", content_type=client.MERGE_PATCH,
                     body={"metadata": {"labels": {"lvs.dev/test-director": None}}})
         assert eventually(lambda: reals(agent, vip) is None, what="withdrawn on deselection")
         assert eventually(lambda: director.vips.snapshot() == {})
         assert eventually(lambda: node not in directors(api, ns, "shop"))
 
         # ... and takes it back when the label returns.
-        api.request("PATCH", f"{kube.NODES}/{node}", content_type=kube.MERGE_PATCH,
+        api.request("PATCH", f"{client.NODES}/{node}", content_type=client.MERGE_PATCH,
                     body={"metadata": {"labels": {"lvs.dev/test-director": label}}})
         assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1})
         assert eventually(lambda: director.vips.snapshot() == {"eth0": {ip_address(vip)}})
 
 
-class GatedKube(kube.Kube):
+class GatedKube(client.Client):
     """A connection whose VirtualServer list waits for `gate`: an API server slow to list."""
 
     gate: threading.Event
 
     def lister(self, path: str, *, query=()):
         inner = super().lister(path, query=query)
-        if path != kube.VIRTUALSERVERS:
+        if path != client.VIRTUALSERVERS:
             return inner
 
         def gated():
@@ -433,7 +434,7 @@ def test_vips_on_several_interfaces(cluster, api, ns, nodes, label, tmp_path):
         assert eventually(lambda: director.vips.snapshot() == {
             "eth0": {ip_address(one)}, "eth9": {ip_address(two)}})
         # Moving one VIP to the other interface releases it where it was, and only there.
-        api.request("PATCH", path(ns, "one"), content_type=kube.MERGE_PATCH,
+        api.request("PATCH", path(ns, "one"), content_type=client.MERGE_PATCH,
                     body={"spec": {"directors": {"interface": "eth9"}}})
         assert eventually(lambda: director.vips.snapshot() == {
             "eth9": {ip_address(one), ip_address(two)}})

@@ -18,9 +18,10 @@ import test_agent
 from controlplane import ControlPlane
 from test_agent import Director, create_vs, directors, eventually, publish, ready
 
-from lvs_operator.agent import kube, lease
+from lvs_operator.agent import lease
 from lvs_operator.agent.settings import HASettings, Settings
 from lvs_operator.ipvs.fake import FakeIPVS
+from lvs_operator.kube import client
 from lvs_operator.model import SyncDaemon, SyncState
 from lvs_operator.records import replace
 
@@ -31,15 +32,15 @@ DURATION = 0.8  # the default Lease timings: what users get
 SETTLE = 2.0
 
 
-class CuttableKube(kube.Kube):
+class CuttableKube(client.Client):
     """A connection whose Lease writes fail while `cut` is set (a director cut off from
     the API server, as far as its Lease goes)."""
 
     cut = False
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self.cut and path.startswith(kube.LEASES) and method != "GET":
-            raise kube.ApiError(0, f"{method} {path}: cut off (test)")
+        if self.cut and path.startswith(client.LEASES) and method != "GET":
+            raise client.ApiError(0, f"{method} {path}: cut off (test)")
         return super().request(method, path, **kwargs)
 
 
@@ -105,7 +106,7 @@ def one_holder(pair: list[HADirector], vip: str) -> HADirector | None:
     return held[0] if len(held) == 1 else None
 
 
-def roles(api: kube.Kube, ns: str, name: str) -> dict[str, str]:
+def roles(api: client.Client, ns: str, name: str) -> dict[str, str]:
     return {node: entry.get("role") for node, entry in directors(api, ns, name).items()}
 
 
@@ -176,7 +177,7 @@ def test_graceful_stop_hands_over_at_once(api, ns, label, pair):
             took = time.monotonic() - stopped
             assert took < DURATION, f"handover after {took:.2f} s: no faster than expiry"
             assert roles(api, ns, "bye")[first.node] == "Standby"
-            with pytest.raises(kube.ApiError) as gone:
+            with pytest.raises(client.ApiError) as gone:
                 api.request("GET", f"{lease.leases_path(ns)}/{lease.lease_name(first.node)}")
             assert gone.value.status == 404
         finally:
@@ -192,12 +193,12 @@ def test_a_deleted_nodes_lease_goes_with_it(api, ns, pair):
     behind: its Node owns the Lease, and the garbage collector deletes it with the Node."""
     director = pair[0]
     name = f"{lease.leases_path(ns)}/{lease.lease_name(director.node)}"
-    uid = api.request("GET", f"{kube.NODES}/{director.node}")["metadata"]["uid"]
+    uid = api.request("GET", f"{client.NODES}/{director.node}")["metadata"]["uid"]
 
     def current() -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = api.request("GET", name)
-        except kube.ApiError as error:
+        except client.ApiError as error:
             if error.status != 404:
                 raise
             return None
@@ -210,6 +211,6 @@ def test_a_deleted_nodes_lease_goes_with_it(api, ns, pair):
                            "uid": uid}]
         director.connection.cut = True  # as if it died: its Lease stays behind
     assert (current() or {}).get("spec", {}).get("holderIdentity") == director.node
-    api.request("DELETE", f"{kube.NODES}/{director.node}")
+    api.request("DELETE", f"{client.NODES}/{director.node}")
     eventually(lambda: current() is None, timeout=60,
                what="the garbage collector deleting the Lease")

@@ -16,8 +16,8 @@ from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
 from test_agent import TIMEOUT, Director, directors, eventually, path, publish
 
-from lvs_operator.agent import kube
 from lvs_operator.agent.health import Status
+from lvs_operator.kube import client
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def listener(port: int = 0) -> socket.socket:
     return server
 
 
-def create(api: kube.Kube, namespace: str, name: str, *, vip: str, label: str,
+def create(api: client.Client, namespace: str, name: str, *, vip: str, label: str,
            target_port: int) -> Any:
     return api.request("POST", path(namespace), body={
         "apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",

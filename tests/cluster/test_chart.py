@@ -37,9 +37,9 @@ from controller_support import Kube, condition, virtual_server, vs_path, wait_fo
 from controlplane import ControlPlane
 from crd_support import CRD_NAME, ROOT, install_crd, module_namespace
 
-from lvs_operator import admission
-from lvs_operator.agent import kube as agent_kube
 from lvs_operator.agent import lease as agent_lease
+from lvs_operator.controller import admission
+from lvs_operator.kube import client as agent_kube
 
 CHART = ROOT / "charts" / "lvs-operator"
 IMAGE = "registry.example/lvs-operator:test"
@@ -391,7 +391,7 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
 
 def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int) -> None:
     """Make the agent's API calls (agent.kube, as the agent does) with `kubeconfig`."""
-    api = agent_kube.Kube.connect(str(kubeconfig))
+    api = agent_kube.Client.connect(str(kubeconfig))
     try:
         items, version = api.lister(agent_kube.VIRTUALSERVERS)()
         assert [i["metadata"]["name"] for i in items if i["metadata"]["namespace"] == namespace] \

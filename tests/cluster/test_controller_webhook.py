@@ -28,7 +28,7 @@ from controller_support import (
 from controlplane import ControlPlane
 from crd_support import install_crd
 
-from lvs_operator import admission
+from lvs_operator.controller import admission
 
 IMAGE = "registry.example/lvs-operator:test"
 CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"

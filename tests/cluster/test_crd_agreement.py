@@ -23,7 +23,7 @@ from crd_support import (
     server_dry_run,
 )
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from spec_cases import INVALID, VALID, Case
 
 

@@ -14,7 +14,7 @@ import yaml
 from controlplane import ControlPlane
 from crd_support import EXAMPLES, install_crd, module_namespace, parse
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import Forwarding
 
 FILES = sorted(EXAMPLES.glob("*.yaml"))

@@ -13,7 +13,7 @@ import yaml
 from controlplane import ControlPlane
 from crd_support import field_errors, install_crd, module_namespace, names_field
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 
 INVALID = Path(__file__).resolve().parent / "invalid"
 FILES = sorted(INVALID.glob("*.yaml"))

@@ -34,7 +34,7 @@ import pytest
 from controlplane import ControlPlane, free_ports
 from crd_support import install_crd, module_namespace
 
-from lvs_operator import admission, webhook
+from lvs_operator.controller import admission, webhook
 
 IMAGE = "registry.invalid/lvs-operator:test"
 TLS_SECRET = "lvs-webhook-tls"

@@ -60,8 +60,8 @@ from typing import Any, TextIO, TypeVar
 
 from cluster import controlplane
 from kernel.netlab import HttpServer, Lab, Lan, Netns, Port, http_get
-from lvs_operator.agent import kube
 from lvs_operator.ipvs.kernel import KernelIPVS
+from lvs_operator.kube import client
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
 from lvs_operator.network.vip import list_addresses
 
@@ -375,7 +375,7 @@ class Site:
     lan: Lan
     directors: dict[str, Netns]
     agents: dict[str, Agent]
-    api: kube.Kube
+    api: client.Client
     real_servers: list[str]  # roles: rs1, rs2, ...
     ports: dict[str, Port] = field(default_factory=dict)  # node -> its cable to the switch
     addresses: dict[str, str] = field(default_factory=dict)  # node -> its eth0 address
@@ -481,7 +481,7 @@ class Site:
         Created or replaced (the EndpointSlice's endpoints are exactly ``ready``'s keys).
         """
         svc_path = f"/api/v1/namespaces/{NAMESPACE}/services"
-        with contextlib.suppress(kube.ApiError):  # already there
+        with contextlib.suppress(client.ApiError):  # already there
             self.request("POST", svc_path, body={
                 "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                 "spec": {"ports": [{"name": "http", "port": port, "protocol": "TCP"}]}})
@@ -499,7 +499,7 @@ class Site:
         }
         try:
             self.request("PUT", f"{path}/{name}-1", body=body)
-        except kube.ApiError as e:
+        except client.ApiError as e:
             if e.status != 404:
                 raise
             self.request("POST", path, body=body)
@@ -524,7 +524,7 @@ class Site:
         try:
             vs: dict[str, Any] = self.request(
                 "GET", f"{VS_API}/namespaces/{NAMESPACE}/virtualservers/{name}")
-        except kube.ApiError as e:
+        except client.ApiError as e:
             if e.status == 404:
                 return None
             raise
@@ -537,7 +537,7 @@ class Site:
         return directors
 
     def delete(self, kind_path: str, name: str) -> None:
-        with contextlib.suppress(kube.ApiError):
+        with contextlib.suppress(client.ApiError):
             self.request("DELETE", f"{kind_path}/{name}")
 
     def delete_virtual_server(self, name: str) -> None:
@@ -677,7 +677,7 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
         say(f"real servers {', '.join(roles)}: HTTP on :80, "
             f"`lvs-operator realserver-init --mode dr` for {', '.join(vips)}")
         moved: list[tuple[str, Netns]] = []
-        api: kube.Kube | None = None
+        api: client.Client | None = None
         agents: dict[str, Agent] = {}
         try:
             for nic, (node, ns) in zip(config.nics, namespaces.items(), strict=False):
@@ -685,7 +685,7 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
                 moved.append((nic, ns))
                 say(f"director {node}: the VM's {nic} is its {UPLINK} (10.0.2.15 -> API "
                     f"server at {HOST_FROM_VM}), eth0 {addresses[node]} on the LAN")
-            api = kube.Kube.connect(config.kubeconfig)
+            api = client.Client.connect(config.kubeconfig)
             for node, ns in namespaces.items():
                 agents[node] = Agent(lab, ns, config, node, agent_env)
             if start_agents:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from lvs_operator import admission, realserver
+from lvs_operator import realserver
+from lvs_operator.controller import admission
 
 NS = "shop"
 IMAGE = "example.org/lvs-operator:1.0"

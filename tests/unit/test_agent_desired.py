@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from lvs_operator import spec
 from lvs_operator.agent import desired
 from lvs_operator.agent.role import Role
+from lvs_operator.api import spec
 from lvs_operator.model import Forwarding, Protocol, ServiceKey
 
 NODE = "node-a"

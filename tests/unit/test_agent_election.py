@@ -299,10 +299,10 @@ def test_next_change_is_the_earliest_expiry_fence_or_settle():
 
 
 def test_the_controller_names_the_active_one_of_several_directors():
-    from lvs_operator import status
+    from lvs_operator.controller import report
 
     reports = {"node-a": {"role": "Standby", "generation": 3},
                "node-b": {"role": "Active", "generation": 3},
                "node-c": {"role": "Standby", "generation": 2}}
-    assert status.active_director(reports) == "node-b"
-    assert status.active_director({n: {"role": "Standby"} for n in reports}) is None
+    assert report.active_director(reports) == "node-b"
+    assert report.active_director({n: {"role": "Standby"} for n in reports}) is None

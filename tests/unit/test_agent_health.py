@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from lvs_operator import spec
 from lvs_operator.agent import health
+from lvs_operator.api import spec
 
 LOCAL = ip_address("127.0.0.1")
 

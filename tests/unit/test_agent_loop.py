@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from lvs_operator.agent import kube, loop
+from lvs_operator.agent import loop
 from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
 from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.ipvs.fake import FakeIPVS
+from lvs_operator.kube import client
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import AddService, DeleteService
@@ -99,7 +100,7 @@ class FakeApi:
         self.gate = threading.Event()
         self.gate.set()
         self.changed = threading.Condition()
-        self.streams: dict[str, Log] = {kube.VIRTUALSERVERS: Log(self), kube.NODES: Log(self),
+        self.streams: dict[str, Log] = {client.VIRTUALSERVERS: Log(self), client.NODES: Log(self),
                                         "leases": Log(self)}
         self.patches: list[Any] = []
         self.leases: dict[str, dict[str, Any]] = {}
@@ -110,17 +111,17 @@ class FakeApi:
 
     @staticmethod
     def _key(path: str) -> str:
-        return "leases" if path.startswith(kube.LEASES) else path
+        return "leases" if path.startswith(client.LEASES) else path
 
     def lister(self, path, *, query=()):
         def list_():
-            if path == kube.VIRTUALSERVERS:
+            if path == client.VIRTUALSERVERS:
                 assert self.gate.wait(30)
             with self.changed:
                 version = str(self.version)
-                if path == kube.VIRTUALSERVERS:
+                if path == client.VIRTUALSERVERS:
                     return [copy.deepcopy(o) for o in self.objects.values()], version
-                if path.startswith(kube.LEASES):
+                if path.startswith(client.LEASES):
                     return [copy.deepcopy(o) for o in self.leases.values()], version
                 if self.nodes is not None:
                     name = dict(query).get("fieldSelector", "").partition("=")[2]
@@ -140,31 +141,31 @@ class FakeApi:
             obj = merge(self.objects[key], {"status": patch["status"]})
             obj["metadata"]["resourceVersion"] = str(self.version + 1)
             self.objects[key] = obj
-        self.streams[kube.VIRTUALSERVERS].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+        self.streams[client.VIRTUALSERVERS].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
         return obj
 
     def create_event(self, event):
         return event
 
     def request(self, method, path, *, query=(), body=None, content_type="", timeout=None):
-        assert path.startswith(kube.LEASES), path
+        assert path.startswith(client.LEASES), path
         name = path.rsplit("/", 1)[-1]
         holder = (body or {}).get("spec", {}).get("holderIdentity") or name
         if method in ("PATCH", "POST") and any(holder.endswith(n) for n in self.fail_renewals):
-            raise kube.ApiError(0, "connection refused (scripted)")
+            raise client.ApiError(0, "connection refused (scripted)")
         with self.changed:
             if method == "POST":
                 name = body["metadata"]["name"]
                 if name in self.leases:
-                    raise kube.ApiError(409, "exists")
+                    raise client.ApiError(409, "exists")
                 kind, obj = "ADDED", copy.deepcopy(body)
             elif method == "PATCH":
                 if name not in self.leases:
-                    raise kube.ApiError(404, "not found")
+                    raise client.ApiError(404, "not found")
                 kind, obj = "MODIFIED", merge(self.leases[name], body)
             elif method == "DELETE":
                 if name not in self.leases:
-                    raise kube.ApiError(404, "not found")
+                    raise client.ApiError(404, "not found")
                 kind, obj = "DELETED", self.leases.pop(name)
             else:
                 raise AssertionError(method)
@@ -178,7 +179,7 @@ class FakeApi:
     def modify(self, obj):
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.version + 1)
-        self.streams[kube.VIRTUALSERVERS].put({"type": "MODIFIED", "object": obj})
+        self.streams[client.VIRTUALSERVERS].put({"type": "MODIFIED", "object": obj})
 
 
 class FakeVips:
@@ -254,7 +255,7 @@ def test_nothing_changes_while_the_node_is_missing(tmp_path, stale_kernel):
         assert set(agent.table()) == {STALE}
         assert agent.metrics.syncs == 0, "no sync runs without the Node"
         api.node = {"metadata": {"name": NODE, "labels": {}}}
-        api.streams[kube.NODES].put({"type": "ADDED", "object": api.node})
+        api.streams[client.NODES].put({"type": "ADDED", "object": api.node})
         eventually(lambda: agent.table() == {})
 
 

@@ -6,8 +6,8 @@ from ipaddress import ip_address
 
 import pytest
 
-from lvs_operator import conflicts, spec
-from lvs_operator.conflicts import Claimant, Conflict
+from lvs_operator.api import conflicts, spec
+from lvs_operator.api.conflicts import Claimant, Conflict
 from lvs_operator.model import Protocol, ServiceKey
 
 

@@ -15,8 +15,11 @@ import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from lvs_operator import controller, status
-from lvs_operator.controller import Controller, Entry, Lease, Parser, Settings
+from lvs_operator.controller import reconciler as controller
+from lvs_operator.controller import report
+from lvs_operator.controller.leader import Lease
+from lvs_operator.controller.reconciler import Controller, Entry, Parser
+from lvs_operator.controller.settings import Settings
 from lvs_operator.model import Protocol, ServiceKey
 
 NS = "shop"
@@ -86,7 +89,7 @@ class Fake(Controller):
     async def _fetch(self, key: tuple[str, str]) -> Entry | None:
         return self.parser.entry(self.stored[key])
 
-    async def _post(self, entry: Entry, event: status.Event) -> None:
+    async def _post(self, entry: Entry, event: report.Event) -> None:
         self.posted.append((entry.name, event.reason))
 
 

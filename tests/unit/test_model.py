@@ -7,7 +7,8 @@ import pickle
 
 import pytest
 
-from lvs_operator import model, plan, records, spec
+from lvs_operator import model, plan, records
+from lvs_operator.api import spec
 from lvs_operator.model import (
     Forwarding,
     Persistence,

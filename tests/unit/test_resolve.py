@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from lvs_operator import resolve, spec
-from lvs_operator.resolve import RealServerStatus
+from lvs_operator.api import conditions, spec
+from lvs_operator.api.realservers import RealServerStatus
+from lvs_operator.controller import resolve
 
 
 def vs(*, forwarding: str = "DirectRouting", ports: list[dict[str, Any]] | None = None,
@@ -62,97 +63,97 @@ def real(ip: str, weight: int = 5, *, port: int | None = 80, ready: bool = True,
 
 
 CASES = [
-    pytest.param(vs(), None, [], resolve.SERVICE_NOT_FOUND, (), id="service-not-found"),
-    pytest.param(vs(), WEB, [], resolve.NO_READY_ENDPOINTS, (), id="no-slices"),
-    pytest.param(vs(), WEB, [eps()], resolve.NO_READY_ENDPOINTS, (), id="empty-slice"),
+    pytest.param(vs(), None, [], conditions.SERVICE_NOT_FOUND, (), id="service-not-found"),
+    pytest.param(vs(), WEB, [], conditions.NO_READY_ENDPOINTS, (), id="no-slices"),
+    pytest.param(vs(), WEB, [eps()], conditions.NO_READY_ENDPOINTS, (), id="empty-slice"),
     pytest.param(
-        vs(), WEB, [eps(ep("10.0.0.2"), ep("10.0.0.1"))], resolve.RESOLVED,
+        vs(), WEB, [eps(ep("10.0.0.2"), ep("10.0.0.1"))], conditions.RESOLVED,
         (real("10.0.0.1"), real("10.0.0.2")), id="ready-get-the-weight-sorted"),
     pytest.param(
-        vs(), WEB, [eps(ep("10.0.0.1", ready=None))], resolve.RESOLVED,
+        vs(), WEB, [eps(ep("10.0.0.1", ready=None))], conditions.RESOLVED,
         (real("10.0.0.1"),), id="nil-ready-means-ready"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=False))],
-        resolve.RESOLVED, (real("10.0.0.1"), real("10.0.0.2", 0, ready=False)),
+        conditions.RESOLVED, (real("10.0.0.1"), real("10.0.0.2", 0, ready=False)),
         id="not-ready-listed-at-weight-0"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1"),
                         ep("10.0.0.2", ready=False, serving=True, terminating=True))],
-        resolve.RESOLVED, (real("10.0.0.1"), real("10.0.0.2", 0, ready=False)),
+        conditions.RESOLVED, (real("10.0.0.1"), real("10.0.0.2", 0, ready=False)),
         id="terminating-serving-drains-at-weight-0"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.2", ready=False, serving=True, terminating=True),
                         ep("10.0.0.3", ready=False, serving=False))],
-        resolve.NO_READY_ENDPOINTS,
+        conditions.NO_READY_ENDPOINTS,
         (real("10.0.0.2", 5, ready=False), real("10.0.0.3", 0, ready=False)),
         id="nothing-ready-terminating-serving-keep-weight"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1"),
                         ep("10.0.0.2", ready=False, serving=False, terminating=True))],
-        resolve.RESOLVED, (real("10.0.0.1"),), id="terminating-not-serving-left-out"),
+        conditions.RESOLVED, (real("10.0.0.1"),), id="terminating-not-serving-left-out"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1", ready=False, terminating=True))],
-        resolve.NO_READY_ENDPOINTS, (), id="terminating-nil-serving-follows-ready"),
+        conditions.NO_READY_ENDPOINTS, (), id="terminating-nil-serving-follows-ready"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1", ready=False, serving=False)),
                     eps(ep("10.0.0.1", pod="web-new"))],
-        resolve.RESOLVED, (real("10.0.0.1", pod="web-new"),), id="duplicate-best-wins"),
+        conditions.RESOLVED, (real("10.0.0.1", pod="web-new"),), id="duplicate-best-wins"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1"), ep("2001:db8::1"), family="IPv4"),
                     eps(ep("2001:db8::2", node=None), family="IPv6")],
-        resolve.RESOLVED, (real("10.0.0.1"),), id="other-family-left-out"),
+        conditions.RESOLVED, (real("10.0.0.1"),), id="other-family-left-out"),
     pytest.param(
         vs(forwarding="Tunnel"), WEB, [eps(ep("10.0.0.1")),
                                         eps(ep("2001:db8::2"), family="IPv6")],
-        resolve.RESOLVED, (real("10.0.0.1"), real("2001:db8::2", pod="web-2001:db8::2")),
+        conditions.RESOLVED, (real("10.0.0.1"), real("2001:db8::2", pod="web-2001:db8::2")),
         id="tunnel-mixes-families"),
     pytest.param(
         vs(), WEB, [{**eps(ep("10.0.0.1")), "addressType": "FQDN"}],
-        resolve.NO_READY_ENDPOINTS, (), id="fqdn-ignored"),
+        conditions.NO_READY_ENDPOINTS, (), id="fqdn-ignored"),
     pytest.param(
-        vs(), WEB, [eps(ep("10.0.0.1"), name="other")], resolve.NO_READY_ENDPOINTS, (),
+        vs(), WEB, [eps(ep("10.0.0.1"), name="other")], conditions.NO_READY_ENDPOINTS, (),
         id="slice-without-the-port-ignored"),
     pytest.param(
-        vs(port=80), WEB, [eps(ep("10.0.0.1"))], resolve.RESOLVED, (real("10.0.0.1"),),
+        vs(port=80), WEB, [eps(ep("10.0.0.1"))], conditions.RESOLVED, (real("10.0.0.1"),),
         id="port-by-number"),
     pytest.param(
-        vs(port="https"), WEB, [eps(ep("10.0.0.1"))], resolve.PORT_NOT_FOUND, (),
+        vs(port="https"), WEB, [eps(ep("10.0.0.1"))], conditions.PORT_NOT_FOUND, (),
         id="port-name-unknown"),
     pytest.param(
-        vs(port=443), WEB, [eps(ep("10.0.0.1"))], resolve.PORT_NOT_FOUND, (),
+        vs(port=443), WEB, [eps(ep("10.0.0.1"))], conditions.PORT_NOT_FOUND, (),
         id="port-number-unknown"),
     pytest.param(
-        vs(port=None), WEB, [eps(ep("10.0.0.1"))], resolve.RESOLVED, (real("10.0.0.1"),),
+        vs(port=None), WEB, [eps(ep("10.0.0.1"))], conditions.RESOLVED, (real("10.0.0.1"),),
         id="default-the-only-port"),
     pytest.param(
         vs(port=None), service(HTTP, {"name": "https", "port": 443}), [eps(ep("10.0.0.1"))],
-        resolve.PORT_NOT_FOUND, (), id="default-ambiguous"),
+        conditions.PORT_NOT_FOUND, (), id="default-ambiguous"),
     pytest.param(
         vs(port=None), service(), [eps(ep("10.0.0.1"), port=None, name="")],
-        resolve.RESOLVED, (real("10.0.0.1", port=None),), id="headless-no-ports"),
+        conditions.RESOLVED, (real("10.0.0.1", port=None),), id="headless-no-ports"),
     pytest.param(
         vs(port=None), service({"port": 80}), [eps(ep("10.0.0.1"), name="")],
-        resolve.RESOLVED, (real("10.0.0.1"),), id="unnamed-single-port"),
+        conditions.RESOLVED, (real("10.0.0.1"),), id="unnamed-single-port"),
     pytest.param(
-        vs(), WEB, [eps(ep("10.0.0.1"), port=8080)], resolve.PORT_MISMATCH, (),
+        vs(), WEB, [eps(ep("10.0.0.1"), port=8080)], conditions.PORT_MISMATCH, (),
         id="dr-cannot-remap"),
     pytest.param(
         vs(), WEB, [eps(ep("10.0.0.1"), port=8080), eps(ep("10.0.0.2"), port=80)],
-        resolve.RESOLVED, (real("10.0.0.2"),), id="dr-wrong-port-endpoints-left-out"),
+        conditions.RESOLVED, (real("10.0.0.2"),), id="dr-wrong-port-endpoints-left-out"),
     pytest.param(
-        vs(forwarding="NAT"), WEB, [eps(ep("10.0.0.1"), port=8080)], resolve.RESOLVED,
+        vs(forwarding="NAT"), WEB, [eps(ep("10.0.0.1"), port=8080)], conditions.RESOLVED,
         (real("10.0.0.1", port=8080),), id="nat-remaps"),
     pytest.param(
         vs(ports=[{"port": 80}, {"port": 443}]), WEB, [eps(ep("10.0.0.1"), port=80)],
-        resolve.RESOLVED, (real("10.0.0.1", port=None),), id="dr-several-virtual-ports"),
+        conditions.RESOLVED, (real("10.0.0.1", port=None),), id="dr-several-virtual-ports"),
     pytest.param(
         vs(addresses=[{"ip": "10.0.5.8"}, {"ip": "10.0.5.7", "weight": 3}]), None, [],
-        resolve.RESOLVED,
+        conditions.RESOLVED,
         (real("10.0.5.7", 3, port=None, node=None, pod=None),
          real("10.0.5.8", port=None, node=None, pod=None)), id="static-addresses"),
     pytest.param(
         vs(forwarding="NAT", addresses=[{"ip": "10.0.5.7", "port": 8080}]), None, [],
-        resolve.RESOLVED, (real("10.0.5.7", port=8080, node=None, pod=None),),
+        conditions.RESOLVED, (real("10.0.5.7", port=8080, node=None, pod=None),),
         id="static-address-with-port"),
 ]
 
@@ -161,7 +162,7 @@ CASES = [
 def test_resolve(server, svc, slices, reason, expected):
     result = resolve.resolve(server, svc, slices)
     assert (result.reason, result.real_servers) == (reason, expected), result.message
-    assert result.resolved == (reason == resolve.RESOLVED)
+    assert result.resolved == (reason == conditions.RESOLVED)
     # Deterministic: the order of slices and endpoints does not matter.
     again = resolve.resolve(server, svc, [{**s, "endpoints": s["endpoints"][::-1]}
                                           for s in slices[::-1]])

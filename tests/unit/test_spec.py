@@ -6,7 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import (
     Forwarding,
     Protocol,

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lvs_operator import model, spec
+from lvs_operator import model
+from lvs_operator.api import spec
 from lvs_operator.model import Protocol
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "lvs.dev_virtualservers.yaml"

@@ -1,5 +1,8 @@
 """The director agent (`lvs-operator agent`): one per director node, cluster in, kernel out.
 
+May import: `api`, `kube` (the Kubernetes layer: its client and list+watch) and the kernel
+layers (`ipvs`, `network`, `syncer`, `plan`, `ownership`, `model`). Never `controller`.
+
 It lists and watches VirtualServers and its own Node, computes this node's desired IPVS table
 from each selected VirtualServer's spec and `status.realServers`, converges the kernel to it
 (`syncer`: dump, plan, apply; owned services only; never a flush), holds the VIPs, drains
@@ -16,8 +19,6 @@ Pure core (no kubernetes, kopf or pyroute2 imports):
 - `metrics`: the Prometheus exposition text.
 
 Glue:
-- `watch`: list + watch one resource into a local cache (relists after 410 Gone).
-- `kube`: the Kubernetes API over the `kubernetes` client's REST layer (plain dicts).
 - `routes`: the node's default-route interface (the VIP interface when none is given).
 - `lease`: renews this director's Lease, watches everyone's, wakes the loop when the
   election's view changes (a Lease expiring included).

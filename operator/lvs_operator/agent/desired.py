@@ -35,8 +35,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lvs_operator import conflicts, resolve, spec, status
 from lvs_operator.agent import health, role
+from lvs_operator.api import conditions, conflicts, realservers, spec
 from lvs_operator.model import (
     Forwarding,
     IPAddress,
@@ -49,7 +49,7 @@ from lvs_operator.records import replace
 # A VirtualServer without a creation time (never from the API server) loses every conflict.
 _NEVER = "9999-12-31T23:59:59Z"
 # Ready reasons with which the controller tells the directors to keep out.
-WITHDRAW_REASONS = frozenset({status.CONFLICT, status.INVALID_SPEC})
+WITHDRAW_REASONS = frozenset({conditions.CONFLICT, conditions.INVALID_SPEC})
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,7 @@ def _withdrawal(obj: Mapping[str, Any]) -> str:
 
 def _ready(stat: Mapping[str, Any]) -> tuple[str, str, str] | None:
     for condition in stat.get("conditions") or []:
-        if isinstance(condition, Mapping) and condition.get("type") == status.READY:
+        if isinstance(condition, Mapping) and condition.get("type") == conditions.READY:
             return (str(condition.get("status", "")), str(condition.get("reason", "")),
                     str(condition.get("message", "")))
     return None
@@ -388,7 +388,7 @@ def _endpoints(obj: Mapping[str, Any]) -> tuple[list[spec.Endpoint], list[str]]:
         try:
             if not isinstance(raw, Mapping):
                 raise ValueError("not an object")
-            entry = resolve.RealServerStatus.from_json(raw)
+            entry = realservers.RealServerStatus.from_json(raw)
         except ValueError as e:
             problems.append(f"status.realServers[{index}] skipped: {e}")
             continue

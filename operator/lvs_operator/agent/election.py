@@ -53,7 +53,9 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-ACTIVE = "Active"
+from lvs_operator.api import conditions
+
+ACTIVE = conditions.ACTIVE  # the role the controller reads in status.directors
 STANDBY = "Standby"
 
 

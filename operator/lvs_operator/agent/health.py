@@ -39,7 +39,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import IPAddress, format_endpoint
 from lvs_operator.records import replace
 

@@ -43,8 +43,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from lvs_operator.agent import election, kube, watch
+from lvs_operator.agent import election
 from lvs_operator.agent.settings import HASettings, WatchSettings
+from lvs_operator.kube import client, watch
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ PREFIX = "lvs-director-"
 
 
 class Api(Protocol):
-    """What the Lease glue asks of the API server (`kube.Kube` does it)."""
+    """What the Lease glue asks of the API server (`client.Client` does it)."""
 
     def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
                 body: object = None, content_type: str = "application/json",
-                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
-        """Send one request; raise kube.ApiError on failure."""
+                timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
+        """Send one request; raise client.ApiError on failure."""
         ...
 
     def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
@@ -76,7 +77,7 @@ class Api(Protocol):
 
 def leases_path(namespace: str) -> str:
     """Return the path of the Leases of `namespace`."""
-    return f"{kube.LEASES}/namespaces/{namespace}/leases"
+    return f"{client.LEASES}/namespaces/{namespace}/leases"
 
 
 def lease_name(node: str) -> str:
@@ -244,7 +245,7 @@ class Keeper:
                                  timeout=(max(deadline, 1.0), max(deadline, 1.0)))
                 log.info("deleted Lease %s/%s", self.settings.namespace,
                          lease_name(self.node))
-            except kube.ApiError as e:
+            except client.ApiError as e:
                 if e.status != 404:
                     log.warning("cannot delete Lease %s/%s: %s", self.settings.namespace,
                                 lease_name(self.node), e)
@@ -303,12 +304,12 @@ class Keeper:
         now = self._now()
         try:
             try:
-                self.api.request("PATCH", name, content_type=kube.MERGE_PATCH, timeout=timeout,
+                self.api.request("PATCH", name, content_type=client.MERGE_PATCH, timeout=timeout,
                                  body=renewal(self.node, duration=s.lease_duration_seconds,
                                               labels=labels, term=term, now=now,
                                               begins=begins,
                                               owned_by=owned_by if send_owners else None))
-            except kube.ApiError as e:
+            except client.ApiError as e:
                 if e.status != 404:
                     raise
                 self.api.request("POST", self._path, timeout=timeout,
@@ -316,7 +317,7 @@ class Keeper:
                                            duration=s.lease_duration_seconds, labels=labels,
                                            term=term, now=now, owned_by=owned_by))
                 log.info("created Lease %s/%s", s.namespace, lease_name(self.node))
-        except kube.ApiError as e:
+        except client.ApiError as e:
             if not self._failing:
                 log.warning("cannot renew Lease %s/%s: %s", s.namespace,
                             lease_name(self.node), e)

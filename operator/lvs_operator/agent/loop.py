@@ -44,16 +44,15 @@ from lvs_operator.agent import (
     drain,
     election,
     health,
-    kube,
     lease,
     metrics,
     report,
     role,
     routes,
-    watch,
 )
 from lvs_operator.agent.settings import Settings, split_address
 from lvs_operator.ipvs import IPVS, ApplyError, IPVSError
+from lvs_operator.kube import client, watch
 from lvs_operator.model import (
     IPAddress,
     ServiceKey,
@@ -81,7 +80,7 @@ KUBE_PROXY_IPVS_INTERFACE = "kube-ipvs0"
 
 
 class Api(Protocol):
-    """What the agent asks of the API server (`kube.Kube` does it; tests may fake it)."""
+    """What the agent asks of the API server (`client.Client` does it; tests may fake it)."""
 
     def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
         """Return a function that lists `path`."""
@@ -93,17 +92,17 @@ class Api(Protocol):
         ...
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any:
-        """Merge-patch a VirtualServer's status; raise kube.ApiError on failure."""
+        """Merge-patch a VirtualServer's status; raise client.ApiError on failure."""
         ...
 
     def create_event(self, event: Mapping[str, Any]) -> Any:
-        """Create a core/v1 Event; raise kube.ApiError on failure."""
+        """Create a core/v1 Event; raise client.ApiError on failure."""
         ...
 
     def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
                 body: object = None, content_type: str = "application/json",
-                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
-        """Send one request (the Lease's); raise kube.ApiError on failure."""
+                timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
+        """Send one request (the Lease's); raise client.ApiError on failure."""
         ...
 
 
@@ -156,8 +155,8 @@ class Agent:
         watch_settings = settings.watch
         self.virtualservers = watch.Reflector(
             "virtualservers",
-            lister=api.lister(kube.VIRTUALSERVERS),
-            watcher=api.watcher(kube.VIRTUALSERVERS,
+            lister=api.lister(client.VIRTUALSERVERS),
+            watcher=api.watcher(client.VIRTUALSERVERS,
                                  timeout_seconds=watch_settings.timeout_seconds,
                                  read_timeout=watch_settings.read_timeout_seconds),
             on_change=self._wake.set,
@@ -166,8 +165,8 @@ class Agent:
         only_mine = [("fieldSelector", f"metadata.name={settings.node}")]
         self.node = watch.Reflector(
             f"node {settings.node}",
-            lister=api.lister(kube.NODES, query=only_mine),
-            watcher=api.watcher(kube.NODES, query=only_mine,
+            lister=api.lister(client.NODES, query=only_mine),
+            watcher=api.watcher(client.NODES, query=only_mine,
                                  timeout_seconds=watch_settings.timeout_seconds,
                                  read_timeout=watch_settings.read_timeout_seconds),
             on_change=self._wake.set,
@@ -653,7 +652,7 @@ class Agent:
         value = None if want is None else report.entry(want, now=now)
         try:
             self.api.patch_status(namespace, name, report.patch(self.settings.node, value))
-        except kube.ApiError as e:
+        except client.ApiError as e:
             if e.status == 404:
                 return True  # deleted meanwhile: nothing to report on
             log.warning("cannot write status of VirtualServer %s/%s: %s", namespace, name, e)
@@ -664,7 +663,7 @@ class Agent:
             try:
                 self.api.create_event(report.event(obj, node=self.settings.node,
                                                     message=want.error, now=now))
-            except kube.ApiError as e:
+            except client.ApiError as e:
                 log.warning("cannot post an Event on %s/%s: %s", namespace, name, e)
         if want is not None:
             self._health_event(obj, report.unhealthy_of(previous), want.unhealthy, now=now)
@@ -682,7 +681,7 @@ class Agent:
             return
         try:
             self.api.create_event(event)
-        except kube.ApiError as e:
+        except client.ApiError as e:
             log.warning("cannot post an Event on %s: %s", ident, e)
 
 

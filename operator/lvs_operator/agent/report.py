@@ -26,7 +26,7 @@ from datetime import datetime
 from time import monotonic
 from typing import Any
 
-from lvs_operator import spec, status
+from lvs_operator.api import API_VERSION, KIND, conditions
 
 REPORTING_CONTROLLER = "lvs.dev/agent"
 EVENT_COMPONENT = "lvs-operator-agent"
@@ -100,7 +100,7 @@ def entry(report: Report, *, now: datetime) -> dict[str, Any]:
         result["term"] = report.term
     if report.generation is not None:
         result["generation"] = report.generation
-    result["syncedAt"] = status.timestamp(now)
+    result["syncedAt"] = conditions.timestamp(now)
     result["error"] = report.error
     if report.unhealthy:
         result["unhealthy"] = list(report.unhealthy)
@@ -128,7 +128,7 @@ def event(obj: Mapping[str, Any], *, node: str, message: str, now: datetime,
           reason: str = SYNC_FAILED, kind: str = "Warning") -> dict[str, Any]:
     """Return a core/v1 Event about VirtualServer `obj`, reported by director `node`."""
     meta = obj.get("metadata") or {}
-    stamp = status.timestamp(now)
+    stamp = conditions.timestamp(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -136,7 +136,7 @@ def event(obj: Mapping[str, Any], *, node: str, message: str, now: datetime,
         "metadata": {"name": f"{meta.get('name')}.{int(now.timestamp() * 1e9):x}",
                      "namespace": meta.get("namespace")},
         "involvedObject": {
-            "apiVersion": spec.API_VERSION, "kind": spec.KIND,
+            "apiVersion": API_VERSION, "kind": KIND,
             "namespace": meta.get("namespace"), "name": meta.get("name"),
             "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
         },

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from lvs_operator import spec
 from lvs_operator.agent.election import Claim, Role, View
 from lvs_operator.agent.election import decide as elect
+from lvs_operator.api import spec
 from lvs_operator.model import IPAddress
 
 __all__ = ["Decider", "Role", "claims", "decide", "elected"]

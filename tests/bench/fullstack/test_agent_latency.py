@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 
 from fullstack import stack
-from lvs_operator.agent import kube
 from lvs_operator.ipvs.kernel import KernelIPVS
+from lvs_operator.kube import client
 from lvs_operator.model import Protocol, ServiceKey
 
 VIP = "10.200.0.110"  # the conftest's site has the real servers answer for it
@@ -90,7 +90,7 @@ class StatusWatch:
         self.events: queue.Queue[tuple[float, bool | None]] = queue.Queue()
         path = f"{stack.VS_API}/namespaces/{stack.NAMESPACE}/virtualservers"
         query = [("fieldSelector", f"metadata.name={NAME}")]
-        self.api = kube.Kube.connect(site.config.kubeconfig)
+        self.api = client.Client.connect(site.config.kubeconfig)
         version = str(site.director.call(self.api.request, "GET", path, query=query)
                       ["metadata"]["resourceVersion"])
         # The connection is made in the director's namespace and read from a thread.

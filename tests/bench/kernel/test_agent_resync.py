@@ -38,10 +38,12 @@ import pytest
 
 from kernel.netlab import Lab, Netns
 from lvs_operator import syncer
-from lvs_operator.agent import desired, kube, loop, watch
+from lvs_operator.agent import desired, loop
 from lvs_operator.agent.settings import DirectorSettings, HASettings, Settings, SyncSettings
+from lvs_operator.api import API_VERSION
 from lvs_operator.cli import AGENT_VERIFY_SECONDS
 from lvs_operator.ipvs.kernel import KernelIPVS
+from lvs_operator.kube import client, watch
 from lvs_operator.network.holder import KernelVipHolder
 from lvs_operator.plan import Operation, plan
 
@@ -74,7 +76,7 @@ def _real(i: int, j: int) -> str:
 def virtual_server(i: int) -> dict[str, Any]:
     """VirtualServer i as the API server returns it once the controller has resolved it."""
     return {
-        "apiVersion": kube.GROUP_VERSION, "kind": "VirtualServer",
+        "apiVersion": API_VERSION, "kind": "VirtualServer",
         "metadata": {"name": f"vs-{i:04d}", "namespace": NAMESPACE, "generation": 1,
                      "uid": f"uid-{i}", "resourceVersion": str(i + 1),
                      "creationTimestamp": "2025-01-01T00:00:00Z"},
@@ -143,7 +145,7 @@ class MemoryApi:
                                   "resourceVersion": "1"}}
         self.version = len(objects) + 1
         self.streams: dict[str, queue.Queue[watch.Object | None]] = {
-            kube.VIRTUALSERVERS: queue.Queue(), kube.NODES: queue.Queue()}
+            client.VIRTUALSERVERS: queue.Queue(), client.NODES: queue.Queue()}
         self.patches = 0
         self.events = 0
         self._lock = threading.Lock()
@@ -151,7 +153,7 @@ class MemoryApi:
     def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
         def list_() -> tuple[list[watch.Object], str]:
             with self._lock:
-                if path == kube.VIRTUALSERVERS:
+                if path == client.VIRTUALSERVERS:
                     return [copy.deepcopy(o) for o in self.objects.values()], str(self.version)
                 return [copy.deepcopy(self.node)], str(self.version)
         return list_
@@ -168,7 +170,7 @@ class MemoryApi:
             obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version)}
             self.objects[key] = obj
             self.patches += 1
-        self.streams[kube.VIRTUALSERVERS].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+        self.streams[client.VIRTUALSERVERS].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
         return obj
 
     def create_event(self, event: Mapping[str, Any]) -> Any:
@@ -177,7 +179,7 @@ class MemoryApi:
 
     def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
                 body: object = None, content_type: str = "application/json",
-                timeout: tuple[float, float] = kube.REQUEST_TIMEOUT) -> Any:
+                timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
         raise AssertionError(f"unexpected request {method} {path}: one director, no Lease")
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import ServiceKey
 
 

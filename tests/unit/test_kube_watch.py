@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lvs_operator.agent import watch
+from lvs_operator.kube import watch
 
 
 def obj(name, rv, **labels):

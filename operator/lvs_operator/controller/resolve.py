@@ -31,69 +31,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lvs_operator import spec
+from lvs_operator.api import spec
+from lvs_operator.api.conditions import (
+    NO_READY_ENDPOINTS,
+    PORT_MISMATCH,
+    PORT_NOT_FOUND,
+    RESOLVED,
+    SERVICE_NOT_FOUND,
+)
+from lvs_operator.api.realservers import RealServerStatus
 from lvs_operator.model import Forwarding, IPAddress
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # how an EndpointSlice names its Service
 MODE_NAMES = {forwarding: name for name, forwarding in spec.FORWARDING.items()}
 
-# Reasons of the RealServersResolved condition.
-RESOLVED = "Resolved"
-SERVICE_NOT_FOUND = "ServiceNotFound"
-PORT_NOT_FOUND = "PortNotFound"
-PORT_MISMATCH = "PortMismatch"
-NO_READY_ENDPOINTS = "NoReadyEndpoints"
-
-
-@dataclass(frozen=True)
-class RealServerStatus:
-    """One entry of `status.realServers`.
-
-    `port` None means the virtual port (or its NAT targetPort), as in `spec.Endpoint`.
-    `node` and `pod` say where an endpoint runs; they are None for static addresses.
-    """
-
-    ip: IPAddress
-    port: int | None
-    weight: int
-    ready: bool
-    node: str | None = None
-    pod: str | None = None
-
-    def sort_key(self) -> tuple[int, int, int]:
-        """Return a tuple that orders entries deterministically (both families)."""
-        return (self.ip.version, int(self.ip), self.port or 0)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the entry as the API stores it (absent fields left out)."""
-        entry: dict[str, Any] = {"ip": str(self.ip)}
-        if self.port is not None:
-            entry["port"] = self.port
-        entry["weight"] = self.weight
-        entry["ready"] = self.ready
-        if self.node:
-            entry["node"] = self.node
-        if self.pod:
-            entry["pod"] = self.pod
-        return entry
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> RealServerStatus:
-        """Return the entry `raw` (one item of `status.realServers`) describes.
-
-        Raises:
-            ValueError: when `ip` is not an address or `port`/`weight` are not numbers.
-        """
-        port = raw.get("port")
-        weight = raw.get("weight", 1)
-        if (port is not None and not isinstance(port, int)) or not isinstance(weight, int):
-            raise ValueError(f"real server {raw!r}: port and weight must be numbers")
-        return cls(ip=ipaddress.ip_address(raw.get("ip", "")), port=port, weight=weight,
-                   ready=bool(raw.get("ready", True)), node=raw.get("node"), pod=raw.get("pod"))
-
-    def endpoint(self) -> spec.Endpoint:
-        """Return this entry as the `spec.Endpoint` that `spec.services` turns into IPVS."""
-        return spec.Endpoint(address=self.ip, port=self.port, weight=self.weight)
 
 
 @dataclass(frozen=True)
@@ -112,11 +63,6 @@ class Resolution:
     def resolved(self) -> bool:
         """Return whether there is something ready to send traffic to."""
         return self.reason == RESOLVED
-
-
-def to_json(real_servers: Iterable[RealServerStatus]) -> list[dict[str, Any]]:
-    """Return `status.realServers` for `real_servers`."""
-    return [r.to_json() for r in real_servers]
 
 
 def service_of(slice_: Mapping[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""What the controller writes to a VirtualServer's status, and the Events worth posting.
+"""What the controller reports on a VirtualServer: the status fields it owns, and its Events.
 
 Pure. `desired` computes the status fields the controller owns from what it knows (the
 parsed spec or why it failed, the resolution, a conflict, the directors' reports); `changed`
@@ -20,25 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from lvs_operator import resolve, spec
-from lvs_operator.conflicts import Conflict
-
-READY = "Ready"
-REAL_SERVERS_RESOLVED = "RealServersResolved"
-PROGRAMMED = "Programmed"
-TYPES = (READY, REAL_SERVERS_RESOLVED, PROGRAMMED)
-
-# Reasons besides resolve's (ServiceNotFound, NoReadyEndpoints, ...).
-INVALID_SPEC = "InvalidSpec"
-CONFLICT = "Conflict"
-NO_DIRECTORS = "NoDirectors"
-NO_ACTIVE_DIRECTOR = "NoActiveDirector"
-DIRECTOR_ERROR = "DirectorError"
-PROGRAMMING = "Programming"
-ACTIVE = "Active"  # the role of the director that holds the VIP
+from lvs_operator.api import realservers, spec
+from lvs_operator.api.conditions import (
+    ACTIVE,
+    CONFLICT,
+    DIRECTOR_ERROR,
+    INVALID_SPEC,
+    NO_ACTIVE_DIRECTOR,
+    NO_DIRECTORS,
+    PROGRAMMED,
+    PROGRAMMING,
+    READY,
+    REAL_SERVERS_RESOLVED,
+    TYPES,
+    timestamp,
+)
+from lvs_operator.api.conflicts import Conflict
+from lvs_operator.controller import resolve
 
 # The top-level status fields the controller owns (status.directors is the agents').
 OWNED = ("observedGeneration", "ports", "ready", "activeDirector", "conditions", "realServers")
@@ -75,7 +76,7 @@ def desired(*, generation: int, vs: spec.VirtualServer | spec.SpecError,
     for conditions that did not change. An invalid or conflicting VirtualServer publishes
     an empty `realServers`: the directors withdraw it.
     """
-    reals: Sequence[resolve.RealServerStatus] = ()
+    reals: Sequence[realservers.RealServerStatus] = ()
     if isinstance(vs, spec.SpecError):
         why = (f"{vs} (the object predates the CRD's validation or bypassed it: fix the "
                "field)")
@@ -103,7 +104,7 @@ def desired(*, generation: int, vs: spec.VirtualServer | spec.SpecError,
         "ready": f"{sum(r.ready for r in reals)}/{len(reals)}",
         "conditions": [_stamp(c, old.get(c.type), generation, now)
                        for c in (ready, resolved, programmed)],
-        "realServers": resolve.to_json(reals),
+        "realServers": realservers.to_json(reals),
     }
     if not isinstance(vs, spec.SpecError):
         status["ports"] = ",".join(f"{p.port}/{p.protocol.name}" for p in vs.ports)
@@ -150,11 +151,6 @@ def active_director(directors: Mapping[str, Any]) -> str | None:
     active = sorted(node for node, report in directors.items()
                     if isinstance(report, Mapping) and report.get("role") == ACTIVE)
     return active[0] if active else None
-
-
-def timestamp(now: datetime) -> str:
-    """Return `now` as Kubernetes writes a metav1.Time: RFC 3339 in UTC, whole seconds."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _programmed(directors: Mapping[str, Any], generation: int) -> Condition:

@@ -17,12 +17,12 @@ from typing import Any, Self
 import urllib3
 from kubernetes import client, config
 
-from lvs_operator.agent import watch
+from lvs_operator.api import API_VERSION, PLURAL
+from lvs_operator.kube import watch
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "lvs.dev/v1alpha1"
-VIRTUALSERVERS = f"/apis/{GROUP_VERSION}/virtualservers"
+VIRTUALSERVERS = f"/apis/{API_VERSION}/{PLURAL}"
 NODES = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1"  # + /namespaces/<ns>/leases[/<name>]
 MERGE_PATCH = "application/merge-patch+json"
@@ -41,7 +41,7 @@ class ApiError(Exception):
         self.status = status
 
 
-class Kube:
+class Client:
     """A connection (pool) to one API server, with credentials."""
 
     def __init__(self, api: client.ApiClient) -> None:
@@ -123,7 +123,7 @@ class Kube:
             ApiError: as `request` (404 when the object is gone).
         """
         return self.request(
-            "PATCH", f"/apis/{GROUP_VERSION}/namespaces/{namespace}/virtualservers/{name}/status",
+            "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
             body=patch, content_type=MERGE_PATCH)
 
     def create_event(self, event: Mapping[str, Any]) -> Any:

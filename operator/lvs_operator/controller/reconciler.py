@@ -30,26 +30,25 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import kopf
 from kubernetes.aio import client
-from kubernetes.aio import config as kube_config
 from kubernetes.aio.client.exceptions import ApiException
 
-from lvs_operator import admission, conflicts, resolve, spec, status
-from lvs_operator.conflicts import Claimant
+from lvs_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, conditions, conflicts, spec
+from lvs_operator.api.conflicts import Claimant
+from lvs_operator.controller import admission, report, resolve
+from lvs_operator.controller.credentials import load_configuration
+from lvs_operator.controller.errors import brief
+from lvs_operator.controller.leader import Lease
+from lvs_operator.controller.settings import Settings
 from lvs_operator.model import ServiceKey
 
-GROUP, VERSION, PLURAL = "lvs.dev", "v1alpha1", "virtualservers"
 FIELD_MANAGER = "lvs-operator-controller"  # the server-side apply owner of our status fields
 REPORTING_CONTROLLER = "lvs.dev/controller"  # who posts the Events
 # Status writes in flight at once: enough to keep the API server busy without queueing
@@ -67,56 +66,6 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name) of an object
 VSKey = Key  # ... of a VirtualServer
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """How this replica serves the real-server Pod webhook (see `webhook.configure`)."""
-
-    image: str
-    namespace: str
-    service_name: str = "lvs-operator-webhook"
-    port: int = 9443
-    cert_dir: str | None = None
-    secret_name: str | None = None
-    configuration_name: str | None = None
-    extra_sans: tuple[str, ...] = ()
-    image_pull_policy: str | None = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How the controller runs; `lvs-operator controller` sets these from its options.
-
-    `kubeconfig` None means in-cluster credentials, else $KUBECONFIG or ~/.kube/config.
-    `namespaces` empty means cluster-wide (conflicts are only seen within the watched
-    namespaces otherwise). The Lease timings follow client-go's leader election: a leader
-    that cannot renew for `renew_deadline` seconds stops acting, and the others take over
-    once the Lease has not changed for `lease_duration` seconds, as they observe it on their
-    own clocks (no clock agreement needed); `retry_period` is how often they look.
-    """
-
-    kubeconfig: str | None = None
-    namespaces: tuple[str, ...] = ()
-    webhook: WebhookSettings | None = None  # None: this replica serves no Pod webhook
-    lease_namespace: str = "default"
-    lease_name: str = "lvs-operator-controller"
-    identity: str = ""
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("Lease timings need 0 < retry period < renew deadline < "
-                             f"lease duration, got {self.retry_period}, {self.renew_deadline}, "
-                             f"{self.lease_duration}")
-
-
-def default_identity() -> str:
-    """Return a Lease holder name: the pod's (or host's) name and a random suffix, so a
-    restarted replica is a new holder."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -252,7 +201,7 @@ class Informer:
             except Exception as error:
                 if isinstance(error, ApiException | aiohttp.ClientError | TimeoutError
                               | ValueError):
-                    log.warning("watching %s: %s", self.kind, _brief(error))
+                    log.warning("watching %s: %s", self.kind, brief(error))
                 else:  # a bug: say where, and start over from a fresh list
                     log.exception("watching %s", self.kind)
                     version = ""
@@ -565,7 +514,7 @@ class Controller:
         failures = self._failures.get(key, 0)
         delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
         self._failures[key] = failures + 1
-        log.warning("VirtualServer %s/%s: %s; retrying in %.0f s", *key, _brief(error), delay)
+        log.warning("VirtualServer %s/%s: %s; retrying in %.0f s", *key, brief(error), delay)
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
 
     # --- one VirtualServer ----------------------------------------------------------------------
@@ -586,7 +535,7 @@ class Controller:
             if entry is None or entry.deleting:
                 return
             wanted = self._desired(entry)
-            if not status.changed(entry.status, wanted) or not self.leading:
+            if not report.changed(entry.status, wanted) or not self.leading:
                 return
             try:
                 await self._apply(entry, wanted)
@@ -597,10 +546,10 @@ class Controller:
                     raise
                 entry = await self._fetch(key)  # our copy was stale: read it, start over
                 continue
-            ready = next(c for c in wanted["conditions"] if c["type"] == status.READY)
+            ready = next(c for c in wanted["conditions"] if c["type"] == conditions.READY)
             log.info("VirtualServer %s/%s: status written: Ready=%s %s, real servers %s",
                      *key, ready["status"], ready["reason"], wanted["ready"])
-            for event in status.events(entry.status, wanted):
+            for event in report.events(entry.status, wanted):
                 # Posted on the side: an Event must not hold up the next status write.
                 self._spawn(self._post(entry, event))
             return
@@ -634,14 +583,14 @@ class Controller:
                 entry.namespace, label_selector=admission.label_selector(selector))
         except (ApiException, aiohttp.ClientError, TimeoutError) as error:
             log.warning("VirtualServer %s/%s: cannot list its pods: %s", entry.namespace,
-                        entry.name, _brief(error))
+                        entry.name, brief(error))
             return
         # The typed objects back to the API's JSON shape, which `admission` reads.
         plain = self._api.sanitize_for_serialization(listed)  # type: ignore[no-untyped-call]
         pods = plain.get("items") or []
         lacking = admission.pods_lacking(vs, service, pods)
         if lacking:
-            await self._post(entry, status.Event(
+            await self._post(entry, report.Event(
                 type="Warning", reason="RealServerSetupMissing",
                 message=admission.restart_message(entry.name, service_name, lacking)))
 
@@ -658,7 +607,7 @@ class Controller:
             vs = entry.valid
             if vs is not None:
                 resolution = self._resolve(vs)
-        return status.desired(generation=entry.generation, vs=entry.parsed,
+        return report.desired(generation=entry.generation, vs=entry.parsed,
                               resolution=resolution, conflict=conflict,
                               directors=entry.status.get("directors") or {},
                               previous=entry.status, now=datetime.now(UTC))
@@ -678,7 +627,7 @@ class Controller:
 
     async def _apply(self, entry: Entry, wanted: Mapping[str, Any]) -> None:
         body = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": spec.KIND,
+            "apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": entry.name, "namespace": entry.namespace,
                          "resourceVersion": entry.resource_version},
             "status": wanted,
@@ -701,7 +650,7 @@ class Controller:
         assert isinstance(body, Mapping)
         return self.parser.entry(body)
 
-    async def _post(self, entry: Entry, event: status.Event) -> None:
+    async def _post(self, entry: Entry, event: report.Event) -> None:
         """Post `event` on the VirtualServer; a failure is logged, not retried (the status
         says it all)."""
         assert self._events is not None
@@ -711,7 +660,7 @@ class Controller:
         body = client.EventsV1Event(
             metadata=client.V1ObjectMeta(name=name, namespace=entry.namespace),
             regarding=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=spec.KIND, name=entry.name,
+                api_version=API_VERSION, kind=KIND, name=entry.name,
                 namespace=entry.namespace, uid=entry.uid),
             type=event.type, reason=event.reason, note=event.message[:1024],
             action="UpdateStatus", event_time=datetime.now(UTC),
@@ -721,201 +670,4 @@ class Controller:
             await self._events.create_namespaced_event(entry.namespace, body)
         except (ApiException, aiohttp.ClientError, TimeoutError) as error:
             log.warning("VirtualServer %s/%s: cannot post Event %s: %s", entry.namespace,
-                        entry.name, event.reason, _brief(error))
-
-
-class Lease:
-    """Leader election on a coordination.k8s.io Lease, as client-go does it.
-
-    A candidate takes the Lease when it is free or has not changed for its duration (as
-    seen on the candidate's own clock), then renews it every `retry_period`. The leader
-    stops acting as soon as another holder shows up, or when it could not renew for
-    `renew_deadline` (shorter than the duration, so it stops before anyone else starts).
-    """
-
-    def __init__(self, api: client.CoordinationV1Api, settings: Settings) -> None:
-        self.api = api
-        self.settings = settings
-        self._observed: tuple[Any, ...] | None = None
-        self._observed_at = 0.0
-
-    async def run(self, on_change: Callable[[bool], None]) -> None:
-        """Campaign and renew forever; call `on_change(True/False)` when leadership changes."""
-        leading, renewed = False, 0.0
-        while True:
-            try:
-                mine = await self._try_acquire_or_renew()
-            except (ApiException, aiohttp.ClientError, TimeoutError) as error:
-                log.warning("Lease %s/%s: %s", self.settings.lease_namespace,
-                            self.settings.lease_name, _brief(error))
-                mine = None  # unknown: keep leading until the renew deadline
-            except Exception:  # a bug must not leave a leader that no longer renews
-                log.exception("Lease %s/%s", self.settings.lease_namespace,
-                              self.settings.lease_name)
-                mine = None
-            now = time.monotonic()
-            if mine:
-                renewed = now
-                if not leading:
-                    leading = True
-                    on_change(True)
-            elif leading and (mine is False or now - renewed > self.settings.renew_deadline):
-                leading = False
-                on_change(False)
-            await asyncio.sleep(self.settings.retry_period)
-
-    async def _try_acquire_or_renew(self) -> bool:
-        """Return whether this replica holds the Lease now.
-
-        Raises:
-            ApiException: for an API error other than losing a race (409).
-        """
-        s = self.settings
-        now = datetime.now(UTC)
-        try:
-            lease = await self.api.read_namespaced_lease(s.lease_name, s.lease_namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            fresh = client.V1Lease(
-                metadata=client.V1ObjectMeta(name=s.lease_name, namespace=s.lease_namespace),
-                spec=client.V1LeaseSpec(holder_identity=s.identity, acquire_time=now,
-                                        renew_time=now, lease_transitions=0,
-                                        lease_duration_seconds=round(s.lease_duration)))
-            return await self._write(self.api.create_namespaced_lease(s.lease_namespace,
-                                                                      fresh))
-        lease_spec = lease.spec or client.V1LeaseSpec()
-        record = (lease_spec.holder_identity, lease_spec.renew_time,
-                  lease_spec.lease_duration_seconds)
-        if record != self._observed:
-            self._observed, self._observed_at = record, time.monotonic()
-        holder = lease_spec.holder_identity
-        if holder and holder != s.identity:
-            duration = lease_spec.lease_duration_seconds or s.lease_duration
-            if time.monotonic() < self._observed_at + duration:
-                return False
-        if holder != s.identity:
-            lease_spec.acquire_time = now
-            lease_spec.lease_transitions = (lease_spec.lease_transitions or 0) + 1
-        lease_spec.holder_identity = s.identity
-        lease_spec.renew_time = now
-        lease_spec.lease_duration_seconds = round(s.lease_duration)
-        lease.spec = lease_spec
-        # The read's resourceVersion makes the write fail if anyone else wrote meanwhile.
-        return await self._write(self.api.replace_namespaced_lease(
-            s.lease_name, s.lease_namespace, lease))
-
-    async def _write(self, request: Any) -> bool:
-        try:
-            await request
-        except ApiException as error:
-            if error.status == 409:
-                return False  # another replica won the race
-            raise
-        return True
-
-    async def release(self) -> None:
-        """Give the Lease up (if still held), so that another replica takes it at once."""
-        s = self.settings
-        try:
-            lease = await self.api.read_namespaced_lease(s.lease_name, s.lease_namespace)
-            if lease.spec is None or lease.spec.holder_identity != s.identity:
-                return
-            lease.spec.holder_identity = None
-            lease.spec.lease_duration_seconds = 1
-            lease.spec.renew_time = datetime.now(UTC)
-            await self.api.replace_namespaced_lease(s.lease_name, s.lease_namespace, lease)
-            log.info("released the Lease %s/%s", s.lease_namespace, s.lease_name)
-        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
-            log.warning("cannot release the Lease %s/%s (the next leader waits for it to "
-                        "expire): %s", s.lease_namespace, s.lease_name, _brief(error))
-
-
-async def load_configuration(kubeconfig: str | None) -> client.Configuration:
-    """Return the API client configuration from `kubeconfig`, or else in-cluster, or else
-    $KUBECONFIG or ~/.kube/config.
-
-    Raises:
-        kubernetes.aio.config.ConfigException: when none of them is there.
-    """
-    configuration = client.Configuration()
-    try:
-        if kubeconfig:
-            raise kube_config.ConfigException("a kubeconfig file was given")
-        kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration)
-    except kube_config.ConfigException:
-        await kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration)
-    configuration.connection_pool_maxsize = CONCURRENCY + 4  # statuses, Events, the Lease
-    return configuration
-
-
-async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
-    """Return kopf's credentials, from the same source as the controller's own client.
-
-    Raises:
-        kubernetes.aio.config.ConfigException: when there are none.
-    """
-    configuration = await load_configuration(kubeconfig)
-    header = (await configuration.get_api_key_with_prefix("BearerToken")
-              or await configuration.get_api_key_with_prefix("authorization"))
-    scheme, _, token = (header or "").rpartition(" ")
-    assert configuration.host is not None
-    return kopf.ConnectionInfo(
-        server=configuration.host, ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl, scheme=scheme or None, token=token or None,
-        certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
-
-
-def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """Register the controller's start-up, clean-up and credentials on `registry`."""
-
-    @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await connection_info(controller.settings.kubeconfig)
-
-    @kopf.on.startup(registry=registry)
-    async def start(**_: Any) -> None:
-        await controller.start()
-
-    @kopf.on.cleanup(registry=registry)
-    async def stop(**_: Any) -> None:
-        await controller.stop()
-
-
-def operator_settings() -> kopf.OperatorSettings:
-    """Return kopf's settings for the controller."""
-    settings = kopf.OperatorSettings()
-    # Events are posted by the controller itself, by the leader only.
-    settings.posting.enabled = False
-    return settings
-
-
-async def run(settings: Settings) -> None:
-    """Run the controller until SIGINT/SIGTERM (kopf handles both and cleans up)."""
-    registry = kopf.OperatorRegistry()
-    controller = Controller(settings)
-    register(registry, controller)
-    kopf_settings = operator_settings()
-    if settings.webhook is not None:
-        # Every replica serves the webhook, leader or not (its reads are its own, fresh per
-        # admission); only status writes and Events wait for the Lease. Imported here: the
-        # certificate code pulls in `cryptography`, which a controller without it never needs.
-        from lvs_operator import webhook
-
-        hook = settings.webhook
-        webhook.configure(kopf_settings, registry=registry, image=hook.image,
-                          namespace=hook.namespace, service_name=hook.service_name,
-                          port=hook.port, cert_dir=hook.cert_dir, secret_name=hook.secret_name,
-                          configuration_name=hook.configuration_name,
-                          extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy)
-    await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
-                        clusterwide=not settings.namespaces, namespaces=settings.namespaces)
-
-
-def _brief(error: BaseException) -> str:
-    """Return a one-line description of an API or network error."""
-    if isinstance(error, ApiException):
-        return f"API error {error.status} {error.reason}"
-    return str(error) or type(error).__name__
+                        entry.name, event.reason, brief(error))

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from lvs_operator import resolve, spec, status
-from lvs_operator.conflicts import Conflict
+from lvs_operator.api import conditions as api_conditions
+from lvs_operator.api import spec
+from lvs_operator.api.conflicts import Conflict
+from lvs_operator.api.realservers import RealServerStatus
+from lvs_operator.controller import report, resolve
 from lvs_operator.model import Protocol, ServiceKey
-from lvs_operator.resolve import RealServerStatus
 
 T0 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -20,8 +22,10 @@ VS = spec.parse({"metadata": {"name": "web", "namespace": "shop"}, "spec": {
     "backend": {"service": {"name": "web"}}}})
 REALS = (RealServerStatus(ip_address("10.0.0.1"), 80, 1, True, "n1", "web-1"),
          RealServerStatus(ip_address("10.0.0.2"), 80, 0, False, "n2", "web-2"))
-OK = resolve.Resolution(REALS, resolve.RESOLVED, "1 of 2 endpoints of Service shop/web ready")
-EMPTY = resolve.Resolution((), resolve.NO_READY_ENDPOINTS, "Service shop/web has no endpoints")
+OK = resolve.Resolution(REALS, api_conditions.RESOLVED,
+                        "1 of 2 endpoints of Service shop/web ready")
+EMPTY = resolve.Resolution((), api_conditions.NO_READY_ENDPOINTS,
+                           "Service shop/web has no endpoints")
 ACTIVE = {"n1": {"role": "Active", "generation": 3, "syncedAt": "2024-05-01T09:00:00Z",
                  "error": ""},
           "n2": {"role": "Standby", "generation": 3, "error": ""}}
@@ -33,7 +37,7 @@ def compute(vs: spec.VirtualServer | spec.SpecError = VS,
             resolution: resolve.Resolution | None = OK, conflict: Conflict | None = None,
             directors: dict[str, Any] | None = None, previous: dict[str, Any] | None = None,
             now: datetime = T0, generation: int = 3) -> dict[str, Any]:
-    return status.desired(generation=generation, vs=vs, resolution=resolution,
+    return report.desired(generation=generation, vs=vs, resolution=resolution,
                           conflict=conflict, directors=ACTIVE if directors is None else directors,
                           previous=previous or {}, now=now)
 
@@ -121,7 +125,7 @@ def test_no_active_director_field_without_one():
 def test_transition_time_kept_while_status_unchanged():
     first = compute(resolution=EMPTY)
     # Same status, new reason and message: the time stays.
-    second = compute(resolution=resolve.Resolution((), resolve.SERVICE_NOT_FOUND, "gone"),
+    second = compute(resolution=resolve.Resolution((), api_conditions.SERVICE_NOT_FOUND, "gone"),
                      previous=first, now=T1)
     assert [c["lastTransitionTime"] for c in second["conditions"]] == \
         [c["lastTransitionTime"] for c in first["conditions"]]
@@ -138,8 +142,8 @@ def test_unchanged_is_not_a_change():
     stored = {**first, "directors": ACTIVE,
               "conditions": [*first["conditions"], {"type": "VIPBound", "status": "True"}][::-1]}
     again = compute(previous=stored, now=T1)
-    assert not status.changed(stored, again)
-    assert status.events(stored, again) == []
+    assert not report.changed(stored, again)
+    assert report.events(stored, again) == []
 
 
 @pytest.mark.parametrize("edit", [
@@ -152,22 +156,22 @@ def test_unchanged_is_not_a_change():
 def test_any_owned_difference_is_a_change(edit):
     stored = compute()
     edit(stored)
-    assert status.changed(stored, compute(previous=stored))
+    assert report.changed(stored, compute(previous=stored))
 
 
 EVENT_CASES = [
-    pytest.param({}, compute(), [status.Event("Normal", "Ready",
+    pytest.param({}, compute(), [report.Event("Normal", "Ready",
                                               compute()["conditions"][0]["message"])],
                  id="first-time-ready"),
     pytest.param(compute(), compute(resolution=EMPTY),
-                 [status.Event("Warning", "NoReadyEndpoints", EMPTY.message)],
+                 [report.Event("Warning", "NoReadyEndpoints", EMPTY.message)],
                  id="lost-endpoints"),
     pytest.param(compute(), compute(conflict=CONFLICT, resolution=None),
-                 [status.Event("Warning", "Conflict",
+                 [report.Event("Warning", "Conflict",
                                compute(conflict=CONFLICT, resolution=None)["conditions"][0]
                                ["message"])], id="conflict"),
     pytest.param(compute(resolution=EMPTY),
-                 compute(resolution=resolve.Resolution((), resolve.NO_READY_ENDPOINTS, "x")),
+                 compute(resolution=resolve.Resolution((), api_conditions.NO_READY_ENDPOINTS, "x")),
                  [], id="message-only"),
     pytest.param(compute(resolution=EMPTY), compute(directors={}, resolution=EMPTY), [],
                  id="same-ready-reason"),
@@ -176,9 +180,9 @@ EVENT_CASES = [
 
 @pytest.mark.parametrize(("before", "after", "expected"), EVENT_CASES)
 def test_events(before, after, expected):
-    assert status.events(before, after) == expected
+    assert report.events(before, after) == expected
 
 
 def test_timestamp_is_utc_whole_seconds():
     local = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC).astimezone()
-    assert status.timestamp(local) == "2024-05-01T12:00:00Z"
+    assert api_conditions.timestamp(local) == "2024-05-01T12:00:00Z"

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lvs_operator import spec
+from lvs_operator.api import spec
 from lvs_operator.model import Forwarding, IPAddress, TunnelType
 
 Mode = Literal["dr", "tunnel"]
@@ -90,9 +90,6 @@ NAMESPACE_OPT_OUT_VALUE = "disabled"
 PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 PSA_FORBIDDING_NET_ADMIN = frozenset({"baseline", "restricted"})
 
-VIRTUALSERVER_GROUP = "lvs.dev"
-VIRTUALSERVER_VERSION = "v1alpha1"
-VIRTUALSERVER_PLURAL = "virtualservers"
 
 JSONPatch = tuple[Mapping[str, Any], ...]
 

@@ -65,7 +65,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lvs_operator import admission
+from lvs_operator.api import GROUP, PLURAL, VERSION
+from lvs_operator.controller import admission
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +284,8 @@ class _API:
     async def virtualservers(self, namespace: str) -> list[dict[str, Any]]:
         """Return the VirtualServers of `namespace` (none if the CRD is not installed)."""
         answer = await self._call(
-            self._custom.list_namespaced_custom_object, admission.VIRTUALSERVER_GROUP,
-            admission.VIRTUALSERVER_VERSION, namespace, admission.VIRTUALSERVER_PLURAL,
+            self._custom.list_namespaced_custom_object, GROUP,
+            VERSION, namespace, PLURAL,
             missing_ok=True)
         return list((answer or {}).get("items") or [])
 

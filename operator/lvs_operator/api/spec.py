@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 from lvs_operator import model
+from lvs_operator.api import API_VERSION, KIND
 from lvs_operator.model import (
     Forwarding,
     IPAddress,
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
     _T = TypeVar("_T")
 
-API_VERSION = "lvs.dev/v1alpha1"
-KIND = "VirtualServer"
 
 FORWARDING = {
     "DirectRouting": Forwarding.DIRECT_ROUTING,

@@ -1,0 +1,21 @@
+"""The controller (`lvs-operator controller`): cluster in, VirtualServer status out.
+
+It resolves every VirtualServer's backend to the real servers each director must program,
+writes them to `status.realServers` with conditions and Events, and serves the Pod webhook
+that injects `realserver-init` into real-server pods.
+
+- `settings`: what the controller is told (its command-line options).
+- `handlers`: the kopf glue: credentials, start-up and clean-up, `run`.
+- `reconciler`: the `Controller`: what changed -> which VirtualServers to reconcile, the queue,
+  one reconcile (compute the status, write only a difference), Events.
+- `leader`: leader election among replicas on a Lease (only the leader writes).
+- `resolve` (pure): a backend Service and its EndpointSlices -> `status.realServers`.
+- `report` (pure): the status fields the controller owns, and the Events worth posting.
+- `admission` (pure): which pods the webhook prepares, and the patch.
+- `webhook`: the webhook server and its TLS material.
+- `errors`: one-line descriptions of API errors.
+
+May import: `api`, `kube`, the core (`model`) and third-party Kubernetes libraries (kopf, the
+`kubernetes` client). Never `agent`, `ipvs` or `network`: the controller never touches a
+kernel.
+"""
