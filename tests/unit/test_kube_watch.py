@@ -1,4 +1,4 @@
-"""agent.watch: the reflector's list, watch, resume and relist logic, on scripted streams."""
+"""kube.watch: the reflector's list, watch, resume and relist logic, on scripted streams."""
 
 from __future__ import annotations
 
@@ -82,22 +82,31 @@ class _Events:
         self.closed = True
 
 
-def run(script, relevant=lambda o: o):
+def run(script, transform=watch.keep):
     changes = []
+    synced = []
     reflector = watch.Reflector("test", lister=script.lister, watcher=script.watcher,
-                                on_change=lambda: changes.append(1), relevant=relevant,
-                                backoff_max=0.01)
+                                transform=transform,
+                                on_change=lambda *change: changes.append(change),
+                                on_synced=lambda: synced.append(1), backoff_max=0.01)
     thread = threading.Thread(target=reflector.run, daemon=True)
     thread.start()
     assert script.done.wait(10), "the script did not run to its end"
     reflector.stop()
     thread.join(5)
     assert not thread.is_alive(), "stop() must end run()"
+    assert synced == [1], "on_synced is called once, after the first list"
     return reflector, changes
 
 
 def names(reflector):
-    return {k: v["metadata"]["resourceVersion"] for k, v in reflector.snapshot().items()}
+    return {str(k): v["metadata"]["resourceVersion"] for k, v in reflector.snapshot().items()}
+
+
+def versions(changes):
+    """Return each change as (key, old version, new version)."""
+    return [(str(key), *(o["metadata"]["resourceVersion"] if o else None for o in (old, new)))
+            for key, old, new in changes]
 
 
 def test_list_then_watch_applies_events_and_resumes_from_the_last_version():
@@ -112,7 +121,11 @@ def test_list_then_watch_applies_events_and_resumes_from_the_last_version():
     assert script.watched_from == ["5", "12", "13"], "bookmarks move the version on"
     assert names(reflector) == {"ns/a": "6", "ns/c": "13"}
     assert reflector.synced.is_set()
-    assert len(changes) == 5  # the first list, and every event but the bookmark
+    assert versions(changes) == [  # each listed object, then every event but the bookmark
+        ("ns/a", None, "3"), ("ns/b", None, "4"), ("ns/a", "3", "6"), ("ns/c", None, "7"),
+        ("ns/b", "4", None), ("ns/c", "7", "13")]
+    assert reflector.get(watch.Key("ns", "c"))["metadata"]["resourceVersion"] == "13"
+    assert reflector.get(watch.Key("ns", "b")) is None
 
 
 def test_410_in_the_stream_relists_and_forgets_what_was_deleted_meanwhile():
@@ -120,11 +133,13 @@ def test_410_in_the_stream_relists_and_forgets_what_was_deleted_meanwhile():
         lists=[([obj("a", "3"), obj("b", "4")], "5"), ([obj("a", "3")], "20")],
         watches=[[event("MODIFIED", "a", "6"), GONE]],
     )
-    reflector, _ = run(script)
+    reflector, changes = run(script)
     assert script.listed == 2
     assert script.watched_from == ["5", "20"]
     assert names(reflector) == {"ns/a": "3"}, "the relist replaces the cache"
     assert reflector.lists == 2
+    assert versions(changes)[2:] == [("ns/a", "3", "6"), ("ns/a", "6", "3"), ("ns/b", "4", None)], \
+        "a relist reports what changed while nobody watched, deletions included"
 
 
 def test_410_answer_to_the_watch_request_relists():
@@ -147,20 +162,27 @@ def test_errors_back_off_and_retry_without_relisting():
     assert names(reflector) == {"ns/a": "7"}
 
 
-def test_irrelevant_changes_do_not_wake_the_loop():
+def test_the_cache_holds_the_transform_and_reports_only_its_changes():
     script = Script(
         lists=[([obj("a", "3", role="x")], "5")],
         watches=[[event("MODIFIED", "a", "6", role="x"), event("MODIFIED", "a", "7", role="y")]],
     )
-    reflector, changes = run(script, relevant=lambda o: o["metadata"]["labels"])
-    assert names(reflector) == {"ns/a": "7"}, "the cache holds the latest object regardless"
-    assert len(changes) == 2  # the first list, and the label change
+    reflector, changes = run(script, transform=lambda o: o["metadata"]["labels"])
+    assert reflector.snapshot() == {watch.Key("ns", "a"): {"role": "y"}}
+    assert changes == [(watch.Key("ns", "a"), None, {"role": "x"}),
+                       (watch.Key("ns", "a"), {"role": "x"}, {"role": "y"})]
 
 
-def test_a_relist_that_changes_nothing_does_not_wake_the_loop():
+def test_a_relist_that_changes_nothing_reports_nothing():
     script = Script(lists=[([obj("a", "3")], "5"), ([obj("a", "3")], "9")], watches=[[GONE]])
     _, changes = run(script)
-    assert len(changes) == 1
+    assert len(changes) == 1  # the first list's
+
+
+def test_an_empty_first_list_still_says_synced():
+    script = Script(lists=[([], "5")], watches=[])
+    reflector, changes = run(script)  # run() checks on_synced was called once
+    assert changes == [] and reflector.synced.is_set()
 
 
 def test_stop_before_the_first_list_completes():
@@ -171,7 +193,7 @@ def test_stop_before_the_first_list_completes():
         return [], "1"
 
     reflector = watch.Reflector("test", lister=slow_lister, watcher=lambda v: Blocking(),
-                                on_change=lambda: None)
+                                transform=watch.keep)
     thread = threading.Thread(target=reflector.run, daemon=True)
     thread.start()
     time.sleep(0.05)
@@ -187,4 +209,4 @@ def test_stop_before_the_first_list_completes():
     ({"name": "node-1"}, "node-1"),
 ])
 def test_object_key(metadata, key):
-    assert watch.object_key({"metadata": metadata}) == key
+    assert str(watch.object_key({"metadata": metadata})) == key

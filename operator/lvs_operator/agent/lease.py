@@ -201,7 +201,9 @@ class Keeper:
             watcher=api.watcher(self._path, query=selector,
                                 timeout_seconds=watch_settings.timeout_seconds,
                                 read_timeout=max(2.0, 4 * duration)),
-            on_change=self._observe,
+            transform=watch.keep,
+            on_change=lambda key, old, new: self._observe(),
+            on_synced=self._observe,
             backoff_max=min(watch_settings.backoff_max_seconds, 2.0))
         self._threads: list[threading.Thread] = []
 

@@ -159,8 +159,9 @@ class Agent:
             watcher=api.watcher(client.VIRTUALSERVERS,
                                  timeout_seconds=watch_settings.timeout_seconds,
                                  read_timeout=watch_settings.read_timeout_seconds),
-            on_change=self._wake.set,
-            relevant=partial(desired.relevant, node=settings.node),
+            transform=watch.keep,
+            on_change=self._wake_on(partial(desired.relevant, node=settings.node)),
+            on_synced=self._wake.set,
             backoff_max=watch_settings.backoff_max_seconds)
         only_mine = [("fieldSelector", f"metadata.name={settings.node}")]
         self.node = watch.Reflector(
@@ -169,8 +170,10 @@ class Agent:
             watcher=api.watcher(client.NODES, query=only_mine,
                                  timeout_seconds=watch_settings.timeout_seconds,
                                  read_timeout=watch_settings.read_timeout_seconds),
-            on_change=self._wake.set,
-            relevant=desired.node_labels,  # kubelet heartbeats change status, not labels
+            transform=watch.keep,
+            # kubelet heartbeats change the Node's status, not its labels
+            on_change=self._wake_on(desired.node_labels),
+            on_synced=self._wake.set,
             backoff_max=watch_settings.backoff_max_seconds)
         # This director's Lease and everyone's: who holds which VIP (`election`); None
         # without HA (a lone director holds every VIP).
@@ -266,12 +269,25 @@ class Agent:
 
     # --- one sync ----------------------------------------------------------------------------
 
+    def _wake_on(self, relevant: Callable[[watch.Object], object]) -> Callable[
+            [watch.Key, watch.Object | None, watch.Object | None], None]:
+        """Return a reflector's change callback that wakes the sync loop when an object
+        comes or goes, or `relevant(object)` changes."""
+        def changed(key: watch.Key, old: watch.Object | None, new: watch.Object | None) -> None:
+            if old is None or new is None or relevant(old) != relevant(new):
+                self._wake.set()
+        return changed
+
+    def _virtualservers(self) -> dict[str, watch.Object]:
+        """Return the cached VirtualServers by `namespace/name`."""
+        return {str(key): obj for key, obj in self.virtualservers.snapshot().items()}
+
     def _sync(self, *, full: bool) -> float | None:
         """Converge once; return how soon another sync is needed (None: at the next resync
         or change)."""
         started = time.monotonic()
-        objects = self.virtualservers.snapshot()
-        node = self.node.snapshot().get(self.settings.node)
+        objects = self._virtualservers()
+        node = self.node.get(watch.Key("", self.settings.node))
         if node is None:
             if not self._node_missing:
                 log.warning("Node %s does not exist: changing nothing until it does (a "
@@ -584,7 +600,7 @@ class Agent:
                 return
             log.info("stopping: released %d VIPs for the other directors to take",
                      len(gone))
-            objects = self.virtualservers.snapshot()
+            objects = self._virtualservers()
             for ident, p in handed.items():
                 obj = objects.get(ident)
                 if obj is None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 Object = Mapping[str, Any]
+T = TypeVar("T")
 
 
 class Gone(Exception):
@@ -47,31 +48,52 @@ Lister = Callable[[], tuple[list[Object], str]]  # -> (objects, the list's resou
 Watcher = Callable[[str], Stream]  # resourceVersion -> a watch from there
 
 
-def object_key(obj: Object) -> str:
-    """Return `namespace/name` (just `name` for a cluster-scoped object)."""
+class Key(NamedTuple):
+    """Which object: its namespace ("" for a cluster-scoped object) and name. Both binaries
+    key their caches by it; it prints as `namespace/name` (just `name` when cluster-scoped)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def object_key(obj: Object) -> Key:
+    """Return the key of `obj` (an object as the API server sends it)."""
     meta = obj.get("metadata") or {}
-    namespace = meta.get("namespace")
-    return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
+    return Key(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
-class Reflector:
-    """Keeps `snapshot()` equal to the API server's objects of one kind; run it in a thread.
+def keep(obj: Object) -> Object:
+    """Return `obj` itself: the transform of a reflector that caches whole objects."""
+    return obj
 
-    `on_change` is called (from the reflector's thread) after the first list, and whenever
-    an object appears, disappears, or changes in what `relevant` returns.
+
+class Reflector(Generic[T]):
+    """Keeps its cache equal to the API server's objects of one kind; run it in a thread.
+
+    The cache holds `transform(object)` by `Key` (a compact form: what the caller needs, so
+    a cluster's worth of EndpointSlices stays small). `on_change(key, old, new)` (None for
+    absent) is called from the reflector's thread for every object of the first list, and
+    then whenever a cached value appears, disappears or changes: watch events, and the
+    differences a relist finds (after a 410 Gone). `on_synced` is called once, after the
+    first complete list, even when it was empty.
     """
 
     def __init__(self, name: str, *, lister: Lister, watcher: Watcher,
-                 on_change: Callable[[], None],
-                 relevant: Callable[[Object], object] = lambda obj: obj,
+                 transform: Callable[[Object], T],
+                 on_change: Callable[[Key, T | None, T | None], None] = lambda k, o, n: None,
+                 on_synced: Callable[[], None] = lambda: None,
                  backoff_max: float = 30.0) -> None:
         self.name = name
         self._lister = lister
         self._watcher = watcher
+        self._transform = transform
         self._on_change = on_change
-        self._relevant = relevant
+        self._on_synced = on_synced
         self._backoff_max = backoff_max
-        self._items: dict[str, Object] = {}
+        self._items: dict[Key, T] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stream: Stream | None = None
@@ -81,9 +103,14 @@ class Reflector:
         self.lists = 0
         """How many times the reflector has listed (1 + relists)."""
 
-    def snapshot(self) -> dict[str, Object]:
-        """Return the cached objects by `namespace/name` (a copy; the objects are shared
-        and must not be changed)."""
+    def get(self, key: Key) -> T | None:
+        """Return the cached value of `key`, or None."""
+        with self._lock:
+            return self._items.get(key)
+
+    def snapshot(self) -> dict[Key, T]:
+        """Return the cached values by key (a copy of the mapping; the values are shared and
+        must not be changed)."""
         with self._lock:
             return dict(self._items)
 
@@ -119,15 +146,18 @@ class Reflector:
 
     def _relist(self) -> str:
         objects, version = self._lister()
-        fresh = {object_key(obj): obj for obj in objects}
+        fresh = {object_key(obj): self._transform(obj) for obj in objects}
         with self._lock:
             old, self._items = self._items, fresh
         self.lists += 1
-        first = not self.synced.is_set()
-        self.synced.set()
-        if first or old.keys() != fresh.keys() or any(
-                self._relevant(old[k]) != self._relevant(fresh[k]) for k in fresh):
-            self._on_change()
+        # In the list's order, then what it no longer has: deterministic, for callers and tests.
+        for key in [*fresh, *(k for k in old if k not in fresh)]:
+            before, after = old.get(key), fresh.get(key)
+            if before != after:
+                self._on_change(key, before, after)
+        if not self.synced.is_set():
+            self.synced.set()
+            self._on_synced()
         return version
 
     def _watch(self) -> None:
@@ -164,15 +194,16 @@ class Reflector:
             stream.close()
 
     def _put(self, obj: Object) -> None:
-        key = object_key(obj)
+        key, new = object_key(obj), self._transform(obj)
         with self._lock:
             old = self._items.get(key)
-            self._items[key] = obj
-        if old is None or self._relevant(old) != self._relevant(obj):
-            self._on_change()
+            self._items[key] = new
+        if old != new:
+            self._on_change(key, old, new)
 
     def _remove(self, obj: Object) -> None:
+        key = object_key(obj)
         with self._lock:
-            old = self._items.pop(object_key(obj), None)
+            old = self._items.pop(key, None)
         if old is not None:
-            self._on_change()
+            self._on_change(key, old, None)

@@ -164,7 +164,7 @@ class MemoryApi:
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any:
         with self._lock:
-            key = f"{namespace}/{name}"
+            key = watch.Key(namespace, name)
             obj = merge_patch(self.objects[key], {"status": patch["status"]})
             self.version += 1
             obj["metadata"] = {**obj["metadata"], "resourceVersion": str(self.version)}
