@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import time
 from collections.abc import Callable, Coroutine
 from ipaddress import ip_address
 from typing import Any
 
 import pytest
-from kubernetes.aio import client
-from kubernetes.aio.client.exceptions import ApiException
 
+from lvs_operator.controller import objects, report
 from lvs_operator.controller import reconciler as controller
-from lvs_operator.controller import report
-from lvs_operator.controller.leader import Lease
-from lvs_operator.controller.reconciler import Controller, Entry, Parser
+from lvs_operator.controller.leader import Leader
+from lvs_operator.controller.objects import Entry, Parser
+from lvs_operator.controller.reconciler import Controller
 from lvs_operator.controller.settings import Settings
+from lvs_operator.kube import client, watch
+from lvs_operator.kube.watch import Key
 from lvs_operator.model import Protocol, ServiceKey
 
 NS = "shop"
@@ -40,23 +40,30 @@ def body(name: str, *, vip: str = "192.0.2.10", created: str = "2024-05-01T10:00
             "status": state or {}}
 
 
-class Informer:
-    """What the controller reads of an informer: its items."""
+class Cache:
+    """What the controller reads of a reflector: `get`."""
 
     def __init__(self) -> None:
-        self.items: dict[Any, Any] = {}
+        self.items: dict[Key, Any] = {}
+
+    def get(self, key: Key) -> Any:
+        return self.items.get(key)
+
+    def snapshot(self) -> dict[Key, Any]:
+        return dict(self.items)
 
 
 class Fake(Controller):
-    """A Controller over in-memory informers, whose API calls are recorded."""
+    """A Controller over in-memory caches, whose API calls are recorded."""
 
     def __init__(self, *bodies: dict[str, Any]) -> None:
         super().__init__(Settings(identity="test"))
         self.leading = True
-        self.informers = {kind: Informer()  # type: ignore[misc]
-                          for kind in ("virtualservers", "services", "endpointslices")}
+        self.cached = {kind: Cache() for kind in ("services", "endpointslices")}
+        self.caches = {kind: {"": cache}  # type: ignore[dict-item]
+                       for kind, cache in self.cached.items()}
         self._synced.set()
-        self.stored: dict[tuple[str, str], dict[str, Any]] = {}
+        self.stored: dict[Key, dict[str, Any]] = {}
         self.applied: list[tuple[str, dict[str, Any]]] = []
         self.posted: list[tuple[str, str]] = []
         self.conflicts_to_raise = 0
@@ -66,27 +73,27 @@ class Fake(Controller):
 
     def store(self, b: dict[str, Any]) -> Entry:
         """Put `b` in the API server and (as the informer would) in memory."""
-        key = (NS, b["metadata"]["name"])
+        key = Key(NS, b["metadata"]["name"])
         self.stored[key] = b
-        old, new = self._vs.get(key), self.parser.entry(b)
-        self._vs[key] = new
+        old, new = self.virtualservers.get(key), self.parser.entry(b)
+        self.virtualservers[key] = new
         self._index(key, old, new)
         return new
 
     def remove(self, name: str) -> Entry:
-        key = (NS, name)
+        key = Key(NS, name)
         del self.stored[key]
-        old = self._vs.pop(key)
+        old = self.virtualservers.pop(key)
         self._index(key, old, None)
         return old
 
     async def _apply(self, entry: Entry, wanted: Any) -> None:
         if self.conflicts_to_raise:
             self.conflicts_to_raise -= 1
-            raise ApiException(status=409)
+            raise client.ApiError(409, "conflict")
         self.applied.append((entry.name, dict(wanted)))
 
-    async def _fetch(self, key: tuple[str, str]) -> Entry | None:
+    async def _fetch(self, key: Key) -> Entry | None:
         return self.parser.entry(self.stored[key])
 
     async def _post(self, entry: Entry, event: report.Event) -> None:
@@ -105,7 +112,7 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 def test_parser_caches_by_generation_and_reports_invalid():
     parser = Parser()
     valid = parser.entry(body("web"))
-    assert valid.valid is not None and valid.key == (NS, "web")
+    assert valid.valid is not None and valid.key == Key(NS, "web")
     assert parser.parse(body("web")) is valid.parsed  # same uid and generation: cached
     bad = body("bad", spec={"vip": "x", "ports": [{"port": 80}], "backend": {}})
     invalid = parser.entry(bad)
@@ -120,13 +127,13 @@ def test_compact_slice_keeps_what_resolve_reads():
            "endpoints": [{"addresses": ["10.0.0.1", "10.0.0.9"], "conditions": {"ready": True},
                           "nodeName": "n1", "zone": "a", "hints": {},
                           "targetRef": {"kind": "Pod", "name": "p", "uid": "u"}}]}
-    assert controller.compact_slice(raw) == {
+    assert objects.compact_slice(raw) == {
         "service": None, "addressType": "IPv4", "ports": [{"name": "http", "port": 80}],
         "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True},
                        "nodeName": "n1", "targetRef": {"kind": "Pod", "name": "p"}}]}
     svc = {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "x",
                                                  "selector": {"app": "web"}}}
-    assert controller.compact_service(svc) == {"spec": {"ports": [{"port": 80}],
+    assert objects.compact_service(svc) == {"spec": {"ports": [{"port": 80}],
                                                         "selector": {"app": "web"}}}
 
 
@@ -134,11 +141,11 @@ def test_reconcile_writes_a_difference_once_and_posts_the_event():
     fake = Fake(body("web"))
 
     async def go() -> None:
-        await fake.reconcile((NS, "web"))
+        await fake.reconcile(Key(NS, "web"))
         _, wanted = fake.applied[0]
         # What was written is now stored: reconciling again writes nothing.
         fake.store(body("web", rv="2", state=wanted))
-        await fake.reconcile((NS, "web"))
+        await fake.reconcile(Key(NS, "web"))
 
     run(go())
     assert [name for name, _ in fake.applied] == ["web"]
@@ -148,15 +155,15 @@ def test_reconcile_writes_a_difference_once_and_posts_the_event():
 
 def test_reconcile_resolves_a_service_from_the_informers():
     fake = Fake(body("web", backend={"service": {"name": "web", "port": "http"}}))
-    fake.informers["services"].items[(NS, "web")] = controller.compact_service(
+    fake.cached["services"].items[Key(NS, "web")] = objects.compact_service(
         {"spec": {"ports": [{"name": "http", "port": 80}]}})
-    slice_ = controller.compact_slice({
+    slice_ = objects.compact_slice({
         "metadata": {"labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4",
         "ports": [{"name": "http", "port": 80}],
         "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": True}}]})
-    fake.informers["endpointslices"].items[(NS, "web-1")] = slice_
-    fake._index_slice((NS, "web-1"), None, slice_)
-    run(fake.reconcile((NS, "web")))
+    fake.cached["endpointslices"].items[Key(NS, "web-1")] = slice_
+    fake.slices_of[Key(NS, "web")] = {Key(NS, "web-1")}
+    run(fake.reconcile(Key(NS, "web")))
     assert fake.applied[0][1]["realServers"] == [{"ip": "10.0.0.7", "port": 80, "weight": 1,
                                                   "ready": True}]
 
@@ -164,7 +171,7 @@ def test_reconcile_resolves_a_service_from_the_informers():
 def test_reconcile_rereads_after_a_conflict():
     fake = Fake(body("web"))
     fake.conflicts_to_raise = 1
-    run(fake.reconcile((NS, "web")))
+    run(fake.reconcile(Key(NS, "web")))
     assert len(fake.applied) == 1
 
 
@@ -172,14 +179,14 @@ def test_reconcile_gives_up_when_it_keeps_changing():
     fake = Fake(body("web"))
     fake.conflicts_to_raise = controller.APPLY_ATTEMPTS
     with pytest.raises(RuntimeError, match="changed under each"):
-        run(fake.reconcile((NS, "web")))
+        run(fake.reconcile(Key(NS, "web")))
 
 
 def test_a_standby_writes_nothing():
     fake = Fake(body("web"))
     fake.leading = False
-    run(fake.reconcile((NS, "web")))
-    fake.enqueue((NS, "web"))
+    run(fake.reconcile(Key(NS, "web")))
+    fake.enqueue(Key(NS, "web"))
     assert fake.applied == [] and fake._running == {}
 
 
@@ -190,7 +197,7 @@ class Recording(Fake):
         super().__init__(*bodies)
         self.gate = gate
 
-    async def reconcile(self, key: tuple[str, str]) -> None:
+    async def reconcile(self, key: Key) -> None:
         self.reconciled.append(key)
         if self.gate is not None:
             await self.gate.wait()
@@ -210,36 +217,36 @@ def queued(fake: Recording, change: Callable[[], None]) -> list[str]:
 def test_a_virtual_server_change_queues_it_and_its_rivals():
     fake = Recording(body("new"), body("other", vip="192.0.2.99"))
     old = fake.store(body("old", created="2024-05-01T09:00:00Z"))
-    assert queued(fake, lambda: fake.virtualserver_changed((NS, "old"), old, old)) == \
+    assert queued(fake, lambda: fake.virtualserver_changed(Key(NS, "old"), old, old)) == \
         ["new", "old"]
 
 
 def test_deleting_the_holder_queues_who_it_kept_out():
     fake = Recording(body("old", created="2024-05-01T09:00:00Z"), body("moved", vip="192.0.2.50"))
-    fake.conflicted = {(NS, "moved"): f"{NS}/old", (NS, "x"): f"{NS}/other"}
+    fake.conflicted = {Key(NS, "moved"): f"{NS}/old", Key(NS, "x"): f"{NS}/other"}
     old = fake.remove("old")
-    assert queued(fake, lambda: fake.virtualserver_changed((NS, "old"), old, None)) == ["moved"]
+    assert queued(fake, lambda: fake.virtualserver_changed(Key(NS, "old"), old, None)) == ["moved"]
     # Nothing of "old" stays behind in the claims.
     assert fake.claims == {ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.50"), 80):
-                           {(NS, "moved")}}
+                           {Key(NS, "moved")}}
 
 
 def test_a_backend_change_queues_its_virtual_servers():
     fake = Recording(body("svc", backend={"service": {"name": "web"}}), body("static"))
-    assert queued(fake, lambda: fake.service_changed((NS, "web"), None, {})) == ["svc"]
-    assert queued(fake, lambda: fake.service_changed((NS, "unrelated"), None, {})) == []
+    assert queued(fake, lambda: fake.service_changed(Key(NS, "web"), None, {})) == ["svc"]
+    assert queued(fake, lambda: fake.service_changed(Key(NS, "unrelated"), None, {})) == []
     slice_ = {"service": "web", "endpoints": []}
-    assert queued(fake, lambda: fake.slice_changed((NS, "web-abc"), None, slice_)) == ["svc"]
-    assert fake.slices_of == {(NS, "web"): {(NS, "web-abc")}}
-    assert queued(fake, lambda: fake.slice_changed((NS, "web-abc"), slice_, None)) == ["svc"]
+    assert queued(fake, lambda: fake.slice_changed(Key(NS, "web-abc"), None, slice_)) == ["svc"]
+    assert fake.slices_of == {Key(NS, "web"): {Key(NS, "web-abc")}}
+    assert queued(fake, lambda: fake.slice_changed(Key(NS, "web-abc"), slice_, None)) == ["svc"]
     assert fake.slices_of == {}
-    assert queued(fake, lambda: fake.slice_changed((NS, "x"), None, {"service": None})) == []
+    assert queued(fake, lambda: fake.slice_changed(Key(NS, "x"), None, {"service": None})) == []
 
 
 def test_nothing_is_queued_before_the_first_lists():
     fake = Recording(body("web"))
     fake._synced.clear()
-    assert queued(fake, lambda: fake.enqueue((NS, "web"))) == []
+    assert queued(fake, lambda: fake.enqueue(Key(NS, "web"))) == []
 
 
 def test_the_queue_coalesces_a_burst():
@@ -247,25 +254,25 @@ def test_the_queue_coalesces_a_burst():
         gate = asyncio.Event()
         fake = Recording(body("web"), gate=gate)
         for _ in range(5):
-            fake.enqueue((NS, "web"))
+            fake.enqueue(Key(NS, "web"))
             await asyncio.sleep(0)
         gate.set()
         while fake._running:
             await asyncio.sleep(0)
         return fake.reconciled
     # One run that was in progress, and one more for everything that came meanwhile.
-    assert asyncio.run(go()) == [(NS, "web"), (NS, "web")]
+    assert asyncio.run(go()) == [Key(NS, "web"), Key(NS, "web")]
 
 
 def test_conflicts_are_found_through_the_claims_index():
     old = body("old", created="2024-05-01T09:00:00Z")
     new = body("new")
     fake = Fake(old, new)
-    run(fake.reconcile((NS, "new")))
-    run(fake.reconcile((NS, "old")))
+    run(fake.reconcile(Key(NS, "new")))
+    run(fake.reconcile(Key(NS, "old")))
     written = dict(fake.applied)
     assert written["new"]["realServers"] == [] and written["old"]["realServers"] != []
-    assert fake.conflicted == {(NS, "new"): f"{NS}/old"}
+    assert fake.conflicted == {Key(NS, "new"): f"{NS}/old"}
     assert ("new", "Conflict") in fake.posted
 
 
@@ -275,35 +282,31 @@ class FakeLeases:
     """The Lease API of one API server: resourceVersion checks like the real one."""
 
     def __init__(self) -> None:
-        self.lease: client.V1Lease | None = None
+        self.lease: dict[str, Any] | None = None
         self.version = 0
 
-    async def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
-        if self.lease is None:
-            raise ApiException(status=404)
-        return copy.deepcopy(self.lease)
-
-    async def create_namespaced_lease(self, namespace: str, body: client.V1Lease) -> None:
-        if self.lease is not None:
-            raise ApiException(status=409)
-        self._store(body)
-
-    async def replace_namespaced_lease(self, name: str, namespace: str,
-                                       body: client.V1Lease) -> None:
-        assert self.lease is not None and body.metadata is not None
-        if body.metadata.resource_version != str(self.version):
-            raise ApiException(status=409)
-        self._store(body)
-
-    def _store(self, body: client.V1Lease) -> None:
+    def request(self, method: str, path: str, *, query: Any = (), body: Any = None,
+                content_type: str = "", timeout: Any = None) -> Any:
+        if method == "GET":
+            if self.lease is None:
+                raise client.ApiError(404, "not found")
+            return copy.deepcopy(self.lease)
+        if method == "POST":
+            if self.lease is not None:
+                raise client.ApiError(409, "exists")
+        elif method == "PUT":
+            assert self.lease is not None
+            if body["metadata"].get("resourceVersion") != str(self.version):
+                raise client.ApiError(409, "conflict")
         self.version += 1
         self.lease = copy.deepcopy(body)
-        assert self.lease.metadata is not None
-        self.lease.metadata.resource_version = str(self.version)
+        self.lease["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(self.lease)
 
     @property
     def holder(self) -> str | None:
-        return self.lease.spec.holder_identity if self.lease and self.lease.spec else None
+        holder: str | None = (self.lease or {}).get("spec", {}).get("holderIdentity")
+        return holder
 
 
 class Clock:
@@ -325,29 +328,29 @@ def settings(identity: str) -> Settings:
     return Settings(identity=identity, lease_duration=15, renew_deadline=10, retry_period=2)
 
 
+async def inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
 def test_lease_taken_renewed_and_kept_from_others_until_it_expires(clock):
     api = FakeLeases()
-    a = Lease(api, settings("a"))  # type: ignore[arg-type]
-    b = Lease(api, settings("b"))  # type: ignore[arg-type]
-
-    async def go() -> None:
-        assert await a._try_acquire_or_renew() and api.holder == "a"
-        assert not await b._try_acquire_or_renew()
-        clock.now += 10
-        assert await a._try_acquire_or_renew()  # a renews: b's wait starts over
-        assert not await b._try_acquire_or_renew()
-        clock.now += 14
-        assert not await b._try_acquire_or_renew()
-        clock.now += 2  # a has been silent for 16 s > 15 s
-        assert await b._try_acquire_or_renew() and api.holder == "b"
-        assert not await a._try_acquire_or_renew()
-        await b.release()
-        assert api.holder is None
-        assert await a._try_acquire_or_renew() and api.holder == "a"  # free: at once
-
-    run(go())
-    assert api.lease is not None and api.lease.spec is not None
-    assert api.lease.spec.lease_transitions == 2
+    a = Leader(api, settings("a"), call=inline)
+    b = Leader(api, settings("b"), call=inline)
+    assert a.try_acquire_or_renew() and api.holder == "a"
+    assert not b.try_acquire_or_renew()
+    clock.now += 10
+    assert a.try_acquire_or_renew()  # a renews: b's wait starts over
+    assert not b.try_acquire_or_renew()
+    clock.now += 14
+    assert not b.try_acquire_or_renew()
+    clock.now += 2  # a has been silent for 16 s > 15 s
+    assert b.try_acquire_or_renew() and api.holder == "b"
+    assert not a.try_acquire_or_renew()
+    run(b.release())
+    assert api.holder is None
+    assert a.try_acquire_or_renew() and api.holder == "a"  # free: at once
+    assert api.lease is not None
+    assert api.lease["spec"]["leaseTransitions"] == 2
 
 
 def test_settings_refuse_timings_that_allow_two_leaders():
@@ -355,108 +358,50 @@ def test_settings_refuse_timings_that_allow_two_leaders():
         Settings(lease_duration=10, renew_deadline=10, retry_period=2)
 
 
-# --- Informer ---------------------------------------------------------------------------------
+# --- VirtualServers from kopf's events --------------------------------------------------------
 
-def obj(name: str, value: int, *, namespace: str = NS, rv: str = "1") -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
-            "value": value}
-
-
-class Stream:
-    """An open watch answer: JSON lines, then the end of the watch."""
-
-    def __init__(self, events: list[dict[str, Any]]) -> None:
-        self.lines = [json.dumps(e).encode() + b"\n" for e in events]
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        return None
-
-    @property
-    def content(self) -> Any:
-        async def lines() -> Any:
-            for line in self.lines:
-                yield line
-        return lines()
+def test_kopf_events_update_the_cache_and_queue():
+    fake = Recording()
+    assert queued(fake, lambda: fake.virtualserver_event(None, body("web"))) == ["web"]
+    assert fake.virtualservers[Key(NS, "web")].resource_version == "1"
+    # The same version again (kopf's relist, or the controller's own list): nothing to do.
+    assert queued(fake, lambda: fake.virtualserver_event("MODIFIED", body("web"))) == []
+    assert queued(fake, lambda: fake.virtualserver_event("MODIFIED", body("web", rv="2"))) \
+        == ["web"]
+    assert queued(fake, lambda: fake.virtualserver_event("DELETED", body("web", rv="3"))) == []
+    assert fake.virtualservers == {} and fake.claims == {}
 
 
-class FakeInformer(controller.Informer):
-    """An Informer whose API answers come from `pages` (lists) and `watches` (streams)."""
+def test_a_deletion_seen_before_the_first_list_is_not_undone_by_it():
+    fake = Recording()
+    fake._synced.clear()
+    fake.virtualserver_event(None, body("web"))
+    fake.virtualserver_event("DELETED", body("web"))
 
-    def __init__(self, pages: list[dict[str, Any]], watches: list[list[dict[str, Any]]],
-                 paths: tuple[str, ...] = ("/api/v1/things",)) -> None:
-        self.changes: list[tuple[Any, Any, Any]] = []
-        super().__init__(None, kind="things", paths=paths,  # type: ignore[arg-type]
-                         compact=lambda o: o["value"],
-                         on_change=lambda k, old, new: self.changes.append((k, old, new)))
-        self.pages, self.watches = pages, watches
-        self.queries: list[tuple[str, dict[str, Any]]] = []
+    class Lists:
+        def lister(self, path: str) -> Any:
+            return lambda: ([body("web"), body("other", vip="192.0.2.20")], "9")
 
-    async def _get(self, path: str, query: Any) -> Any:
-        self.queries.append((path, dict(query)))
-        return self.pages.pop(0)
+        def close(self) -> None:
+            pass
 
-    async def _request(self, path: str, query: Any, *, timeout: float) -> Any:
-        self.queries.append((path, dict(query)))
-        return Stream(self.watches.pop(0))
-
-
-def page(*items: dict[str, Any], rv: str = "10", token: str = "") -> dict[str, Any]:
-    return {"metadata": {"resourceVersion": rv, "continue": token}, "items": list(items)}
+    fake.api = Lists()  # type: ignore[assignment]
+    fake._listed = False
+    run(fake._list_virtualservers())
+    assert sorted(k.name for k in fake.virtualservers) == ["other"]
+    assert fake._synced.is_set(), "every reflector had listed (none here) and so has this"
 
 
-def test_informer_lists_in_pages_then_watches():
-    informer = FakeInformer(
-        pages=[page(obj("a", 1), token="t1"), page(obj("b", 2), rv="11")],
-        watches=[[{"type": "ADDED", "object": obj("c", 3, rv="12")},
-                  {"type": "MODIFIED", "object": obj("a", 4, rv="13")},
-                  {"type": "DELETED", "object": obj("b", 2, rv="14")},
-                  {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "20"}}}]])
-
-    async def go() -> str:
-        version = await informer._list("/api/v1/things")
-        assert informer.synced.is_set() and informer.changes == []  # the first list is quiet
-        return await informer._watch("/api/v1/things", version)
-
-    assert run(go()) == "20"
-    assert informer.items == {(NS, "a"): 4, (NS, "c"): 3}
-    assert informer.changes == [((NS, "c"), None, 3), ((NS, "a"), 1, 4), ((NS, "b"), 2, None)]
-    assert [q.get("continue") for _, q in informer.queries[:2]] == [None, "t1"]
-    assert informer.queries[2][1]["resourceVersion"] == "11"
+def test_forgetting_a_virtual_server_forgets_its_pod_check():
+    fake = Fake(body("web"))
+    fake._pods_checked[Key(NS, "web")] = 1
+    old = fake.remove("web")
+    fake.virtualserver_changed(Key(NS, "web"), old, None)
+    assert fake._pods_checked == {}
 
 
-def test_informer_relist_reports_what_changed_unwatched_and_410_means_relist():
-    informer = FakeInformer(pages=[page(obj("a", 1), obj("b", 2)),
-                                   page(obj("a", 1), obj("c", 3))],
-                            watches=[[{"type": "ERROR", "object": {"code": 410}}]])
-
-    async def go() -> None:
-        version = await informer._list("/api/v1/things")
-        with pytest.raises(controller._Gone):
-            await informer._watch("/api/v1/things", version)
-        await informer._list("/api/v1/things")
-
-    run(go())
-    assert informer.items == {(NS, "a"): 1, (NS, "c"): 3}
-    assert sorted(informer.changes) == [((NS, "b"), 2, None), ((NS, "c"), None, 3)]
-
-
-def test_informer_per_namespace_relist_touches_only_its_namespace():
-    paths = tuple(controller.collections("/api/v1", "things", ["x", "y"]))
-    assert paths == ("/api/v1/namespaces/x/things", "/api/v1/namespaces/y/things")
-    informer = FakeInformer(pages=[page(obj("a", 1, namespace="x")),
-                                   page(obj("a", 2, namespace="y")),
-                                   page()], watches=[], paths=paths)
-
-    async def go() -> None:
-        await informer._list(paths[0])
-        assert not informer.synced.is_set()  # y is not listed yet
-        await informer._list(paths[1])
-        assert informer.synced.is_set()
-        await informer._list(paths[0])  # x emptied while nobody watched
-
-    run(go())
-    assert informer.items == {("y", "a"): 2}
-    assert informer.changes == [(("x", "a"), 1, None)]
+def test_watch_paths_cover_the_namespaces_or_the_cluster():
+    assert controller.watch_paths("/api/v1", "things", ["x", "y"]) == {
+        "x": "/api/v1/namespaces/x/things", "y": "/api/v1/namespaces/y/things"}
+    assert controller.watch_paths("/api/v1", "things", []) == {"": "/api/v1/things"}
+    assert watch.Key(NS, "a") == (NS, "a")

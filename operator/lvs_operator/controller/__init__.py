@@ -5,15 +5,20 @@ writes them to `status.realServers` with conditions and Events, and serves the P
 that injects `realserver-init` into real-server pods.
 
 - `settings`: what the controller is told (its command-line options).
-- `handlers`: the kopf glue: credentials, start-up and clean-up, `run`.
-- `reconciler`: the `Controller`: what changed -> which VirtualServers to reconcile, the queue,
-  one reconcile (compute the status, write only a difference), Events.
+- `handlers`: the kopf glue: credentials (`credentials`), the `@kopf.on.event` handler
+  through which VirtualServers arrive, start-up and clean-up, `run`.
+- `reconciler`: the `Controller`: Services and EndpointSlices from `kube.watch` reflectors,
+  what changed -> which VirtualServers to reconcile, the queue, one reconcile (compute the
+  status, write only a difference), Events.
+- `objects` (pure): the in-memory forms of the watched objects.
 - `leader`: leader election among replicas on a Lease (only the leader writes).
 - `resolve` (pure): a backend Service and its EndpointSlices -> `status.realServers`.
 - `report` (pure): the status fields the controller owns, and the Events worth posting.
 - `admission` (pure): which pods the webhook prepares, and the patch.
 - `webhook`: the webhook server and its TLS material.
-- `errors`: one-line descriptions of API errors.
+
+One client style: the synchronous `kube.client.Client` (shared with the agent), called from
+a small thread pool so that kopf's event loop never blocks on the network.
 
 May import: `api`, `kube`, the core (`model`) and third-party Kubernetes libraries (kopf, the
 `kubernetes` client). Never `agent`, `ipvs` or `network`: the controller never touches a

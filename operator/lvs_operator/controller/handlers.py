@@ -1,22 +1,39 @@
-"""The controller's kopf glue: credentials, start-up and clean-up, and `run`."""
+"""The controller's kopf glue: credentials, the VirtualServer handler, start-up and clean-up,
+and `run`.
+
+VirtualServers reach the controller through `@kopf.on.event` (the product's design: kopf's
+handlers watch the custom resource). The handler stores nothing on the object (no finalizer,
+no annotation: an event handler has no progress to keep) and only hands the event to the
+`Controller`, which coalesces and reconciles. kopf runs `standalone` (no peering): replicas
+elect their writer with the controller's own Lease (`leader`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
 
+from lvs_operator.api import GROUP, PLURAL, VERSION
 from lvs_operator.controller.credentials import connection_info
-from lvs_operator.controller.reconciler import Controller
+from lvs_operator.controller.reconciler import CONCURRENCY, Controller
 from lvs_operator.controller.settings import Settings
+from lvs_operator.kube import client
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """Register the controller's start-up, clean-up and credentials on `registry`."""
+    """Register the controller's credentials, VirtualServer handler, start-up and clean-up
+    on `registry`."""
 
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await connection_info(controller.settings.kubeconfig)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        assert controller.api is not None
+        return connection_info(controller.api.configuration)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def virtualserver(event: kopf.RawEvent, **_: Any) -> None:
+        controller.virtualserver_event(event.get("type"), event["object"])
 
     @kopf.on.startup(registry=registry)
     async def start(**_: Any) -> None:
@@ -32,13 +49,21 @@ def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Events are posted by the controller itself, by the leader only.
     settings.posting.enabled = False
+    # kopf waits this long after an object's event for more of the same object before it
+    # calls the handler with the latest (0.1 s by default): the controller coalesces bursts
+    # in its own queue already, so a change is passed on at once.
+    settings.batching.batch_window = 0.0
     return settings
 
 
 async def run(settings: Settings) -> None:
     """Run the controller until SIGINT/SIGTERM (kopf handles both and cleans up)."""
+    # One client for everything the controller asks of the API server (kopf's own watch of
+    # VirtualServers logs in with the same credentials).
+    api = await asyncio.to_thread(client.Client.connect, settings.kubeconfig,
+                                  pool=CONCURRENCY + 4)
     registry = kopf.OperatorRegistry()
-    controller = Controller(settings)
+    controller = Controller(settings, api=api)
     register(registry, controller)
     kopf_settings = operator_settings()
     if settings.webhook is not None:
@@ -52,6 +77,7 @@ async def run(settings: Settings) -> None:
                           namespace=hook.namespace, service_name=hook.service_name,
                           port=hook.port, cert_dir=hook.cert_dir, secret_name=hook.secret_name,
                           configuration_name=hook.configuration_name,
-                          extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy)
+                          extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy,
+                          api=api)
     await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
                         clusterwide=not settings.namespaces, namespaces=settings.namespaces)

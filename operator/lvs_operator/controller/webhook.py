@@ -11,8 +11,8 @@ index or in-memory cache fed by kopf handlers goes stale on every replica but th
 So nothing here is cached: each pod creation reads, namespace-scoped and fresh, the
 VirtualServers of the pod's namespace (one LIST, usually empty: the end of it), and only if
 a DirectRouting or Tunnel VirtualServer is there, the Services those reference and the
-Namespace (its Pod Security label), concurrently. The reads use their own `kubernetes`
-client (in-cluster service account, else the kubeconfig) in threads, with a deadline: if they
+Namespace (its Pod Security label), concurrently. The reads use the controller's client
+(`kube.client`) in threads, with a deadline: if they
 fail, the pod is admitted unchanged with a warning (as `failurePolicy: Ignore` would) and the
 controller's `admission.pods_lacking_setup` names it later. The controller's RBAC must allow
 `list` virtualservers, `get` services and `get` namespaces.
@@ -48,9 +48,7 @@ import asyncio
 import base64
 import datetime
 import ipaddress
-import json
 import logging
-import os
 import shutil
 import tempfile
 import weakref
@@ -65,8 +63,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lvs_operator.api import GROUP, PLURAL, VERSION
+from lvs_operator.api import API_VERSION, PLURAL
 from lvs_operator.controller import admission
+from lvs_operator.kube import client
 
 logger = logging.getLogger(__name__)
 
@@ -230,75 +229,50 @@ def generate_tls(names: Sequence[str], *, days: int = CERT_DAYS,
 
 # --- reads from the API server ---------------------------------------------------------------
 
-def api_client() -> Any:
-    """Return a `kubernetes` ApiClient with its own configuration: in-cluster, else $KUBECONFIG.
-
-    Its own configuration object, so that nothing global (kopf's or the controller's client
-    setup) is touched.
-
-    Raises:
-        kubernetes.config.ConfigException: when neither is available.
-    """
-    import kubernetes
-
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        # $KUBECONFIG as it is now: the client's own default was read when it was imported.
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-    return kubernetes.client.ApiClient(configuration)
-
-
 class _API:
-    """The few API calls of the webhook, each a blocking call run in a thread."""
+    """The few API calls of the webhook, each a blocking call of the controller's client run
+    in a thread (with the webhook's deadline for reads)."""
 
-    def __init__(self, client: Any, timeout: float) -> None:
-        import kubernetes
-
-        self._client = client
+    def __init__(self, api: client.Client, timeout: float) -> None:
+        self._api = api
         self._timeout = timeout
-        self._core = kubernetes.client.CoreV1Api(client)
-        self._custom = kubernetes.client.CustomObjectsApi(client)
-        self._admission = kubernetes.client.AdmissionregistrationV1Api(client)
-        self._error = kubernetes.client.exceptions.ApiException
 
-    async def _call(self, method: Any, *args: Any, missing_ok: bool = False,
-                    **kwargs: Any) -> dict[str, Any] | None:
-        """Return the JSON answer of `method(*args)` (None for a 404 when `missing_ok`)."""
+    async def _call(self, method: str, path: str, *, body: object = None,
+                    missing_ok: bool = False) -> dict[str, Any] | None:
+        """Return the JSON answer (None for a 404 when `missing_ok`).
+
+        Raises:
+            kube.client.ApiError: on any other failure.
+        """
         def call() -> dict[str, Any] | None:
             try:
-                response = method(*args, _preload_content=False,
-                                  _request_timeout=self._timeout, **kwargs)
-            except self._error as error:
+                answer: dict[str, Any] = self._api.request(
+                    method, path, body=body, timeout=(self._timeout, self._timeout))
+            except client.ApiError as error:
                 if missing_ok and error.status == 404:
                     return None
                 raise
-            result: dict[str, Any] = json.loads(response.data)
-            return result
+            return answer
 
         return await asyncio.to_thread(call)
 
     async def virtualservers(self, namespace: str) -> list[dict[str, Any]]:
         """Return the VirtualServers of `namespace` (none if the CRD is not installed)."""
         answer = await self._call(
-            self._custom.list_namespaced_custom_object, GROUP,
-            VERSION, namespace, PLURAL,
-            missing_ok=True)
+            "GET", f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}", missing_ok=True)
         return list((answer or {}).get("items") or [])
 
     async def service(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Return the Service, or None if there is none."""
-        return await self._call(self._core.read_namespaced_service, name, namespace,
+        return await self._call("GET", f"/api/v1/namespaces/{namespace}/services/{name}",
                                 missing_ok=True)
 
     async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         """Return the Namespace's labels, or None when they cannot be read (then unknown)."""
         try:
-            answer = await self._call(self._core.read_namespace, namespace, missing_ok=True)
-        except self._error as error:
+            answer = await self._call("GET", f"/api/v1/namespaces/{namespace}",
+                                      missing_ok=True)
+        except client.ApiError as error:
             if error.status == 403:
                 return None  # no RBAC for namespaces: decide without the Pod Security level
             raise
@@ -306,29 +280,31 @@ class _API:
 
     async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Return the Secret, or None if there is none."""
-        return await self._call(self._core.read_namespaced_secret, name, namespace,
+        return await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}",
                                 missing_ok=True)
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
-        """Create a Secret. Raises ApiException (409 when it exists)."""
-        await self._call(self._core.create_namespaced_secret, namespace, body)
+        """Create a Secret. Raises kube.client.ApiError (409 when it exists)."""
+        await self._call("POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
 
     async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """Replace a Secret (409 when its resourceVersion is stale)."""
-        await self._call(self._core.replace_namespaced_secret, name, namespace, body)
+        await self._call("PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body)
 
     async def webhook_configuration(self, name: str) -> dict[str, Any] | None:
         """Return the MutatingWebhookConfiguration, or None if there is none."""
-        return await self._call(self._admission.read_mutating_webhook_configuration, name,
-                                missing_ok=True)
+        return await self._call("GET", f"{_WEBHOOK_CONFIGURATIONS}/{name}", missing_ok=True)
 
     async def replace_webhook_configuration(self, name: str, body: dict[str, Any]) -> None:
         """Replace the MutatingWebhookConfiguration (409 when stale)."""
-        await self._call(self._admission.replace_mutating_webhook_configuration, name, body)
+        await self._call("PUT", f"{_WEBHOOK_CONFIGURATIONS}/{name}", body=body)
 
     def is_conflict(self, error: BaseException) -> bool:
         """Return whether `error` is the API's 409 Conflict / AlreadyExists."""
-        return isinstance(error, self._error) and error.status == 409
+        return isinstance(error, client.ApiError) and error.status == 409
+
+
+_WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -362,10 +338,10 @@ class RealServerWebhook(kopf.WebhookServer):
     (at once for generated material without a Secret).
     """
 
-    def __init__(self, options: Options, *, client: Any = None) -> None:
+    def __init__(self, options: Options, *, api: client.Client | None = None) -> None:
         super().__init__(addr=options.host, port=options.port)
         self.options = options
-        self._client = client
+        self._client = api
         self._api_instance: _API | None = None
         self._material: TLSMaterial | None = None
         if options.cert_dir is None and options.secret_name is None:
@@ -377,8 +353,8 @@ class RealServerWebhook(kopf.WebhookServer):
     def api(self) -> _API:
         """Return the API reader, creating its client on first use."""
         if self._api_instance is None:
-            client = self._client if self._client is not None else api_client()
-            self._api_instance = _API(client, self.options.lookup_timeout)
+            api = self._client if self._client is not None else client.Client.connect(None)
+            self._api_instance = _API(api, self.options.lookup_timeout)
         return self._api_instance
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf's WebhookServerProtocol
@@ -534,7 +510,7 @@ def configure(
     image_pull_policy: str | None = None,
     lookup_timeout: float = LOOKUP_TIMEOUT,
     registry: kopf.OperatorRegistry | None = None,
-    client: Any = None,
+    api: client.Client | None = None,
 ) -> RealServerWebhook:
     """Serve the real-server Pod webhook from this kopf operator; return its server.
 
@@ -556,7 +532,8 @@ def configure(
         extra_sans: more names or IPs for a generated certificate (e.g. 127.0.0.1 in tests).
         image_pull_policy: for the init containers (None: the cluster's default).
         lookup_timeout: seconds for the reads of one admission.
-        client: a `kubernetes` ApiClient for the reads (default: `api_client()`, on first use).
+        api: the client for the reads and writes (default: `kube.client.Client.connect(None)`:
+            in-cluster, else $KUBECONFIG; on first use).
 
     Raises:
         ValueError: when both `cert_dir` and `secret_name` are given, or `image` is empty.
@@ -571,7 +548,7 @@ def configure(
         cert_dir=Path(cert_dir) if cert_dir is not None else None, secret_name=secret_name,
         configuration_name=configuration_name, extra_sans=tuple(extra_sans),
         image_pull_policy=image_pull_policy, lookup_timeout=lookup_timeout)
-    server = RealServerWebhook(options, client=client)
+    server = RealServerWebhook(options, api=api)
     registry = registry if registry is not None else kopf.get_default_registry()
     if registry not in _webhooks:
         _register(registry)

@@ -27,6 +27,7 @@ NODES = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1"  # + /namespaces/<ns>/leases[/<name>]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
+LIST_PAGE = 500  # objects per list request
 
 
 class ApiError(Exception):
@@ -47,12 +48,20 @@ class Client:
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
 
+    @property
+    def configuration(self) -> client.Configuration:
+        """The credentials and server this client uses (kopf's login reads them)."""
+        configuration: client.Configuration = self._api.configuration
+        return configuration
+
     @classmethod
-    def connect(cls, kubeconfig: str | None) -> Self:
-        """Return a client for the kubeconfig file `kubeconfig`, or in-cluster when None.
+    def connect(cls, kubeconfig: str | None, *, pool: int | None = None) -> Self:
+        """Return a client for the kubeconfig file `kubeconfig`; when None, for the pod's
+        service account (in-cluster), or else $KUBECONFIG or ~/.kube/config. `pool` is the
+        most connections kept open at once (default: the client's own, 4).
 
         Raises:
-            ApiError: when the configuration cannot be loaded (status 0).
+            ApiError: when no configuration can be loaded (status 0).
         """
         configuration = client.Configuration()
         # The config loaders carry no annotations (hence the ignores).
@@ -61,12 +70,18 @@ class Client:
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig, client_configuration=configuration)
             else:
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration)
+                try:
+                    config.load_incluster_config(  # type: ignore[no-untyped-call]
+                        client_configuration=configuration)
+                except config.ConfigException:
+                    config.load_kube_config(  # type: ignore[no-untyped-call]
+                        client_configuration=configuration)
         except (config.ConfigException, OSError) as e:
-            where = kubeconfig or "the in-cluster service account"
+            where = kubeconfig or "the in-cluster service account, $KUBECONFIG or ~/.kube/config"
             raise ApiError(0, f"cannot load the Kubernetes configuration from {where}: {e}; "
-                           "pass --kubeconfig (or KUBECONFIG) outside a pod") from None
+                           "pass --kubeconfig (or set KUBECONFIG) outside a pod") from None
+        if pool is not None:
+            configuration.connection_pool_maxsize = pool
         return cls(client.ApiClient(configuration))
 
     def close(self) -> None:
@@ -92,10 +107,19 @@ class Client:
             response.release_conn()
 
     def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
-        """Return a function that lists `path`: (items, resourceVersion)."""
+        """Return a function that lists `path`: (items, resourceVersion), in pages of
+        `LIST_PAGE` objects (bounded answers: a few requests per thousand objects)."""
         def list_() -> tuple[list[watch.Object], str]:
-            answer = self.request("GET", path, query=query)
-            return list(answer.get("items") or []), str(answer["metadata"]["resourceVersion"])
+            items: list[watch.Object] = []
+            token = ""
+            while True:
+                page = [*query, ("limit", str(LIST_PAGE))] + (
+                    [("continue", token)] if token else [])
+                answer = self.request("GET", path, query=page)
+                items.extend(answer.get("items") or [])
+                token = (answer.get("metadata") or {}).get("continue") or ""
+                if not token:
+                    return items, str(answer["metadata"]["resourceVersion"])
         return list_
 
     def watcher(self, path: str, *, query: Sequence[tuple[str, str]] = (),
