@@ -9,6 +9,7 @@ TLS, and a connection pool. Requests and answers are plain dicts.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -74,7 +75,10 @@ class Client:
                     config.load_incluster_config(  # type: ignore[no-untyped-call]
                         client_configuration=configuration)
                 except config.ConfigException:
+                    # $KUBECONFIG as it is now: the loader's own default was read when the
+                    # `kubernetes` package was imported.
                     config.load_kube_config(  # type: ignore[no-untyped-call]
+                        config_file=os.environ.get("KUBECONFIG") or None,
                         client_configuration=configuration)
         except (config.ConfigException, OSError) as e:
             where = kubeconfig or "the in-cluster service account, $KUBECONFIG or ~/.kube/config"
