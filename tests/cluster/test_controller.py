@@ -95,6 +95,14 @@ def events(kube: Kube, namespace: str, name: str) -> list[tuple[str, str]]:
     return [(e["type"], e["reason"]) for e in items if e["regarding"]["name"] == name]
 
 
+def wait_events(kube: Kube, namespace: str, name: str,
+                expected: set[tuple[str, str]]) -> None:
+    """Wait until the Events on `name` include `expected`: the controller posts them after
+    the status write, on the side, so they may come a moment after the status."""
+    wait_for(f"{namespace}/{name}: Events {sorted(expected)}",
+             lambda: expected <= set(events(kube, namespace, name)))
+
+
 def report(kube: Kube, namespace: str, name: str, generation: int, *, node: str = "node-a",
            error: str = "") -> None:
     """Write a director's report, as the agent on `node` would."""
@@ -135,8 +143,8 @@ def test_static_addresses(cluster, kube, controllers, namespace):
     vs = wait_status(kube, namespace, "static", "director error",
                      lambda vs: reason(vs, "Ready") == "DirectorError")
     assert "node-a: ipvs: no such device" in condition(vs, "Ready")["message"]
-    assert {("Warning", "NoDirectors"), ("Normal", "Ready"),
-            ("Warning", "DirectorError")} <= set(events(kube, namespace, "static"))
+    wait_events(kube, namespace, "static", {("Warning", "NoDirectors"), ("Normal", "Ready"),
+                                            ("Warning", "DirectorError")})
 
 
 def test_real_servers_follow_endpoint_slices(kube, controllers, namespace):
@@ -183,8 +191,9 @@ def test_real_servers_follow_endpoint_slices(kube, controllers, namespace):
     kube.delete(service_path(namespace, "web"))
     wait_status(kube, namespace, "web", "Service gone",
                 lambda vs: reason(vs) == "ServiceNotFound")
-    assert {("Warning", "ServiceNotFound"), ("Warning", "NoReadyEndpoints"),
-            ("Warning", "NoDirectors")} <= set(events(kube, namespace, "web"))
+    wait_events(kube, namespace, "web", {("Warning", "ServiceNotFound"),
+                                         ("Warning", "NoReadyEndpoints"),
+                                         ("Warning", "NoDirectors")})
 
 
 def test_endpoints_of_pods_from_kube_controller_manager(cluster, kube, controllers, namespace):
@@ -302,7 +311,7 @@ def test_invalid_object_gets_invalid_spec_and_disturbs_nothing(cluster, kube, co
     good = wait_status(kube, namespace, "good", "resolved",
                        lambda vs: reason(vs) == "Resolved")
     assert reals(good) == [("10.0.7.2", 1, True)]
-    assert ("Warning", "InvalidSpec") in events(kube, namespace, "bad")
+    wait_events(kube, namespace, "bad", {("Warning", "InvalidSpec")})
     kube.delete(vs_path(namespace, "bad"))
 
 
