@@ -5,6 +5,7 @@ Every document is parsed before anything is applied, so one bad document changes
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping
 
@@ -64,12 +65,12 @@ def desired_table(servers: list[spec.VirtualServer]) -> dict[ServiceKey, Virtual
 
 
 def _documents(text: str, *, source: str) -> Iterator[Mapping[str, Any]]:
+    raw: list[Any] | None = None
     if text.lstrip().startswith(("{", "[")):
-        try:
-            raw: list[Any] = [json.loads(text)]
-        except json.JSONDecodeError as error:
-            raise DocumentError(f"{source}: not valid YAML or JSON: {error}") from None
-    else:
+        # On failure it may be a YAML stream of flow-style documents (`{...}` `---` `{...}`).
+        with contextlib.suppress(json.JSONDecodeError):
+            raw = [json.loads(text)]
+    if raw is None:
         # Imported only for YAML: PyYAML's import costs more than the CLI's own modules, and
         # a machine-written bulk file is JSON.
         import yaml

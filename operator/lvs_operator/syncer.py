@@ -15,10 +15,11 @@ from lvs_operator.records import record
 # `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
 # lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
 TYPE_CHECKING = False
+# Named apart from model.Protocol (the IP protocol enum).
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Protocol as TypingProtocol
 else:
-    Protocol = object  # VipHolder is a plain class at run time
+    TypingProtocol = object  # VipHolder is a plain class at run time
 
 
 @record
@@ -125,7 +126,7 @@ def sync_vips(
     return VipResult(added=added, removed=removed)
 
 
-class VipHolder(Protocol):
+class VipHolder(TypingProtocol):
     """The network operations `sync_vips` needs (`lvs_operator.network` implements them)."""
 
     def list_vips(self, interface: str) -> list[IPAddress]:

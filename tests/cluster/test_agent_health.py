@@ -16,7 +16,7 @@ from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
 from test_agent import TIMEOUT, Director, directors, eventually, path, publish
 
-from lvs_operator.agent.health import Status
+from lvs_operator.agent.health import Health
 from lvs_operator.kube import client
 
 
@@ -96,7 +96,7 @@ def test_failing_real_server_weight_0_status_and_event(cluster, api, ns, node, l
                                           "ready": True}])
             assert eventually(lambda: weights(agent) == {real: 2})
             checked = (f"{ns}/checked", ip_address("127.0.0.1"), port)
-            assert eventually(lambda: agent.health.statuses().get(checked, Status(True))
+            assert eventually(lambda: agent.health.statuses().get(checked, Health(True))
                               .checks, what="a check")
             assert agent.health.statuses()[checked].healthy
             report = eventually(lambda: directors(api, ns, "checked").get(node))

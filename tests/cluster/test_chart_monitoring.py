@@ -160,7 +160,7 @@ def _exported_labels() -> dict[str, set[str]]:
     key = ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.10"), 80)
     real = RealServer(ip_address("10.0.0.1"), 80, Forwarding.DIRECT_ROUTING, 1)
     table = {key: VirtualService(key=key).with_reals([real])}
-    statuses = {("shop/web", ip_address("10.0.0.1"), 80): health.Status(healthy=True, checks=1)}
+    statuses = {("shop/web", ip_address("10.0.0.1"), 80): health.Health(healthy=True, checks=1)}
     agent = metrics.AgentMetrics()
     agent.observe_sync(0.01, [AddService(VirtualService(key))], failed=False)
     agent.set_state(vips=1, draining=0)

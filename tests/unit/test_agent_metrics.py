@@ -135,9 +135,9 @@ def test_serve():
 
 def test_health_of_checked_real_servers():
     statuses = {
-        ("shop/web", ip_address("10.0.0.1"), 80): health.Status(healthy=False, checks=9,
+        ("shop/web", ip_address("10.0.0.1"), 80): health.Health(healthy=False, checks=9,
                                                                failures=4, detail="refused"),
-        ("shop/dns", ip_address("2001:db8::1"), 53): health.Status(healthy=True, checks=2),
+        ("shop/dns", ip_address("2001:db8::1"), 53): health.Health(healthy=True, checks=2),
     }
     owners = {KEY: "shop/web", KEY6: "shop/dns"}
     got = samples(metrics.render([*metrics.kernel_families(table(), owners, statuses),

@@ -72,6 +72,20 @@ def test_json_syntax_error():
         documents.load('{"kind": "List", ', source="f")
 
 
+def test_yaml_stream_of_json_style_documents():
+    """Starts like JSON but is a YAML stream: the YAML loader reads it, not a JSON error."""
+    docs = [renamed("a"), renamed("b", "192.0.2.11")]
+    text = json.dumps(docs[0]) + "\n---\n" + json.dumps(docs[1]) + "\n"
+    from_flow = documents.load(text, source="f")
+    assert from_flow == documents.load(stream(*docs), source="f")
+
+
+def test_json_style_stream_with_a_syntax_error():
+    text = json.dumps(renamed("a")) + "\n---\n" + '{"kind": "VirtualServer", "spec": {\n'
+    with pytest.raises(documents.DocumentError, match=r"(?s)^f: not valid YAML or JSON: .*line 4"):
+        documents.load(text, source="f")
+
+
 def test_apply_of_json_imports_no_yaml_nor_cluster_clients():
     """`ipvs apply` of a JSON file is benchmarked end to end: what it loads matters."""
     code = (

@@ -1,4 +1,4 @@
-"""IFLA_INET_CONF messages, encoded and decoded without a socket.
+"""IFLA_INET_CONF messages, encoded and decoded without a kernel.
 
 The expected bytes are built here with `struct`, independently of pyroute2, so a change in
 how pyroute2 marshals our message classes shows up as a failure rather than as a request
@@ -19,11 +19,11 @@ from lvs_operator.network.inetconf import (
     IPV4_DEVCONF,
     effective,
     parse_link_conf,
-    set_message,
+    set_inet_conf,
 )
 
 NESTED = 0x8000
-RTM_NEWLINK, RTM_SETLINK = 16, 19
+NLMSG_ERROR, RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 2, 16, 18, 19
 IFLA_MTU, IFLA_IFNAME, IFLA_AF_SPEC = 4, 3, 26
 
 
@@ -70,23 +70,74 @@ def test_devconf_table_matches_the_kernel_header_where_installed():
     assert by_header["SRC_VMARK"] == "src_valid_mark"
 
 
-def test_set_message_bytes():
-    encoded = set_message(3, {"arp_ignore": 1, "arp_announce": 2, "rp_filter": 0}, seq=7)
+class Kernel:
+    """Stands in for the NETLINK_ROUTE socket: records each request and answers as the kernel
+    does, RTM_GETLINK with interface eth0 (index 4) holding `conf`, anything else with an ACK."""
+
+    def __init__(self, conf: list[int]) -> None:
+        self.conf = conf
+        self.sent: list[bytes] = []
+
+    def socket(self, *args: object) -> Kernel:
+        return self
+
+    def bind(self, address: object) -> None:
+        pass
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        request = self.sent[-1]
+        msg_type, _flags, seq = struct.unpack_from("=HHI", request, 4)
+        ack = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, seq, 0, 0) + request[:16]
+        if msg_type != RTM_GETLINK:
+            return ack
+        link = reply("eth0", self.conf)
+        return link[:8] + struct.pack("=I", seq) + link[12:] + ack
+
+    def setlink(self) -> bytes:
+        """The one RTM_SETLINK request sent, its sequence number zeroed."""
+        (sent,) = (m for m in self.sent if struct.unpack_from("=H", m, 4)[0] == RTM_SETLINK)
+        return sent[:8] + b"\0" * 4 + sent[12:]
+
+
+def set_on_eth0(monkeypatch, values: dict[str, int]) -> bytes:
+    """Return the RTM_SETLINK request set_inet_conf sends for `values` (read back as set)."""
+    conf = [0] * len(IPV4_DEVCONF)
+    for name, value in values.items():
+        conf[IPV4_DEVCONF[name] - 1] = value
+    kernel = Kernel(conf)
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "socket", kernel.socket)
+        assert {k: v for k, v in set_inet_conf("eth0", values).items() if k in values} == values
+    return kernel.setlink()
+
+
+def test_set_inet_conf_bytes(monkeypatch):
+    encoded = set_on_eth0(monkeypatch, {"arp_ignore": 1, "arp_announce": 2, "rp_filter": 0})
     conf = u32(8, 0) + u32(18, 2) + u32(19, 1)  # in IPV4_DEVCONF order
     attrs = nla(IFLA_AF_SPEC | NESTED, nla(socket.AF_INET | NESTED, nla(1 | NESTED, conf)))
-    assert encoded == message(RTM_SETLINK, 0x1 | 0x4, 7, 3, attrs)
+    assert encoded == message(RTM_SETLINK, 0x1 | 0x4, 0, 4, attrs)
 
 
-def test_set_message_orders_attributes_by_id_whatever_the_mapping_order():
-    a = set_message(5, {"rp_filter": 0, "arp_ignore": 1})
-    b = set_message(5, {"arp_ignore": 1, "rp_filter": 0})
+def test_set_inet_conf_orders_attributes_by_id_whatever_the_mapping_order(monkeypatch):
+    a = set_on_eth0(monkeypatch, {"rp_filter": 0, "arp_ignore": 1})
+    b = set_on_eth0(monkeypatch, {"arp_ignore": 1, "rp_filter": 0})
     assert a == b
 
 
-def test_set_message_of_one_setting_is_not_empty():
+def test_set_inet_conf_of_one_setting_is_not_empty(monkeypatch):
     # The trap this guards against: an AF_INET block with nothing in it is acknowledged by
     # the kernel as a success.
-    encoded = set_message(2, {"arp_ignore": 1})
+    encoded = set_on_eth0(monkeypatch, {"arp_ignore": 1})
     assert encoded.endswith(u32(19, 1))
 
 
@@ -98,9 +149,9 @@ def test_set_message_of_one_setting_is_not_empty():
         ({"rp_filter": 2**32}, "not a u32"),
     ],
 )
-def test_set_message_refuses_bad_input(values, match):
+def test_set_inet_conf_refuses_bad_input(values, match):
     with pytest.raises(ValueError, match=match):
-        set_message(1, values)
+        set_inet_conf("eth0", values)  # before any request
 
 
 def reply(name: str, conf: list[int] | None, *, extra_af: bool = True) -> bytes:

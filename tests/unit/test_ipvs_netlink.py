@@ -66,8 +66,11 @@ def _roundtrip_real(real: RealServer) -> RealServer:
     data = netlink.request(FAMILY, netlink.CMD_NEW_DEST,
                            netlink.encode_service_key(VIP) + netlink.encode_dest(real),
                            seq=1, flags=0)
-    _kind, _flags, _seq, start, end = _one(data)
-    return netlink.decode_dest(data, start, end)
+    out: list[RealServer] = []
+    assert netlink.decode_dest_dump(data, len(data), seq=1, family=4, out=out,
+                                    addresses={}) is None
+    (decoded,) = out
+    return decoded
 
 
 SERVICES = [
@@ -374,10 +377,8 @@ def test_dest_dump_fast_path_trusts_no_other_message() -> None:
 def test_decode_dest_refuses_unknown_forwarding() -> None:
     body = _nest(2, _attr(1, A("10.0.0.1").packed), _attr(2, struct.pack("!H", 80)),
                  _attr(3, struct.pack("=I", 1)), _attr(11, struct.pack("=H", 2)))
-    data = _message(netlink.CMD_NEW_DEST, body)
-    _kind, _flags, _seq, start, end = _one(data)
     with pytest.raises(ValueError, match="forwarding method 1"):
-        netlink.decode_dest(data, start, end)
+        _decode_part(_dump_part(body))
 
 
 def test_decode_error_with_extended_ack() -> None:

@@ -6,6 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from lvs_operator import documents
 from lvs_operator.api import spec
 from lvs_operator.model import (
     Forwarding,
@@ -41,7 +42,7 @@ def test_parse_base():
 
 def test_services_dr_uses_virtual_port_and_weights():
     vs = spec.parse(base())
-    (service,) = spec.services(vs, spec.static_endpoints(vs))
+    (service,) = documents.desired_table([vs]).values()
     assert service.scheduler == "wrr"
     weights = {str(r.address): (r.port, r.weight, r.forwarding) for r in service.reals.values()}
     assert weights == {"10.0.0.1": (80, 3, Forwarding.DIRECT_ROUTING),
@@ -53,7 +54,7 @@ def test_services_nat_target_port_per_port():
     doc["spec"].update(forwarding="NAT", ports=[{"port": 80, "targetPort": 8080},
                                                 {"port": 443, "protocol": "TCP"}])
     vs = spec.parse(doc)
-    http, https = spec.services(vs, spec.static_endpoints(vs))
+    http, https = documents.desired_table([vs]).values()
     assert {r.port for r in http.reals.values()} == {8080}
     assert {r.port for r in https.reals.values()} == {443}
 
@@ -63,7 +64,7 @@ def test_services_tunnel_settings_reach_real_servers():
     doc["spec"].update(forwarding="Tunnel", tunnel={"type": "gue", "port": 6080,
                                                     "checksum": "remote"})
     vs = spec.parse(doc)
-    (service,) = spec.services(vs, spec.static_endpoints(vs))
+    (service,) = documents.desired_table([vs]).values()
     tunnel = next(iter(service.reals.values())).tunnel
     assert tunnel is not None
     assert (tunnel.type, tunnel.port, tunnel.checksum) == (TunnelType.GUE, 6080,

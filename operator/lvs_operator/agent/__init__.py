@@ -8,15 +8,17 @@ from each selected VirtualServer's spec and `status.realServers`, converges the 
 (`syncer`: dump, plan, apply; owned services only; never a flush), holds the VIPs, drains
 real servers gracefully, and reports `status.directors.<node>`, Events and metrics.
 
-Pure core (no kubernetes, kopf or pyroute2 imports):
+Core (no kubernetes, kopf or pyroute2 imports; pure but for `drain`'s file and `metrics`'
+HTTP server):
 - `settings`: what the agent is told (environment variables, CLI flags).
 - `desired`: VirtualServer documents + the Node's labels -> the desired table and VIPs.
 - `election`: who holds each VIP: liveness from one Lease per director (local observation),
   rendezvous hashing over the live eligible directors, handover, self-fence.
 - `role`: which role this director plays for a VirtualServer (the election, per program).
-- `drain`: drain deadlines of withdrawn real servers, persisted across restarts.
+- `drain`: drain deadlines of withdrawn real servers; `DrainStore` keeps their start times
+  in a file across restarts.
 - `report`: the content of `status.directors.<node>` patches and of Events.
-- `metrics`: the Prometheus exposition text.
+- `metrics`: the Prometheus exposition text, and `serve`, its HTTP server in a thread.
 
 Glue:
 - `routes`: the node's default-route interface (the VIP interface when none is given).
@@ -27,8 +29,8 @@ Glue:
   machine per target and TCP/HTTP probes, run by a `Monitor` in a thread of its own with an
   asyncio loop (thousands of concurrent checks, one thread); a flip wakes the sync loop.
 
-Threads, not asyncio: the `kubernetes` client, the kernel boundary (`KernelIPVS`, the netlink
-VIP calls) and the sysctl writes all block, and pyroute2's synchronous classes refuse to run
-inside an event loop. Two watch threads fill caches and wake the single sync thread, which is
-the only one that touches the kernel (the metrics thread reads it under the same lock).
+Threads, not asyncio: the `kubernetes` client's REST layer, the kernel boundary (`KernelIPVS`,
+the VIP calls: plain blocking netlink sockets; pyroute2 only marshals messages) and the
+sysctl writes all block. Two watch threads fill caches and wake the single sync thread, which
+is the only one that writes to the kernel (the metrics thread reads it under the same lock).
 """

@@ -101,8 +101,8 @@ class Result:
 
 
 @dataclass(frozen=True)
-class Status:
-    """A target's state as the rest of the agent sees it (for status and metrics)."""
+class Health:
+    """A target's health as the rest of the agent sees it (for status and metrics)."""
 
     healthy: bool
     checks: int = 0  # checks done
@@ -210,7 +210,7 @@ class Monitor:
         self._lock = threading.Lock()
         self._targets: dict[Key, Target] = {}
         self._states: dict[Key, State] = {}
-        self._statuses: dict[Key, Status] = {}
+        self._statuses: dict[Key, Health] = {}
         self._unhealthy: frozenset[Key] = frozenset()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,7 +235,7 @@ class Monitor:
                 self._statuses.pop(key, None)
             for key in wanted.keys() - self._targets.keys():
                 self._states[key] = State()
-                self._statuses[key] = Status(healthy=True)
+                self._statuses[key] = Health(healthy=True)
             self._targets = wanted
             self._unhealthy = frozenset(k for k, s in self._states.items() if not s.healthy)
             loop = self._loop
@@ -252,7 +252,7 @@ class Monitor:
         """Return whether a target is healthy (True for one not checked)."""
         return (vs, address, port) not in self.unhealthy()
 
-    def statuses(self) -> dict[Key, Status]:
+    def statuses(self) -> dict[Key, Health]:
         """Return every target's status."""
         with self._lock:
             return dict(self._statuses)

@@ -85,7 +85,7 @@ _SERVICE_COUNTERS = (
 
 
 def kernel_families(table: Table, owners: Mapping[ServiceKey, str],
-                    statuses: Mapping[health.Key, health.Status] | None = None) -> list[Family]:
+                    statuses: Mapping[health.Key, health.Health] | None = None) -> list[Family]:
     """Return the per-service and per-real-server families for the services in `owners`
     (namespace/name of each, "" when unknown) as found in `table` (a plain dump); with
     the health checks' `statuses`, whether each checked real server is healthy."""
@@ -125,7 +125,7 @@ def kernel_families(table: Table, owners: Mapping[ServiceKey, str],
     return [*svc.values(), *real.values(), active, inactive, weight, healthy]
 
 
-def health_families(statuses: Mapping[health.Key, health.Status]) -> list[Family]:
+def health_families(statuses: Mapping[health.Key, health.Health]) -> list[Family]:
     """Return the health-check counters of each checked real server."""
     checks = Family("lvs_real_server_health_checks_total", "counter",
                     "Health checks of the real server run by this director.")

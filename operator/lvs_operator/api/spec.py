@@ -291,11 +291,6 @@ def services(vs: VirtualServer, endpoints: Iterable[Endpoint]) -> list[VirtualSe
     return result
 
 
-def static_endpoints(vs: VirtualServer) -> tuple[Endpoint, ...]:
-    """Return `spec.backend.addresses`, or nothing for a Service backend."""
-    return () if isinstance(vs.backend, ServiceBackend) else vs.backend
-
-
 def _mode_name(forwarding: Forwarding) -> str:
     return next(name for name, value in FORWARDING.items() if value is forwarding)
 

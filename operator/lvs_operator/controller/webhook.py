@@ -1,19 +1,19 @@
-"""The real-server Pod webhook: kopf glue around `lvs_operator.admission`.
+"""The real-server Pod webhook: kopf glue around `controller.admission`.
 
 `configure(settings, image=..., namespace=...)` registers a kopf mutating handler for pod
 creations and sets `settings.admission.server` to a TLS server on `host:port`. Each call of
 the handler reads what `admission.decide` needs and answers with its JSONPatch and warnings.
 
-Every replica answers. Admission is served by kopf's own root task, which kopf peering
-never pauses: a replica that is not the leader (frozen by a peer of higher priority) still
-answers (a cluster test checks it). What peering does pause is the watch streams, so an
-index or in-memory cache fed by kopf handlers goes stale on every replica but the leader.
-So nothing here is cached: each pod creation reads, namespace-scoped and fresh, the
-VirtualServers of the pod's namespace (one LIST, usually empty: the end of it), and only if
-a DirectRouting or Tunnel VirtualServer is there, the Services those reference and the
-Namespace (its Pod Security label), concurrently. The reads use the controller's client
-(`kube.client`) in threads, with a deadline: if they
-fail, the pod is admitted unchanged with a warning (as `failurePolicy: Ignore` would) and the
+Every replica answers. The controller runs kopf with `standalone=True` (no kopf peering):
+which replica leads is decided by the controller's own coordination.k8s.io Lease, and that
+gates only status writes and Events, not admission. (Admission is served by kopf's own root
+task, which even kopf peering never pauses: a cluster test checks that a frozen replica
+answers.) Nothing here is cached or taken from the controller's reflectors: each pod creation
+reads, namespace-scoped and fresh, the VirtualServers of the pod's namespace (one LIST,
+usually empty: the end of it), and only if a DirectRouting or Tunnel VirtualServer is there,
+the Services those reference and the Namespace (its Pod Security label), concurrently. The
+reads use the controller's client (`kube.client`) in threads, with a deadline: if they fail,
+the pod is admitted unchanged with a warning (as `failurePolicy: Ignore` would) and the
 controller's `admission.pods_lacking_setup` names it later. The controller's RBAC must allow
 `list` virtualservers, `get` services and `get` namespaces.
 

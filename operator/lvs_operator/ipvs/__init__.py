@@ -24,10 +24,11 @@ from lvs_operator.plan import Operation
 # `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
 # lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
 TYPE_CHECKING = False
+# Named apart from model.Protocol (the IP protocol enum).
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Protocol as TypingProtocol
 else:
-    Protocol = object  # IPVS is a plain class at run time
+    TypingProtocol = object  # IPVS is a plain class at run time
 
 
 class IPVSError(Exception):
@@ -68,7 +69,7 @@ class ApplyError(IPVSError):
         self.errors = list(errors)
 
 
-class IPVS(Protocol):
+class IPVS(TypingProtocol):
     """What the rest of the code may ask of kernel IPVS (in the current network namespace)."""
 
     def dump(self, *, expect: Table | None = None) -> dict[ServiceKey, VirtualService]:

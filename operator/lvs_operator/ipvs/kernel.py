@@ -80,7 +80,8 @@ class KernelIPVS:
     """Kernel IPVS in the network namespace where this object first talks to the kernel.
 
     The socket opens on first use and is kept (one socket = one namespace); `close` it, or use
-    the object as a context manager. Not thread-safe: use one object per thread.
+    the object as a context manager. Not thread-safe: threads that share one must take turns
+    (the agent's sync loop and metrics server share one behind a lock).
     """
 
     def __init__(self, *, batch_bytes: int = BATCH_BYTES,

@@ -304,10 +304,6 @@ def _walk(buf: Buffer, off: int, end: int) -> Iterable[tuple[int, int, int]]:
 # --- services --------------------------------------------------------------------------------
 
 
-def _address_bytes(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
-    return address.packed
-
-
 def encode_service_key(key: ServiceKey) -> bytes:
     """Return IPVS_CMD_ATTR_SERVICE holding only what identifies `key` (for deletes, dests).
 
@@ -548,25 +544,6 @@ def encode_dest(real: RealServer, *, full: bool = True) -> bytes:
                  + _be16(DEST_ATTR_TUN_PORT, _port(tunnel.port, "tunnel port"))
                  + _U16.pack(6, DEST_ATTR_TUN_FLAGS, tunnel.checksum.value))
     return _nest(CMD_ATTR_DEST, body)
-
-
-def decode_dest(buf: Buffer, start: int, end: int, *, family: int = 4) -> RealServer:
-    """Decode a NEW_DEST message (a dump entry or a request) into a RealServer.
-
-    `family` (4 or 6) is the service's, used only when the kernel is too old to send
-    IPVS_DEST_ATTR_ADDR_FAMILY.
-
-    Returns:
-        The real server with connection counters and stats (STATS64 preferred) when present.
-        `tunnel` is set exactly when forwarding is Tunnel.
-
-    Raises:
-        ValueError: when the message has no real server, or one the model cannot represent.
-    """
-    for kind, pos, stop in _walk(buf, start + 4, end):
-        if kind == CMD_ATTR_DEST:
-            return _dest_by_walking(buf, pos, stop, family, {})
-    raise ValueError("IPVS message without a destination attribute")
 
 
 def decode_dest_dump(buf: Buffer, size: int, *, seq: int, family: int, out: list[RealServer],

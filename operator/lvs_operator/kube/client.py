@@ -9,8 +9,8 @@ TLS, and a connection pool. Requests and answers are plain dicts.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self

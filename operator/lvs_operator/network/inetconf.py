@@ -122,17 +122,6 @@ def _set_msg(index: int, values: Mapping[str, int]) -> InetConfSetMsg:
     return msg
 
 
-def set_message(index: int, values: Mapping[str, int], *, seq: int = 0) -> bytes:
-    """Return the RTM_SETLINK request that sets `values` on the interface with `index`.
-
-    Pure: builds bytes, sends nothing. Attributes come in IPV4_DEVCONF order.
-
-    Raises:
-        ValueError: for an unknown setting name or a value that is not a u32.
-    """
-    return nl.encode(_set_msg(index, values), nl.RTM_SETLINK, nl.NLM_F_REQUEST | nl.NLM_F_ACK, seq)
-
-
 def parse_link_conf(data: bytes) -> tuple[str, dict[str, int] | None]:
     """Return (interface name, its IPv4 settings) from one RTM_NEWLINK message.
 
