@@ -115,4 +115,6 @@ def test_without_health_check_no_checks(tmp_path):
         eventually(lambda: weights(agent) == {"10.0.0.1": 1, "10.0.0.2": 1})
         eventually(lambda: api.patches)
         assert agent.health.targets() == {}
-        assert reported(api) == [None]
+        # Every report (a director may report Standby before its election settles, then
+        # Active) lists no unhealthy real server.
+        assert set(reported(api)) == {None}
