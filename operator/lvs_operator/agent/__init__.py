@@ -13,7 +13,6 @@ Pure core (no kubernetes, kopf or pyroute2 imports):
 - `role`: which role this director plays for a VirtualServer (the election, per program).
 - `drain`: drain deadlines of withdrawn real servers, persisted across restarts.
 - `report`: the content of `status.directors.<node>` patches and of Events.
-- `metrics`: the Prometheus exposition text.
 
 Glue:
 - `watch`: list + watch one resource into a local cache (relists after 410 Gone).
@@ -22,6 +21,9 @@ Glue:
 - `lease`: renews this director's Lease, watches everyone's, wakes the loop when the
   election's view changes (a Lease expiring included).
 - `loop`: the `Agent`: threads, the rate-limited sync loop, status writes, the metrics server.
+- `metrics`: the Prometheus metrics through `prometheus_client`: the kernel's figures as a
+  collector read at scrape time (the families it yields are built by pure functions), the
+  agent's own counters and histogram, the `/metrics` and `/healthz` server.
 - `health`: director-side health checks of real servers (spec.healthCheck): a rise/fall
   machine per target and TCP/HTTP probes, run by a `Monitor` in a thread of its own with an
   asyncio loop (thousands of concurrent checks, one thread); a flip wakes the sync loop.
