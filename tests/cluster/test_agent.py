@@ -17,6 +17,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
@@ -250,9 +251,9 @@ def test_programs_drains_and_withdraws(cluster, api, ns, nodes, label, tmp_path)
         assert director.sysctls.applied, "director sysctls applied at start"
         assert director.ipvs.timeouts().tcp == 600, "IPVS timeouts from the settings"
 
-        metrics = agent.render_metrics()
-        assert (f'lvs_real_server_weight{{namespace="{ns}",name="web",vip="{vip}",port="80",'
-                f'protocol="TCP",real="10.0.0.2:80"}} 3') in metrics
+        metrics = prometheus_client.generate_latest(agent.registry).decode()
+        assert (f'lvs_real_server_weight{{name="web",namespace="{ns}",port="80",protocol="TCP",'
+                f'real="10.0.0.2:80",vip="{vip}"}} 3.0\n') in metrics
 
         # 10.0.0.2 becomes not ready while it has connections: weight 0, then deleted once
         # the drain timeout (2 s) has passed although its connections never ended.

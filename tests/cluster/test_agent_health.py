@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any
 
+import prometheus_client
 import pytest
 import test_agent
 from controlplane import ControlPlane
@@ -119,8 +120,8 @@ def test_failing_real_server_weight_0_status_and_event(cluster, api, ns, node, l
                               what="weight back")
             assert eventually(lambda: "unhealthy" not in directors(api, ns, "checked")[node],
                               what="report clean")
-            metrics = agent.render_metrics()
-            assert (f'lvs_real_server_healthy{{namespace="{ns}",name="checked",vip="{vip}",'
-                    f'port="80",protocol="TCP",real="{real}"}} 1') in metrics
+            metrics = prometheus_client.generate_latest(agent.registry).decode()
+            assert (f'lvs_real_server_healthy{{name="checked",namespace="{ns}",port="80",'
+                    f'protocol="TCP",real="{real}",vip="{vip}"}} 1.0\n') in metrics
     finally:
         server.close()

@@ -16,6 +16,7 @@ import re
 from ipaddress import ip_address
 from typing import Any
 
+import prometheus_client
 from controlplane import ControlPlane
 from test_chart import CHART, find, helm, render
 
@@ -161,11 +162,13 @@ def _exported_labels() -> dict[str, set[str]]:
     real = RealServer(ip_address("10.0.0.1"), 80, Forwarding.DIRECT_ROUTING, 1)
     table = {key: VirtualService(key=key).with_reals([real])}
     statuses = {("shop/web", ip_address("10.0.0.1"), 80): health.Health(healthy=True, checks=1)}
-    agent = metrics.AgentMetrics()
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(metrics.KernelCollector(
+        lambda: metrics.Scrape(table, {key: "shop/web"}, statuses)))
+    agent = metrics.AgentMetrics(registry)
     agent.observe_sync(0.01, [AddService(VirtualService(key))], failed=False)
     agent.set_state(vips=1, draining=0)
-    text = metrics.render([*metrics.kernel_families(table, {key: "shop/web"}, statuses),
-                           *metrics.health_families(statuses), *agent.families()])
+    text = prometheus_client.generate_latest(registry).decode()
     exported: dict[str, set[str]] = {}
     for line in text.splitlines():
         if line.startswith("#"):  # HELP and TYPE

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any
 
+import prometheus_client
 from test_agent_loop import KEY, NODE, FakeApi, FakeVips, eventually, virtualserver
 
 from lvs_operator.agent import health, loop
@@ -95,11 +96,11 @@ def test_unhealthy_goes_to_weight_0_and_comes_back(tmp_path):
         assert agent.health.unhealthy() == {("shop/web", ip_address("10.0.0.2"), 80)}
         eventually(lambda: [e["reason"] for e in api.events] == ["RealServerUnhealthy"])
         assert "10.0.0.2:80" in api.events[0]["message"]
-        text = agent.render_metrics()
-        assert ('lvs_real_server_healthy{namespace="shop",name="web",vip="192.0.2.20",'
-                'port="80",protocol="TCP",real="10.0.0.2:80"} 0') in text
-        assert ('lvs_real_server_healthy{namespace="shop",name="web",vip="192.0.2.20",'
-                'port="80",protocol="TCP",real="10.0.0.1:80"} 1') in text
+        text = prometheus_client.generate_latest(agent.registry).decode()
+        assert ('lvs_real_server_healthy{name="web",namespace="shop",port="80",protocol="TCP",'
+                'real="10.0.0.2:80",vip="192.0.2.20"} 0.0\n') in text
+        assert ('lvs_real_server_healthy{name="web",namespace="shop",port="80",protocol="TCP",'
+                'real="10.0.0.1:80",vip="192.0.2.20"} 1.0\n') in text
 
         probe.failing.clear()  # recovered: weight back; the next sync reports none
         eventually(lambda: weights(agent) == {"10.0.0.1": 1, "10.0.0.2": 1})

@@ -8,8 +8,7 @@ from each selected VirtualServer's spec and `status.realServers`, converges the 
 (`syncer`: dump, plan, apply; owned services only; never a flush), holds the VIPs, drains
 real servers gracefully, and reports `status.directors.<node>`, Events and metrics.
 
-Core (no kubernetes, kopf or pyroute2 imports; pure but for `drain`'s file and `metrics`'
-HTTP server):
+Core (no kubernetes, kopf or pyroute2 imports; pure but for `drain`'s file):
 - `settings`: what the agent is told (environment variables, CLI flags).
 - `desired`: VirtualServer documents + the Node's labels -> the desired table and VIPs.
 - `election`: who holds each VIP: liveness from one Lease per director (local observation),
@@ -18,13 +17,15 @@ HTTP server):
 - `drain`: drain deadlines of withdrawn real servers; `DrainStore` keeps their start times
   in a file across restarts.
 - `report`: the content of `status.directors.<node>` patches and of Events.
-- `metrics`: the Prometheus exposition text, and `serve`, its HTTP server in a thread.
 
 Glue:
 - `routes`: the node's default-route interface (the VIP interface when none is given).
 - `lease`: renews this director's Lease, watches everyone's, wakes the loop when the
   election's view changes (a Lease expiring included).
 - `loop`: the `Agent`: threads, the rate-limited sync loop, status writes, the metrics server.
+- `metrics`: the Prometheus metrics through `prometheus_client`: the kernel's figures as a
+  collector read at scrape time (the families it yields are built by pure functions), the
+  agent's own counters and histogram, the `/metrics` and `/healthz` server.
 - `health`: director-side health checks of real servers (spec.healthCheck): a rise/fall
   machine per target and TCP/HTTP probes, run by a `Monitor` in a thread of its own with an
   asyncio loop (thousands of concurrent checks, one thread); a flip wakes the sync loop.

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
+import prometheus_client
+
 from lvs_operator import syncer
 from lvs_operator.agent import (
     desired,
@@ -123,7 +125,11 @@ class Agent:
         self.api = api
         self.ipvs = ipvs
         self.vips = vips
-        self.metrics = metrics.AgentMetrics()
+        # A registry per agent, not the library's global one: tests run several agents in
+        # one process. The kernel's figures are read when scraped, the agent's are kept.
+        self.registry = prometheus_client.CollectorRegistry()
+        self.registry.register(metrics.KernelCollector(self._scrape))
+        self.metrics = metrics.AgentMetrics(self.registry)
         self._sysctls = sysctls
         self._default_interface = default_interface
         self._interface_exists = interface_exists
@@ -196,7 +202,7 @@ class Agent:
         server = None
         if self.settings.metrics_address:
             host, port = split_address(self.settings.metrics_address)
-            server = metrics.serve(host, port, self.render_metrics)
+            server = metrics.serve(host, port, self.registry)
         threads = [threading.Thread(target=r.run, name=r.name, daemon=True)
                    for r in (self.virtualservers, self.node)]
         for thread in threads:
@@ -232,15 +238,12 @@ class Agent:
         with self._kernel:
             return dict(self.ipvs.dump())
 
-    def render_metrics(self) -> str:
-        """Return the metrics exposition: kernel figures of owned services and the agent's."""
+    def _scrape(self) -> metrics.Scrape:
+        """Return the kernel's table, the owners of its services and the health checks'
+        statuses, for a scrape."""
         with self._kernel:
             table = self.ipvs.dump()
-        owners = dict(self._owners)
-        statuses = self.health.statuses()
-        return metrics.render([*metrics.kernel_families(table, owners, statuses),
-                               *metrics.health_families(statuses),
-                               *self.metrics.families()])
+        return metrics.Scrape(table, dict(self._owners), self.health.statuses())
 
     def _wait_for_lists(self) -> bool:
         """Wait until the reflectors have listed; return False when stopped first."""
