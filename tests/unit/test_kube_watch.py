@@ -210,3 +210,21 @@ def test_stop_before_the_first_list_completes():
 ])
 def test_object_key(metadata, key):
     assert str(watch.object_key({"metadata": metadata})) == key
+
+
+def test_closing_a_watch_the_server_already_ended():
+    from lvs_operator.kube import client
+
+    class Released:
+        closed = False
+
+        def shutdown(self):
+            raise ValueError("Cannot shutdown as connection has already been released to the "
+                             "pool")
+
+        def close(self):
+            self.closed = True
+
+    response = Released()
+    client._Stream(response).close()  # type: ignore[arg-type]
+    assert response.closed

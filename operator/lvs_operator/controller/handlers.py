@@ -49,10 +49,6 @@ def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Events are posted by the controller itself, by the leader only.
     settings.posting.enabled = False
-    # kopf waits this long after an object's event for more of the same object before it
-    # calls the handler with the latest (0.1 s by default): the controller coalesces bursts
-    # in its own queue already, so a change is passed on at once.
-    settings.batching.batch_window = 0.0
     return settings
 
 

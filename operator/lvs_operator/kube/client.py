@@ -8,6 +8,7 @@ TLS, and a connection pool. Requests and answers are plain dicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -215,5 +216,8 @@ class _Stream:
 
     def close(self) -> None:
         # shutdown() unblocks a read in progress in another thread; close() frees the socket.
-        self._response.shutdown()
+        # A watch the server ended has already given its connection back to the pool, and
+        # urllib3 then refuses shutdown() with ValueError: nothing is left to unblock.
+        with contextlib.suppress(ValueError):
+            self._response.shutdown()
         self._response.close()
