@@ -204,10 +204,12 @@ class Controller:
                 listed = [obj for path in paths.values()
                           for obj in (await self.call(self.api.lister(path)))[0]]
                 break
-            except client.ApiError as error:
+            except Exception as error:  # the API down, or a bug: never give up listing
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
-                log.warning("listing VirtualServers: %s; retrying in %.0f s", error, delay)
+                log.warning("listing VirtualServers: %s; retrying in %.0f s",
+                            error or type(error).__name__, delay,
+                            exc_info=not isinstance(error, client.ApiError))
                 await asyncio.sleep(delay)
         for obj in listed:
             key = watch.object_key(obj)
