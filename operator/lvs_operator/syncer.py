@@ -6,11 +6,12 @@ Used by `lvs-operator ipvs apply` and by the agent. Only services recorded as ou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import IPAddress, Table
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import DeleteService, Operation, iter_plan
-from lvs_operator.records import record
 
 # `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
 # lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
@@ -21,7 +22,7 @@ else:
     Protocol = object  # VipHolder is a plain class at run time
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SyncResult:
     """What a sync did: the operations planned (and applied unless dry-run)."""
 
@@ -68,7 +69,7 @@ def sync(
 
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class VipResult:
     """What a VIP sync did (or would do, with dry-run)."""
 
