@@ -15,6 +15,7 @@ import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from lvs_operator import model
 from lvs_operator.model import (
@@ -32,13 +33,7 @@ from lvs_operator.model import (
     VirtualService,
 )
 
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
-    _T = TypeVar("_T")
+_T = TypeVar("_T")
 
 API_VERSION = "lvs.dev/v1alpha1"
 KIND = "VirtualServer"

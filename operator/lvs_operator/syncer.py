@@ -7,19 +7,12 @@ Used by `lvs-operator ipvs apply` and by the agent. Only services recorded as ou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import IPAddress, Table
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import DeleteService, Operation, iter_plan
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Protocol
-else:
-    Protocol = object  # VipHolder is a plain class at run time
 
 
 @dataclass(frozen=True, slots=True)

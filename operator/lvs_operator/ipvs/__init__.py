@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from lvs_operator.model import (
     ServiceKey,
@@ -20,14 +21,6 @@ from lvs_operator.model import (
     VirtualService,
 )
 from lvs_operator.plan import Operation
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Protocol
-else:
-    Protocol = object  # IPVS is a plain class at run time
 
 
 class IPVSError(Exception):

@@ -32,6 +32,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from lvs_operator.ipvs import IPVSError, idempotence, netlink, procfs
 from lvs_operator.model import (
@@ -46,13 +47,7 @@ from lvs_operator.model import (
 )
 from lvs_operator.plan import Operation
 
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-    _T = TypeVar("_T")
+_T = TypeVar("_T")
 
 # Found = what netlink.messages returns for one received chunk.
 Found = list[tuple[int, int, int, int, int]]
