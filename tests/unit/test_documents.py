@@ -90,8 +90,8 @@ def test_apply_of_json_imports_no_yaml_nor_cluster_clients():
     assert done.stdout.strip() == "[]"
 
 
-def test_the_console_script_flushes_before_its_quick_exit(tmp_path):
-    """`ipvs` commands end with os._exit: what they printed must still come out."""
+def test_the_console_script_prints_and_exits_with_the_status(tmp_path):
+    """What an `ipvs` command printed comes out, and the process exits with its status."""
     missing = tmp_path / "missing.json"
     code = ("import sys\n"
             f"sys.argv = ['lvs-operator', 'ipvs', 'apply', '-f', {str(missing)!r}]\n"
