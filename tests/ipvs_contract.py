@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -44,7 +45,6 @@ from lvs_operator.plan import (
     SetService,
     plan,
 )
-from lvs_operator.records import replace
 
 A = ipaddress.ip_address
 V4 = ServiceKey.inet(Protocol.TCP, A("192.0.2.1"), 80)

@@ -20,14 +20,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lvs_operator import __version__
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # How long the agent trusts /proc/net/ip_vs to confirm a table a thorough netlink dump found
@@ -48,61 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> NoReturn:
-    """Run the `lvs-operator` console script: `main` on sys.argv, then exit with its status.
-
-    The `ipvs` commands end with `os._exit` once their output is flushed: a bulk apply leaves
-    hundreds of thousands of objects behind, and freeing them one by one at interpreter exit
-    took a tenth of its time in the test VM. Nothing they leave needs an orderly exit: the
-    thread an apply starts has ended, they register no atexit work, and the files they
-    write are closed.
-    """
-    status = main()
-    if sys.argv[1:2] == ["ipvs"]:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
-
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse's help formatter, given the terminal width up front.
-
-    Without a width argparse asks `shutil`, and it builds a formatter for every argument
-    added: `ipvs apply` would load shutil and the compression modules it imports, which cost
-    more under the test VM's emulation than parsing the command line. Same width rule:
-    $COLUMNS, else the terminal's, else 80; minus 2.
-    """
-
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        if width is None:
-            width = _columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-def _columns() -> int:
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose help uses `_Formatter`; its subcommands' parsers too."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
+    """Run the `lvs-operator` console script: `main` on sys.argv, then exit with its status."""
+    sys.exit(main())
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="lvs-operator",
         description="Linux Virtual Server (kernel IPVS) as a declarative load balancer.",
     )

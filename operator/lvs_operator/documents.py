@@ -8,15 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from lvs_operator.api import spec
 from lvs_operator.model import ServiceKey, VirtualService
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class DocumentError(ValueError):

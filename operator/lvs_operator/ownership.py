@@ -12,16 +12,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from dataclasses import dataclass, field
 
 from lvs_operator.files import replace_file
 from lvs_operator.model import IPAddress, Protocol, ServiceKey
-from lvs_operator.records import field, record
 
 # A plain string: `ipvs apply` runs without loading pathlib.
 DEFAULT_STATE_FILE = "/var/lib/lvs-operator/owned.json"
 
 
-@record(frozen=False)
+@dataclass(slots=True)
 class Owned:
     """Virtual services and VIPs (per interface) this director created."""
 

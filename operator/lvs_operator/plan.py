@@ -16,12 +16,12 @@ Rules, the same ones kube-proxy's IPVS proxier and keepalived follow:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, replace
 
 from lvs_operator.model import RealServer, ServiceKey, Table, VirtualService
-from lvs_operator.records import record, replace
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class AddService:
     """Create a virtual service (its attributes only; real servers are separate ops)."""
 
@@ -31,7 +31,7 @@ class AddService:
         return f"add service {self.service.key} scheduler {self.service.scheduler}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SetService:
     """Change a virtual service's attributes in place."""
 
@@ -41,7 +41,7 @@ class SetService:
         return f"set service {self.service.key} scheduler {self.service.scheduler}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class DeleteService:
     """Delete a virtual service together with its real servers."""
 
@@ -51,7 +51,7 @@ class DeleteService:
         return f"delete service {self.key}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class AddReal:
     """Add a real server to a virtual service."""
 
@@ -62,7 +62,7 @@ class AddReal:
         return f"add real {self.real} to {self.service} weight {self.real.weight}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SetReal:
     """Change a real server's forwarding, weight, thresholds or tunnel in place."""
 
@@ -73,7 +73,7 @@ class SetReal:
         return f"set real {self.real} in {self.service} weight {self.real.weight}"
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class DeleteReal:
     """Remove a real server from a virtual service."""
 

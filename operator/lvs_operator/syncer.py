@@ -6,23 +6,16 @@ Used by `lvs-operator ipvs apply` and by the agent. Only services recorded as ou
 
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
+
 from lvs_operator.ipvs import IPVS
 from lvs_operator.model import IPAddress, Table
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import DeleteService, Operation, iter_plan
-from lvs_operator.records import record
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-# Named apart from model.Protocol (the IP protocol enum).
-if TYPE_CHECKING:
-    from typing import Protocol as TypingProtocol
-else:
-    TypingProtocol = object  # VipHolder is a plain class at run time
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SyncResult:
     """What a sync did: the operations planned (and applied unless dry-run)."""
 
@@ -69,7 +62,7 @@ def sync(
 
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class VipResult:
     """What a VIP sync did (or would do, with dry-run)."""
 
@@ -126,7 +119,7 @@ def sync_vips(
     return VipResult(added=added, removed=removed)
 
 
-class VipHolder(TypingProtocol):
+class VipHolder(typing.Protocol):
     """The network operations `sync_vips` needs (`lvs_operator.network` implements them)."""
 
     def list_vips(self, interface: str) -> list[IPAddress]:

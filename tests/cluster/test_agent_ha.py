@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from lvs_operator.agent.settings import HASettings, Settings
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.kube import client
 from lvs_operator.model import SyncDaemon, SyncState
-from lvs_operator.records import replace
 
 # test_agent's fixtures: the module's namespace, the admin connection, Nodes, a label.
 api, ns, nodes, label = test_agent.api, test_agent.ns, test_agent.nodes, test_agent.label

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ from lvs_operator.ipvs import procfs
 from lvs_operator.ipvs.kernel import PROC_TABLE, KernelIPVS
 from lvs_operator.model import table
 from lvs_operator.plan import SetReal, plan
-from lvs_operator.records import replace
 
 pytestmark = pytest.mark.kernel
 

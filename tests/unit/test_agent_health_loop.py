@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -16,7 +17,6 @@ from test_agent_loop import KEY, NODE, FakeApi, FakeVips, eventually, virtualser
 from lvs_operator.agent import health, loop
 from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
 from lvs_operator.ipvs.fake import FakeIPVS
-from lvs_operator.records import replace
 
 
 class Api(FakeApi):

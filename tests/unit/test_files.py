@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
 from pathlib import Path
@@ -39,12 +38,18 @@ def test_a_failed_rename_keeps_the_old_content_and_leaves_no_temporary(
     assert os.listdir(tmp_path) == ["owned.json"]
 
 
-def test_a_temporary_name_left_by_a_crash_is_skipped(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "_counter", itertools.count())
+def test_temporaries_left_by_a_crash_are_left_alone(tmp_path: Path) -> None:
     target = tmp_path / "owned.json"
     for n in range(3):
-        (tmp_path / f".owned.json.{os.getpid()}.{n}.tmp").write_text("stale")
+        (tmp_path / f".owned.json.crashed{n}.tmp").write_text("stale")
     files.replace_file(target, "fresh")
     assert target.read_text() == "fresh"
     assert len(os.listdir(tmp_path)) == 4  # the stale ones are not ours to remove
+
+
+def test_a_file_in_the_working_directory_is_replaced_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    files.replace_file("owned.json", "here")
+    assert (tmp_path / "owned.json").read_text() == "here"
+    assert os.listdir(tmp_path) == ["owned.json"]

@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import struct
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -40,7 +41,6 @@ from lvs_operator.plan import (
     SetReal,
     SetService,
 )
-from lvs_operator.records import replace
 
 little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="bytes written for x86")
 

@@ -16,20 +16,19 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "lvs_operator"
 
 # What each layer may import of lvs_operator (a top-level module or subpackage name). A layer
 # not listed here (cli, realserver, documents, show) sits on top and may import anything.
-CORE = {"model", "records", "plan", "ownership", "files", "syncer"}
+CORE = {"model", "plan", "ownership", "files", "syncer"}
 KERNEL = {"ipvs", "network"}
 ALLOWED: dict[str, set[str]] = {
-    "model": {"records"},
-    "records": set(),
+    "model": set(),
     "files": set(),
-    "plan": {"model", "records"},
-    "ownership": {"model", "records", "files"},
+    "plan": {"model"},
+    "ownership": {"model", "files"},
     "syncer": CORE | {"ipvs"},
-    "ipvs": {"model", "records", "plan"},
-    "network": {"model", "records"},
-    "api": {"model", "records"},
+    "ipvs": {"model", "plan"},
+    "network": {"model"},
+    "api": {"model"},
     "kube": {"api"},
-    "controller": {"api", "kube", "model", "records"},
+    "controller": {"api", "kube", "model"},
     "agent": CORE | KERNEL | {"api", "kube"},
 }
 

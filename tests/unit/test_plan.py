@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -24,7 +25,6 @@ from lvs_operator.plan import (
     SetService,
     plan,
 )
-from lvs_operator.records import replace
 
 KEY = ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.10"), 80)
 OTHER = ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.11"), 80)

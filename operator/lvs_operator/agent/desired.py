@@ -32,7 +32,7 @@ unchanged objects does not parse them again.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lvs_operator.agent import health, role
@@ -44,7 +44,6 @@ from lvs_operator.model import (
     VirtualService,
     format_endpoint,
 )
-from lvs_operator.records import replace
 
 # A VirtualServer without a creation time (never from the API server) loses every conflict.
 _NEVER = "9999-12-31T23:59:59Z"

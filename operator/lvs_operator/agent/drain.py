@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lvs_operator.files import replace_file
@@ -33,7 +33,6 @@ from lvs_operator.model import (
     VirtualService,
 )
 from lvs_operator.plan import DeleteReal, DeleteService, Operation
-from lvs_operator.records import replace
 
 # spec.drain.timeoutSeconds' default, for a service whose VirtualServer is gone and whose
 # drain began only after an agent restart (its timeout died with the object).

@@ -37,11 +37,10 @@ import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lvs_operator.api import spec
 from lvs_operator.model import IPAddress, format_endpoint
-from lvs_operator.records import replace
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -68,7 +69,6 @@ from lvs_operator.network.errors import NetworkError
 from lvs_operator.network.sysctl import DirectorSysctls, SysctlChange
 from lvs_operator.ownership import Owned, OwnershipStore
 from lvs_operator.plan import AddService, DeleteService, Operation, SetService
-from lvs_operator.records import replace
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from lvs_operator import model
 from lvs_operator.api import API_VERSION, KIND
@@ -31,15 +33,8 @@ from lvs_operator.model import (
     TunnelType,
     VirtualService,
 )
-from lvs_operator.records import field, record, replace
 
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
-    _T = TypeVar("_T")
+_T = TypeVar("_T")
 
 
 FORWARDING = {
@@ -125,7 +120,7 @@ class SpecError(ValueError):
         self.reason = reason
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Port:
     """One entry of `spec.ports`: a virtual service on the VIP."""
 
@@ -134,7 +129,7 @@ class Port:
     target_port: int | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A real server as resolved from the backend (static address or ready endpoint).
 
@@ -147,7 +142,7 @@ class Endpoint:
     weight: int | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class ServiceBackend:
     """`spec.backend.service`: the ready endpoints of a Kubernetes Service."""
 
@@ -155,7 +150,7 @@ class ServiceBackend:
     port: str | int | None = None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     """`spec.healthCheck`: director-side checks of each real server."""
 
@@ -168,7 +163,7 @@ class HealthCheck:
     success_threshold: int = 1
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class Directors:
     """`spec.directors`: which nodes direct this VirtualServer and where they hold the VIP."""
 
@@ -180,7 +175,7 @@ class Directors:
 _ALL_DIRECTORS = Directors()
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class VirtualServer:
     """A parsed, validated VirtualServer."""
 
@@ -201,6 +196,13 @@ class VirtualServer:
     directors: Directors = _ALL_DIRECTORS
     health_check: HealthCheck | None = None
     drain_timeout_seconds: int = DEFAULT_DRAIN_SECONDS
+    # The keys of `ports`, built once: a bulk file's keys are claimed, then made into
+    # services, and each new key object would compute its hash again.
+    _keys: tuple[ServiceKey, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keys", tuple(
+            ServiceKey.inet(p.protocol, self.vip, p.port) for p in self.ports))
 
     @property
     def id(self) -> str:
@@ -211,14 +213,7 @@ class VirtualServer:
     def keys(self) -> list[ServiceKey]:
         """Return the keys of the virtual services this VirtualServer asks for, in the order
         of `ports` (a new list each time)."""
-        # Built once and kept, as ServiceKey keeps its hash: a bulk file's keys are claimed,
-        # then made into services, and each new key object would compute its hash again.
-        values = self.__dict__
-        keys: tuple[ServiceKey, ...] | None = values.get("_keys")
-        if keys is None:
-            keys = values["_keys"] = tuple(
-                ServiceKey.inet(p.protocol, self.vip, p.port) for p in self.ports)
-        return list(keys)
+        return list(self._keys)
 
 
 def parse(document: Mapping[str, Any], *, default_namespace: str = "default") -> VirtualServer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import typing
 from collections.abc import Iterable, Sequence
 
 from lvs_operator.model import (
@@ -20,15 +21,6 @@ from lvs_operator.model import (
     VirtualService,
 )
 from lvs_operator.plan import Operation
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-# Named apart from model.Protocol (the IP protocol enum).
-if TYPE_CHECKING:
-    from typing import Protocol as TypingProtocol
-else:
-    TypingProtocol = object  # IPVS is a plain class at run time
 
 
 class IPVSError(Exception):
@@ -69,7 +61,7 @@ class ApplyError(IPVSError):
         self.errors = list(errors)
 
 
-class IPVS(TypingProtocol):
+class IPVS(typing.Protocol):
     """What the rest of the code may ask of kernel IPVS (in the current network namespace)."""
 
     def dump(self, *, expect: Table | None = None) -> dict[ServiceKey, VirtualService]:

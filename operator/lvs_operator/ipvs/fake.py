@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lvs_operator.ipvs import IPVSError, idempotence, netlink
 from lvs_operator.model import (
@@ -53,7 +53,6 @@ from lvs_operator.plan import (
     SetReal,
     SetService,
 )
-from lvs_operator.records import replace
 
 # The kernel's defaults for a new network namespace (ip_vs_proto_tcp.c / _udp.c), seconds.
 DEFAULT_TIMEOUTS = Timeouts(tcp=900, tcp_fin=120, udp=300)

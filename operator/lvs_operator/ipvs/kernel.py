@@ -22,16 +22,17 @@ rather than a general netlink library:
 
 from __future__ import annotations
 
-import _thread
-import collections
 import contextlib
 import errno
 import gc
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from lvs_operator.ipvs import IPVSError, idempotence, netlink, procfs
 from lvs_operator.model import (
@@ -46,13 +47,7 @@ from lvs_operator.model import (
 )
 from lvs_operator.plan import Operation
 
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-    _T = TypeVar("_T")
+_T = TypeVar("_T")
 
 # Found = what netlink.messages returns for one received chunk.
 Found = list[tuple[int, int, int, int, int]]
@@ -661,30 +656,22 @@ class _Sender:
     """The thread that sends an apply's batches, in order, while the caller encodes more.
 
     Only this thread uses the socket until `finish` returns. After a failure it sends
-    nothing more; `finish` raises that failure. Built on `_thread` (the documented low-level
-    threading module) and a deque rather than `threading` and `queue`: under the test VM's
-    emulation importing those two cost `ipvs apply` a few percent of its time.
+    nothing more; `finish` raises that failure.
     """
 
     def __init__(self, ipvs: KernelIPVS, results: list[IPVSError | None]) -> None:
         self._ipvs = ipvs
         self._results = results
-        self._batches: collections.deque[tuple[int, list[_Request]] | None] = (
-            collections.deque())
-        # Held while the thread has nothing to do: `_signal` releases it. A release that
-        # finds it released already is a wake-up the thread has not consumed yet: the thread
-        # empties the deque on every wake-up, so no batch is ever left waiting.
-        self._wake = _thread.allocate_lock()
-        self._wake.acquire()
-        self._ended = _thread.allocate_lock()  # held until the thread ends
-        self._ended.acquire()
+        # Batches in the order they are to go out; None ends the thread.
+        self._batches: queue.SimpleQueue[tuple[int, list[_Request]] | None] = (
+            queue.SimpleQueue())
         self._error: BaseException | None = None
-        _thread.start_new_thread(self._run, ())
+        self._thread = threading.Thread(target=self._run, name="ipvs-apply-sender")
+        self._thread.start()
 
     def send(self, first: int, batch: list[_Request]) -> None:
         """Queue one batch (see `KernelIPVS._send_batch`)."""
-        self._batches.append((first, batch))
-        self._signal()
+        self._batches.put((first, batch))
 
     def finish(self) -> None:
         """Wait until every queued batch is sent and answered.
@@ -692,28 +679,15 @@ class _Sender:
         Raises:
             IPVSError: the sending thread's failure, if any.
         """
-        self._batches.append(None)
-        self._signal()
-        self._ended.acquire()
+        self._batches.put(None)
+        self._thread.join()
         if self._error is not None:
             raise self._error
 
-    def _signal(self) -> None:
-        with contextlib.suppress(RuntimeError):  # released already: a wake-up is pending
-            self._wake.release()
-
     def _run(self) -> None:
-        try:
-            while True:
-                self._wake.acquire()
-                while self._batches:
-                    item = self._batches.popleft()
-                    if item is None:
-                        return
-                    if self._error is None:  # after a failure, nothing more is sent
-                        self._send(*item)
-        finally:
-            self._ended.release()
+        while (item := self._batches.get()) is not None:
+            if self._error is None:  # after a failure, nothing more is sent
+                self._send(*item)
 
     def _send(self, first: int, batch: list[_Request]) -> None:
         try:

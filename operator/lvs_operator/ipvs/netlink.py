@@ -24,6 +24,7 @@ import operator
 import socket
 import struct
 from collections.abc import Iterable
+from typing import ClassVar
 
 from lvs_operator.model import (
     SVC_F_ONEPACKET,
@@ -52,12 +53,6 @@ from lvs_operator.plan import (
     SetReal,
     SetService,
 )
-
-# `typing` is only for the type checker here (TYPE_CHECKING is true for it alone): see
-# lvs_operator.records for why `ipvs apply`'s modules do not import it at run time.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import ClassVar
 
 Buffer = bytes | bytearray | memoryview
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 
 from lvs_operator.network.errors import SysctlError
-from lvs_operator.records import record
 
 # Paths are plain strings here: `ipvs apply` sets sysctls and runs without loading pathlib.
 PROC_SYS = "/proc/sys"
@@ -89,7 +89,7 @@ def write_sysctl(name: str, value: str, *, root: Root = PROC_SYS) -> None:
         raise SysctlError(name, f"cannot write {value!r} to {path}: {e.strerror}; {hint}") from None
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class SysctlChange:
     """One sysctl checked by `ensure_sysctl`: its value before and after."""
 
@@ -128,7 +128,7 @@ def ensure_sysctl(name: str, value: str, *, root: Root = PROC_SYS) -> SysctlChan
     return SysctlChange(name, before, after)
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class DirectorSysctls:
     """The IPVS settings of a director's network namespace, with the reason for each default.
 

@@ -160,9 +160,9 @@ def _until_stdin_closes(then: Callable[[], None]) -> threading.Thread:
 
 
 def _compacts() -> dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]]:
-    from lvs_operator.controller import reconciler
+    from lvs_operator.controller import objects
 
-    return {kind: getattr(reconciler, compact) for kind, (_, _, compact) in KINDS.items()}
+    return {kind: getattr(objects, compact) for kind, (_, _, compact) in KINDS.items()}
 
 
 def observe_with_reflector(kubeconfig: str, report: Report) -> None:
@@ -194,13 +194,15 @@ def observe_with_kopf(kubeconfig: str, report: Report, *, tuning: Mapping[str, A
     import kopf
 
     from lvs_operator.controller import credentials, handlers
+    from lvs_operator.kube import client
 
     compacts = _compacts()
     registry = kopf.OperatorRegistry()
+    configuration = client.Client.connect(kubeconfig).configuration
 
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return await credentials.connection_info(kubeconfig)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return credentials.connection_info(configuration)
 
     for kind, ((group, version, plural), _, _) in KINDS.items():
         @kopf.on.event(group, version, plural, id=kind, param=kind, registry=registry)

@@ -6,13 +6,14 @@ emulation mean little, so the figures that count are ratios between two programs
 in the same guest, alternated and repeated (the best of each is compared):
 
 - end to end, from an empty table: `lvs-operator ipvs apply -f FILE` (a new process: Python
-  start-up, CLI parsing, YAML, planning, netlink) vs `ipvsadm -R < RULES` (target <= 0.75);
+  start-up, CLI parsing, YAML, planning, netlink) vs `ipvsadm -R < RULES` (target <= 1.0:
+  never slower than the C tool);
 - the no-op re-apply (dump + plan, zero operations) vs `ipvsadm -S -n` (target <= 0.5): the
   target holds for the agent's resync (in-process, verified: below); the same through the CLI
   is printed too, but a new process cannot get near 0.5 here: in the TCG VM, Python's start
   and the command's imports alone take ~0.6x of `ipvsadm -S -n`, before reading the file;
 - in-process, for where the time goes: KernelIPVS.apply of the plan from empty vs
-  `ipvsadm -R`, and KernelIPVS.dump vs `ipvsadm -S -n`;
+  `ipvsadm -R` (target <= 0.33), and KernelIPVS.dump vs `ipvsadm -S -n`;
 - in-process no-op resync (dump(expect) + plan) vs `ipvsadm -S -n`: thorough (netlink), and
   verified (the agent's resyncs between two thorough ones: /proc/net/ip_vs confirms the table
   the thorough dump found as desired; `KernelIPVS(verify_seconds=...)`).
@@ -47,7 +48,8 @@ SERVICES = 2000
 REALS = 4
 # Rounds of each measurement (alternating the two programs); the best of each counts.
 ROUNDS = int(os.environ.get("LVS_BENCH_ROUNDS", "2"))
-TARGET_APPLY = 0.75
+TARGET_APPLY = 1.0
+TARGET_INPROCESS_APPLY = 0.33
 TARGET_NOOP = 0.5
 REPO = Path(__file__).resolve().parents[3]
 CLI = [str(Path(sys.executable).with_name("lvs-operator"))]
@@ -257,6 +259,7 @@ def test_bulk_apply_and_noop_resync(namespaces: Callable[[str], str], tmp_path: 
             {"figures": figures, "best": best, "ratios": ratios}, indent=2))
     if os.environ.get("LVS_BENCH_STRICT") == "1":
         assert ratios["end-to-end apply / ipvsadm -R"] <= TARGET_APPLY
+        assert ratios["in-process apply / ipvsadm -R"] <= TARGET_INPROCESS_APPLY
         # The agent's resync between two thorough ones (a thorough one at least every
         # 5 minutes, cli.AGENT_VERIFY_SECONDS, and after any apply).
         assert ratios["in-process no-op resync, verified (/proc) / ipvsadm -S"] <= TARGET_NOOP
