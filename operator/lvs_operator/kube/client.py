@@ -1,18 +1,22 @@
-"""The Kubernetes API as the agent uses it: plain JSON over the `kubernetes` client's REST layer.
+"""The Kubernetes API as both binaries use it: plain JSON over the `kubernetes` client's REST layer.
 
-The generated client's typed models and per-call validation cost far more than the agent
-needs (it reads a few fields of VirtualServers and Nodes); the `kubernetes` package is used
-for what it does well: loading kubeconfig / in-cluster credentials (refreshing tokens),
-TLS, and a connection pool. Requests and answers are plain dicts.
+The generated client's typed models and per-call validation cost far more than the binaries
+need (they read a few fields of each object); the `kubernetes` package is used for what it
+does well: loading kubeconfig / in-cluster credentials (refreshing tokens), TLS, and a
+connection pool. Requests and answers are plain dicts.
+
+The style is synchronous, one request per call: the agent's work blocks on netlink anyway,
+and the controller calls the same client from a thread pool.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import urllib3
 from kubernetes import client, config
@@ -41,6 +45,17 @@ class ApiError(Exception):
         self.status = status
 
 
+class Requester(Protocol):
+    """What `kube.lease` and `kube.events` ask of a client: one request at a time
+    (`Client` does it; tests fake it)."""
+
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
+        """Send one request; return the decoded JSON answer; raise ApiError on failure."""
+        ...
+
+
 class Client:
     """A connection (pool) to one API server, with credentials."""
 
@@ -48,26 +63,47 @@ class Client:
         self._api = api
 
     @classmethod
-    def connect(cls, kubeconfig: str | None) -> Self:
-        """Return a client for the kubeconfig file `kubeconfig`, or in-cluster when None.
+    def connect(cls, kubeconfig: str | None, *, pool: int | None = None) -> Self:
+        """Return a client with the credentials of the kubeconfig file `kubeconfig` when
+        given; else of the pod's service account (in a cluster); else of $KUBECONFIG or
+        ~/.kube/config. `pool`: the most connections kept open at once (None: the
+        `kubernetes` package's default, 5 per CPU).
 
         Raises:
-            ApiError: when the configuration cannot be loaded (status 0).
+            ApiError: (status 0) when no credentials can be loaded: the message names what
+                was tried.
         """
         configuration = client.Configuration()
         # The config loaders carry no annotations (hence the ignores).
         try:
             if kubeconfig:
+                tried = f"the kubeconfig file {kubeconfig}"
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig, client_configuration=configuration)
             else:
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration)
+                try:
+                    tried = "the in-cluster service account"
+                    config.load_incluster_config(  # type: ignore[no-untyped-call]
+                        client_configuration=configuration)
+                except config.ConfigException:
+                    # Read now, not when `kubernetes` was imported (its own default).
+                    default = os.environ.get("KUBECONFIG") or "~/.kube/config"
+                    tried = f"the in-cluster service account, then {default}"
+                    config.load_kube_config(  # type: ignore[no-untyped-call]
+                        config_file=default, client_configuration=configuration)
         except (config.ConfigException, OSError) as e:
-            where = kubeconfig or "the in-cluster service account"
-            raise ApiError(0, f"cannot load the Kubernetes configuration from {where}: {e}; "
-                           "pass --kubeconfig (or KUBECONFIG) outside a pod") from None
+            raise ApiError(0, f"cannot load Kubernetes credentials from {tried}: {e}; pass "
+                           "--kubeconfig (or set KUBECONFIG) outside a pod") from None
+        if pool is not None:
+            configuration.connection_pool_maxsize = pool
         return cls(client.ApiClient(configuration))
+
+    @property
+    def configuration(self) -> client.Configuration:
+        """The credentials and server this client uses (to give another client, kopf's,
+        the same ones)."""
+        configuration: client.Configuration = self._api.configuration
+        return configuration
 
     def close(self) -> None:
         """Close the connection pool."""
