@@ -162,15 +162,6 @@ class Client:
             "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
             body=patch, content_type=MERGE_PATCH)
 
-    def create_event(self, event: Mapping[str, Any]) -> Any:
-        """Create a core/v1 Event in its metadata.namespace.
-
-        Raises:
-            ApiError: as `request`.
-        """
-        namespace = event["metadata"]["namespace"]
-        return self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
-
     def _send(self, method: str, path: str, *, query: Sequence[tuple[str, str]], body: object,
               content_type: str, timeout: tuple[float, float],
               stream: bool = False) -> urllib3.BaseHTTPResponse:
