@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 VIRTUALSERVERS = f"/apis/{API_VERSION}/{PLURAL}"
 NODES = "/api/v1/nodes"
-LEASES = "/apis/coordination.k8s.io/v1"  # + /namespaces/<ns>/leases[/<name>]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
 
