@@ -262,7 +262,11 @@ class Agent:
         return changed
 
     def _virtualservers(self) -> dict[str, watch.Object]:
-        """Return the cached VirtualServers by `namespace/name`."""
+        """Return the cached VirtualServers by `namespace/name` (`str` of their
+        `watch.Key`). The agent's programs, health targets and reports are keyed by
+        `api.spec.VirtualServer.id` (that string): the api layer's identifier, which its
+        conflict rule shares with the controller, and which api/ cannot spell as a
+        `watch.Key` (it sits below kube/)."""
         return {str(key): obj for key, obj in self.virtualservers.snapshot().items()}
 
     def _sync(self, *, full: bool) -> float | None:
