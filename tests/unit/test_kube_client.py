@@ -71,3 +71,21 @@ def test_nothing_to_load_says_what_was_tried(tmp_path: Path) -> None:
     with pytest.raises(client.ApiError) as raised:
         client.Client.connect(str(tmp_path / "missing"))
     assert f"kubeconfig file {tmp_path / 'missing'}" in str(raised.value)
+
+
+class ClosedResponse:
+    """A watch response whose socket its reader already closed."""
+
+    closed = False
+
+    def shutdown(self) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_closing_a_watch_that_ended_meanwhile_is_fine() -> None:
+    response = ClosedResponse()
+    client._Stream(response).close()  # type: ignore[arg-type]
+    assert response.closed

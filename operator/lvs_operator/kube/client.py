@@ -11,6 +11,7 @@ and the controller calls the same client from a thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -213,5 +214,9 @@ class _Stream:
 
     def close(self) -> None:
         # shutdown() unblocks a read in progress in another thread; close() frees the socket.
-        self._response.shutdown()
+        # A watch that has just ended in its own thread has no socket left to shut down
+        # (EBADF, or the connection back in the pool): nothing to unblock then, and the
+        # caller (a reflector stopping, then an agent deleting its Lease) must go on.
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            self._response.shutdown()
         self._response.close()
