@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     agent.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else "
-                       "in-cluster credentials)")
+                       "in-cluster credentials, else ~/.kube/config)")
     agent.add_argument("--state-file", help="record of what this director created (default: "
                        "$LVS_STATE_FILE, else /var/lib/lvs-operator/owned.json)")
     agent.add_argument("--interface", help="hold VIPs here when a VirtualServer names no "

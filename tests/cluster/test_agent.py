@@ -32,6 +32,7 @@ from lvs_operator.agent.settings import (
 )
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.kube import client
+from lvs_operator.kube import events as kube_events
 from lvs_operator.model import (
     Forwarding,
     Protocol,
@@ -394,11 +395,11 @@ def test_two_directors_keep_their_own_reports(cluster, api, ns, nodes, label, tm
         assert "generation" not in directors(api, ns, "pair")[node_b]
 
         def events():
-            return [e for e in api.request("GET", f"/api/v1/namespaces/{ns}/events")["items"]
-                    if e["involvedObject"].get("name") == "pair"]
+            return [e for e in api.request("GET", kube_events.events_path(ns))["items"]
+                    if e["regarding"].get("name") == "pair"]
 
         posted = eventually(events, what="an Event")
-        assert [(e["type"], e["reason"], e["source"]["host"], e["reportingComponent"])
+        assert [(e["type"], e["reason"], e["reportingInstance"], e["reportingController"])
                 for e in posted] == [("Warning", "SyncFailed", node_b, "lvs.dev/agent")]
         time.sleep(2.5)  # longer than a resync: the same error is not posted again
         assert len(events()) == 1

@@ -23,6 +23,7 @@ from lvs_operator.agent import lease
 from lvs_operator.agent.settings import HASettings, Settings
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.kube import client
+from lvs_operator.kube import lease as kube_lease
 from lvs_operator.model import SyncDaemon, SyncState
 
 # test_agent's fixtures: the module's namespace, the admin connection, Nodes, a label.
@@ -39,7 +40,7 @@ class CuttableKube(client.Client):
     cut = False
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self.cut and path.startswith(client.LEASES) and method != "GET":
+        if self.cut and path.startswith(kube_lease.PATH) and method != "GET":
             raise client.ApiError(0, f"{method} {path}: cut off (test)")
         return super().request(method, path, **kwargs)
 
@@ -126,7 +127,7 @@ def test_one_holder_failover_and_one_handover_back(api, ns, label, pair):
         eventually(lambda: a.ipvs.dump() and a.ipvs.dump() == b.ipvs.dump(), what="tables")
         eventually(lambda: first.ipvs.daemons() == [SyncDaemon(SyncState.MASTER, "eth0")])
         eventually(lambda: other.ipvs.daemons() == [SyncDaemon(SyncState.BACKUP, "eth0")])
-        leases = api.request("GET", lease.leases_path(ns),
+        leases = api.request("GET", kube_lease.leases_path(ns),
                              query=[("labelSelector", f"{lease.LABEL}=true")])["items"]
         assert {item["spec"]["holderIdentity"] for item in leases} >= {a.node, b.node}
 
@@ -178,7 +179,7 @@ def test_graceful_stop_hands_over_at_once(api, ns, label, pair):
             assert took < DURATION, f"handover after {took:.2f} s: no faster than expiry"
             assert roles(api, ns, "bye")[first.node] == "Standby"
             with pytest.raises(client.ApiError) as gone:
-                api.request("GET", f"{lease.leases_path(ns)}/{lease.lease_name(first.node)}")
+                api.request("GET", f"{kube_lease.leases_path(ns)}/{lease.lease_name(first.node)}")
             assert gone.value.status == 404
         finally:
             for stack in stacks.values():
@@ -192,7 +193,7 @@ def test_a_deleted_nodes_lease_goes_with_it(api, ns, pair):
     """A director gone for good (its agent died, then its Node was deleted) leaves no Lease
     behind: its Node owns the Lease, and the garbage collector deletes it with the Node."""
     director = pair[0]
-    name = f"{lease.leases_path(ns)}/{lease.lease_name(director.node)}"
+    name = f"{kube_lease.leases_path(ns)}/{lease.lease_name(director.node)}"
     uid = api.request("GET", f"{client.NODES}/{director.node}")["metadata"]["uid"]
 
     def current() -> dict[str, Any] | None:

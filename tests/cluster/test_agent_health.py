@@ -19,6 +19,7 @@ from test_agent import TIMEOUT, Director, directors, eventually, path, publish
 
 from lvs_operator.agent.health import Health
 from lvs_operator.kube import client
+from lvs_operator.kube import events as kube_events
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,8 @@ def test_failing_real_server_weight_0_status_and_event(cluster, api, ns, node, l
 
             def events():
                 return [(e["type"], e["reason"]) for e in api.request(
-                    "GET", f"/api/v1/namespaces/{ns}/events")["items"]
-                    if e["involvedObject"].get("name") == "checked"]
+                    "GET", kube_events.events_path(ns))["items"]
+                    if e["regarding"].get("name") == "checked"]
 
             assert eventually(lambda: ("Warning", "RealServerUnhealthy") in events())
 

@@ -38,8 +38,11 @@ from controlplane import ControlPlane
 from crd_support import CRD_NAME, ROOT, install_crd, module_namespace
 
 from lvs_operator.agent import lease as agent_lease
+from lvs_operator.agent import report as agent_report
 from lvs_operator.controller import admission
 from lvs_operator.kube import client as agent_kube
+from lvs_operator.kube import events as kube_events
+from lvs_operator.kube import lease as kube_lease
 
 CHART = ROOT / "charts" / "lvs-operator"
 IMAGE = "registry.example/lvs-operator:test"
@@ -404,7 +407,7 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
             "role": "Active", "generation": generation, "error": "",
             "syncedAt": "2024-05-01T10:00:00Z"}}}})
         # Its Lease (election): create, renew, watch everyone's, delete at a graceful stop.
-        leases = agent_lease.leases_path(namespace)
+        leases = kube_lease.leases_path(namespace)
         body = agent_lease.body("chart-node", namespace, duration=0.8, labels={"a": "b"},
                                 term=agent_lease.new_term(), now=datetime.now(UTC))
         api.request("POST", leases, body=body)
@@ -417,13 +420,9 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
         _, lease_version = api.lister(leases, query=selector)()
         api.watcher(leases, query=selector, timeout_seconds=1)(lease_version).close()
         api.request("DELETE", f"{leases}/{agent_lease.lease_name('chart-node')}")
-        api.create_event({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": "lvs.dev/v1alpha1", "kind": "VirtualServer",
-                               "name": name, "namespace": namespace},
-            "reason": "Programmed", "message": "chart test", "type": "Normal",
-            "source": {"component": "lvs-operator-agent", "host": "chart-node"}})
+        obj = {"metadata": {"name": name, "namespace": namespace}}
+        kube_events.post(api, agent_report.event(obj, node="chart-node", message="chart test",
+                                                 now=datetime.now(UTC)))
     finally:
         api.close()
 
@@ -441,6 +440,7 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
     ("agent", "create", "pods"),
     ("agent", "patch", "nodes"),
     ("agent", "create", "leases.coordination.k8s.io/another-namespace"),
+    ("agent", "create", "events"),  # core/v1: it posts events.k8s.io Events
 ])
 def test_rbac_grants_nothing_more(cluster: ControlPlane, release: Release, account: str,
                                   verb: str, resource: str) -> None:

@@ -95,7 +95,7 @@ def test_unhealthy_goes_to_weight_0_and_comes_back(tmp_path):
         eventually(lambda: ["10.0.0.2:80"] in reported(api))
         assert agent.health.unhealthy() == {("shop/web", ip_address("10.0.0.2"), 80)}
         eventually(lambda: [e["reason"] for e in api.events] == ["RealServerUnhealthy"])
-        assert "10.0.0.2:80" in api.events[0]["message"]
+        assert "10.0.0.2:80" in api.events[0]["note"]
         text = prometheus_client.generate_latest(agent.registry).decode()
         assert ('lvs_real_server_healthy{name="web",namespace="shop",port="80",protocol="TCP",'
                 'real="10.0.0.2:80",vip="192.0.2.20"} 0.0\n') in text

@@ -17,7 +17,8 @@ from lvs_operator.agent import loop
 from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
 from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.ipvs.fake import FakeIPVS
-from lvs_operator.kube import client
+from lvs_operator.kube import client, events
+from lvs_operator.kube import lease as kube_lease
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
 from lvs_operator.ownership import OwnershipStore
 from lvs_operator.plan import AddService, DeleteService
@@ -111,7 +112,7 @@ class FakeApi:
 
     @staticmethod
     def _key(path: str) -> str:
-        return "leases" if path.startswith(client.LEASES) else path
+        return "leases" if path.startswith(kube_lease.PATH) else path
 
     def lister(self, path, *, query=()):
         def list_():
@@ -121,7 +122,7 @@ class FakeApi:
                 version = str(self.version)
                 if path == client.VIRTUALSERVERS:
                     return [copy.deepcopy(o) for o in self.objects.values()], version
-                if path.startswith(client.LEASES):
+                if path.startswith(kube_lease.PATH):
                     return [copy.deepcopy(o) for o in self.leases.values()], version
                 if self.nodes is not None:
                     name = dict(query).get("fieldSelector", "").partition("=")[2]
@@ -148,7 +149,10 @@ class FakeApi:
         return event
 
     def request(self, method, path, *, query=(), body=None, content_type="", timeout=None):
-        assert path.startswith(client.LEASES), path
+        if path.startswith(events.PATH):
+            assert method == "POST", method
+            return self.create_event(body)
+        assert path.startswith(kube_lease.PATH), path
         name = path.rsplit("/", 1)[-1]
         holder = (body or {}).get("spec", {}).get("holderIdentity") or name
         if method in ("PATCH", "POST") and any(holder.endswith(n) for n in self.fail_renewals):

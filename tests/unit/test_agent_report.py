@@ -87,15 +87,16 @@ def test_event():
     event = report.event(OBJ, node="node-a", message="cannot add VIP", now=NOW)
     assert event["metadata"]["namespace"] == "shop"
     assert event["metadata"]["name"].startswith("web.")
-    assert event["involvedObject"] == {"apiVersion": "lvs.dev/v1alpha1",
-                                       "kind": "VirtualServer", "namespace": "shop",
-                                       "name": "web", "uid": "u-1", "resourceVersion": "42"}
-    assert (event["type"], event["reason"]) == ("Warning", "SyncFailed")
-    assert event["message"] == "director node-a: cannot add VIP"
-    assert event["source"] == {"component": "lvs-operator-agent", "host": "node-a"}
-    assert (event["reportingComponent"], event["reportingInstance"]) == ("lvs.dev/agent",
-                                                                        "node-a")
-    assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-03-01T12:30:45Z"
+    assert event["apiVersion"] == "events.k8s.io/v1"
+    assert event["regarding"] == {"apiVersion": "lvs.dev/v1alpha1",
+                                  "kind": "VirtualServer", "namespace": "shop",
+                                  "name": "web", "uid": "u-1", "resourceVersion": "42"}
+    assert (event["type"], event["reason"], event["action"]) == ("Warning", "SyncFailed",
+                                                                 "Program")
+    assert event["note"] == "director node-a: cannot add VIP"
+    assert (event["reportingController"], event["reportingInstance"]) == ("lvs.dev/agent",
+                                                                          "node-a")
+    assert event["eventTime"] == "2025-03-01T12:30:45.123456Z"
 
 
 def test_unhealthy_in_the_report_and_entry():
@@ -148,8 +149,8 @@ def test_health_event(before, after, reason, kind, message):
         assert event is None
         return
     assert event is not None
-    assert (event["reason"], event["type"], event["message"]) == (reason, kind, message)
-    assert event["involvedObject"]["name"] == "web"
+    assert (event["reason"], event["type"], event["note"]) == (reason, kind, message)
+    assert event["regarding"]["name"] == "web"
 
 
 def test_event_limiter():

@@ -25,6 +25,9 @@ loop when the election's view changes, including by time alone (a Lease expiring
 director fencing itself, a director settling). The watch carries this director's own
 renewals, so a watch that stays silent for a few durations is dead and is restarted.
 
+The policy (what a renewal says, when, what a failure means) is here; the requests are
+`kube.lease`'s, the mechanics the controller's leader election uses too.
+
 Three threads: the renewer (blocks on the API server, with a request timeout of the renew
 deadline), the reflector, and the monitor (never blocks on the network: a fence takes
 effect on time even while a renewal hangs).
@@ -46,6 +49,7 @@ from typing import Any, Protocol
 from lvs_operator.agent import election
 from lvs_operator.agent.settings import HASettings, WatchSettings
 from lvs_operator.kube import client, watch
+from lvs_operator.kube import lease as kube_lease
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +60,9 @@ TERM_ANNOTATION = "lvs.dev/term"
 PREFIX = "lvs-director-"
 
 
-class Api(Protocol):
-    """What the Lease glue asks of the API server (`client.Client` does it)."""
-
-    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
-                body: object = None, content_type: str = "application/json",
-                timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
-        """Send one request; raise client.ApiError on failure."""
-        ...
+class Api(client.Requester, Protocol):
+    """What the Lease glue asks of the API server (`client.Client` does it): requests (the
+    Lease writes, through `kube_lease.Leases`), and lists and watches of the Leases."""
 
     def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
         """Return a function that lists `path`."""
@@ -75,19 +74,9 @@ class Api(Protocol):
         ...
 
 
-def leases_path(namespace: str) -> str:
-    """Return the path of the Leases of `namespace`."""
-    return f"{client.LEASES}/namespaces/{namespace}/leases"
-
-
 def lease_name(node: str) -> str:
     """Return the name of director `node`'s Lease."""
     return f"{PREFIX}{node}"
-
-
-def micro_time(now: datetime) -> str:
-    """Return `now` as a metav1.MicroTime (RFC 3339, microseconds, UTC)."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_term() -> str:
@@ -111,10 +100,10 @@ def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
     """Return the merge patch that renews director `node`'s Lease in `term` (and refreshes
     what it copies into it); `begins`: the renewal starts a new run (sets acquireTime);
     `owned_by`: replaces the Lease's ownerReferences (None leaves them, [] removes them)."""
-    spec: dict[str, Any] = {"holderIdentity": node, "renewTime": micro_time(now),
+    spec: dict[str, Any] = {"holderIdentity": node, "renewTime": kube_lease.micro_time(now),
                             "leaseDurationSeconds": max(1, math.ceil(duration))}
     if begins:
-        spec["acquireTime"] = micro_time(now)
+        spec["acquireTime"] = kube_lease.micro_time(now)
     meta: dict[str, Any] = {"labels": {LABEL: "true"}, "annotations": {
         DURATION_ANNOTATION: str(round(duration * 1000)),
         LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())), separators=(",", ":")),
@@ -130,7 +119,7 @@ def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str
     """Return a new Lease for director `node`, in `term`, owned by `owned_by` if any."""
     patch = renewal(node, duration=duration, labels=labels, term=term, now=now, begins=True,
                     owned_by=owned_by or None)
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+    return {"apiVersion": kube_lease.API_VERSION, "kind": kube_lease.KIND,
             "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
             "spec": {**patch["spec"], "leaseTransitions": 0}}
 
@@ -173,6 +162,7 @@ class Keeper:
         self.settings = settings
         self.node = node
         self.api = api
+        self._leases = kube_lease.Leases(api)
         self._on_change = on_change
         self._clock = clock
         self._now = now
@@ -190,7 +180,7 @@ class Keeper:
         self._term = ""  # the current run's term (see election.Claim)
         self._failing = False  # said so in the log already
         self._fenced_logged = False
-        self._path = leases_path(settings.namespace)
+        self._path = kube_lease.leases_path(settings.namespace)
         selector = [("labelSelector", f"{LABEL}=true")]
         watch_settings = watch_settings or WatchSettings()
         duration = settings.lease_duration_seconds
@@ -241,16 +231,15 @@ class Keeper:
         for thread in self._threads:
             thread.join(timeout=5)
         if delete:
-            deadline = self.settings.lease_duration_seconds
+            deadline = max(self.settings.lease_duration_seconds, 1.0)
             try:
-                self.api.request("DELETE", f"{self._path}/{lease_name(self.node)}",
-                                 timeout=(max(deadline, 1.0), max(deadline, 1.0)))
-                log.info("deleted Lease %s/%s", self.settings.namespace,
-                         lease_name(self.node))
+                if self._leases.delete(self.settings.namespace, lease_name(self.node),
+                                       timeout=(deadline, deadline)):
+                    log.info("deleted Lease %s/%s", self.settings.namespace,
+                             lease_name(self.node))
             except client.ApiError as e:
-                if e.status != 404:
-                    log.warning("cannot delete Lease %s/%s: %s", self.settings.namespace,
-                                lease_name(self.node), e)
+                log.warning("cannot delete Lease %s/%s: %s", self.settings.namespace,
+                            lease_name(self.node), e)
 
     def view(self) -> election.View:
         """Return the election as this director sees it now."""
@@ -302,31 +291,33 @@ class Keeper:
             owned_by = self._owners
             send_owners = begins or owned_by != self._owners_written
         timeout = (s.renew_deadline_seconds, s.renew_deadline_seconds)
-        name = f"{self._path}/{lease_name(self.node)}"
+        name = lease_name(self.node)
         now = self._now()
         try:
             try:
-                self.api.request("PATCH", name, content_type=client.MERGE_PATCH, timeout=timeout,
-                                 body=renewal(self.node, duration=s.lease_duration_seconds,
-                                              labels=labels, term=term, now=now,
-                                              begins=begins,
-                                              owned_by=owned_by if send_owners else None))
+                self._leases.patch(s.namespace, name, renewal(
+                    self.node, duration=s.lease_duration_seconds, labels=labels, term=term,
+                    now=now, begins=begins, owned_by=owned_by if send_owners else None),
+                    timeout=timeout)
             except client.ApiError as e:
                 if e.status != 404:
                     raise
-                self.api.request("POST", self._path, timeout=timeout,
-                                 body=body(self.node, s.namespace,
-                                           duration=s.lease_duration_seconds, labels=labels,
-                                           term=term, now=now, owned_by=owned_by))
-                log.info("created Lease %s/%s", s.namespace, lease_name(self.node))
+                created = self._leases.create(s.namespace, body(
+                    self.node, s.namespace, duration=s.lease_duration_seconds, labels=labels,
+                    term=term, now=now, owned_by=owned_by), timeout=timeout)
+                if created is None:
+                    # Created between the two requests (by an earlier run of this agent):
+                    # not renewed by this attempt; the next one patches it.
+                    raise client.ApiError(409, f"Lease {s.namespace}/{name} was created "
+                                          "meanwhile") from None
+                log.info("created Lease %s/%s", s.namespace, name)
         except client.ApiError as e:
             if not self._failing:
-                log.warning("cannot renew Lease %s/%s: %s", s.namespace,
-                            lease_name(self.node), e)
+                log.warning("cannot renew Lease %s/%s: %s", s.namespace, name, e)
             self._failing = True
             return False
         if self._failing:
-            log.info("renewing Lease %s/%s again", s.namespace, lease_name(self.node))
+            log.info("renewing Lease %s/%s again", s.namespace, name)
         self._failing = False
         with self._lock:
             self._owners_written = owned_by

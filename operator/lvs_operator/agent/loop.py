@@ -55,7 +55,7 @@ from lvs_operator.agent import (
 )
 from lvs_operator.agent.settings import Settings, split_address
 from lvs_operator.ipvs import IPVS, ApplyError, IPVSError
-from lvs_operator.kube import client, watch
+from lvs_operator.kube import client, events, watch
 from lvs_operator.model import (
     IPAddress,
     ServiceKey,
@@ -81,30 +81,13 @@ RESTORED_WARNING_SECONDS = 600.0
 KUBE_PROXY_IPVS_INTERFACE = "kube-ipvs0"
 
 
-class Api(Protocol):
-    """What the agent asks of the API server (`client.Client` does it; tests may fake it)."""
-
-    def lister(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> watch.Lister:
-        """Return a function that lists `path`."""
-        ...
-
-    def watcher(self, path: str, *, query: Sequence[tuple[str, str]] = (),
-                timeout_seconds: int = 300, read_timeout: float = 120.0) -> watch.Watcher:
-        """Return a function that watches `path` from a resourceVersion."""
-        ...
+class Api(lease.Api, Protocol):
+    """What the agent asks of the API server (`client.Client` does it; tests may fake it):
+    lists, watches and requests (the Lease's, and Events through `kube.events`), and status
+    patches."""
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any:
         """Merge-patch a VirtualServer's status; raise client.ApiError on failure."""
-        ...
-
-    def create_event(self, event: Mapping[str, Any]) -> Any:
-        """Create a core/v1 Event; raise client.ApiError on failure."""
-        ...
-
-    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
-                body: object = None, content_type: str = "application/json",
-                timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
-        """Send one request (the Lease's); raise client.ApiError on failure."""
         ...
 
 
@@ -282,7 +265,11 @@ class Agent:
         return changed
 
     def _virtualservers(self) -> dict[str, watch.Object]:
-        """Return the cached VirtualServers by `namespace/name`."""
+        """Return the cached VirtualServers by `namespace/name` (`str` of their
+        `watch.Key`). The agent's programs, health targets and reports are keyed by
+        `api.spec.VirtualServer.id` (that string): the api layer's identifier, which its
+        conflict rule shares with the controller, and which api/ cannot spell as a
+        `watch.Key` (it sits below kube/)."""
         return {str(key): obj for key, obj in self.virtualservers.snapshot().items()}
 
     def _sync(self, *, full: bool) -> float | None:
@@ -680,8 +667,8 @@ class Agent:
         if want is not None and want.error and want.error != (previous or {}).get("error"):
             log.error("VirtualServer %s/%s: %s", namespace, name, want.error)
             try:
-                self.api.create_event(report.event(obj, node=self.settings.node,
-                                                    message=want.error, now=now))
+                events.post(self.api, report.event(obj, node=self.settings.node,
+                                                   message=want.error, now=now))
             except client.ApiError as e:
                 log.warning("cannot post an Event on %s/%s: %s", namespace, name, e)
         if want is not None:
@@ -699,7 +686,7 @@ class Agent:
         if event is None or not self._health_events.allow(ident):
             return
         try:
-            self.api.create_event(event)
+            events.post(self.api, event)
         except client.ApiError as e:
             log.warning("cannot post an Event on %s: %s", ident, e)
 

@@ -1,4 +1,5 @@
-"""What a director writes to the API: its entry in `status.directors`, and Events. Pure.
+"""What a director writes to the API: its entry in `status.directors`, and Events. Pure
+(no I/O: the loop sends what these functions return).
 
 Each agent writes only `status.directors.<its node>`, with a JSON merge patch on the status
 subresource: a merge patch changes the keys it names and keeps the others, so directors
@@ -12,8 +13,9 @@ none: see `agent.loop` for what it warns of) change: `syncedAt` is the
 time of that change (when this director converged to what the entry says), not of every
 resync, so a steady state costs the API server nothing.
 
-A real server that fails its health checks, or passes them again, is also told in an
-Event (`health_event`), at most one per VirtualServer and director every
+Events are events.k8s.io Events (`kube.events`), reported by controller `lvs.dev/agent`,
+instance the node. A real server that fails its health checks, or passes them again, is
+also told in an Event (`health_event`), at most one per VirtualServer and director every
 `HEALTH_EVENT_SECONDS` (`EventLimiter`): a flapping server must not flood the API server;
 the status entry always says the current truth.
 """
@@ -27,9 +29,12 @@ from time import monotonic
 from typing import Any
 
 from lvs_operator.api import API_VERSION, KIND, conditions
+from lvs_operator.kube import events
 
 REPORTING_CONTROLLER = "lvs.dev/agent"
-EVENT_COMPONENT = "lvs-operator-agent"
+# What the director was doing when an Event's reason happened (an Event's `action`).
+PROGRAM = "Program"
+HEALTH_CHECK = "HealthCheck"
 SYNC_FAILED = "SyncFailed"
 REAL_SERVER_UNHEALTHY = "RealServerUnhealthy"
 REAL_SERVER_HEALTHY = "RealServerHealthy"
@@ -37,7 +42,7 @@ HEALTH_EVENT_SECONDS = 30.0
 # Every key an entry may have: a merge patch sets the ones a new entry lacks to null, so the
 # stored entry is exactly the new one (a merge patch keeps keys it does not name).
 ENTRY_KEYS = ("role", "term", "generation", "syncedAt", "error", "unhealthy", "warning")
-MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; status entries stay readable too
+MAX_MESSAGE = 1024  # as an Event's note (kube.events): status entries stay readable too
 
 
 @dataclass(frozen=True)
@@ -125,31 +130,16 @@ def entry_of(obj: Mapping[str, Any], node: str) -> Mapping[str, Any] | None:
 
 
 def event(obj: Mapping[str, Any], *, node: str, message: str, now: datetime,
-          reason: str = SYNC_FAILED, kind: str = "Warning") -> dict[str, Any]:
-    """Return a core/v1 Event about VirtualServer `obj`, reported by director `node`."""
-    meta = obj.get("metadata") or {}
-    stamp = conditions.timestamp(now)
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        # client-go's naming: the object's name and a nanosecond clock, unique enough.
-        "metadata": {"name": f"{meta.get('name')}.{int(now.timestamp() * 1e9):x}",
-                     "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": API_VERSION, "kind": KIND,
-            "namespace": meta.get("namespace"), "name": meta.get("name"),
-            "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
-        },
-        "type": kind,
-        "reason": reason,
-        "message": _truncate(f"director {node}: {message}"),
-        "source": {"component": EVENT_COMPONENT, "host": node},
-        "reportingComponent": REPORTING_CONTROLLER,
-        "reportingInstance": node,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
+          reason: str = SYNC_FAILED, kind: str = events.WARNING,
+          action: str = PROGRAM) -> dict[str, Any]:
+    """Return an events.k8s.io Event about VirtualServer `obj`, reported by director
+    `node` (the reporting instance): `message` prefixed with the director, of type `kind`,
+    with `reason`, while doing `action`."""
+    regarding = {**events.reference(obj), "apiVersion": API_VERSION, "kind": KIND}
+    return events.event(regarding, type=kind, reason=reason,
+                        note=f"director {node}: {message}", action=action,
+                        reporting_controller=REPORTING_CONTROLLER, reporting_instance=node,
+                        now=now)
 
 
 def health_event(obj: Mapping[str, Any], *, node: str, before: Sequence[str],
@@ -168,9 +158,9 @@ def health_event(obj: Mapping[str, Any], *, node: str, before: Sequence[str],
         parts.append(f"real servers healthy again: {', '.join(back)}")
     if went:
         return event(obj, node=node, message="; ".join(parts), now=now,
-                     reason=REAL_SERVER_UNHEALTHY)
+                     reason=REAL_SERVER_UNHEALTHY, action=HEALTH_CHECK)
     return event(obj, node=node, message=parts[0], now=now, reason=REAL_SERVER_HEALTHY,
-                 kind="Normal")
+                 kind=events.NORMAL, action=HEALTH_CHECK)
 
 
 @dataclass

@@ -169,7 +169,8 @@ class Settings:
     Attributes:
         node: this node's name (the downward API's spec.nodeName): which Node to watch, and
             the key of this director's entry in status.directors.
-        kubeconfig: a kubeconfig file; None uses the in-cluster service account.
+        kubeconfig: a kubeconfig file; None uses the in-cluster service account, else
+            ~/.kube/config (`kube.client.Client.connect`).
         state_file: the record of the services and VIPs this director created (`ownership`);
             the drain deadlines are kept beside it (`drain_file`). On a hostPath, so that a
             restarted or upgraded agent knows what is its own.

@@ -31,7 +31,7 @@ Call = Callable[..., Awaitable[Any]]
 class Leader:
     """Campaigns for, renews and releases the controller's Lease."""
 
-    def __init__(self, api: lease.Api, settings: Settings, *, call: Call) -> None:
+    def __init__(self, api: client.Requester, settings: Settings, *, call: Call) -> None:
         self.leases = lease.Leases(api)
         self.settings = settings
         self._call = call

@@ -1,9 +1,12 @@
-"""The Kubernetes API as the agent uses it: plain JSON over the `kubernetes` client's REST layer.
+"""The Kubernetes API as both binaries use it: plain JSON over the `kubernetes` client's REST layer.
 
-The generated client's typed models and per-call validation cost far more than the agent
-needs (it reads a few fields of VirtualServers and Nodes); the `kubernetes` package is used
-for what it does well: loading kubeconfig / in-cluster credentials (refreshing tokens),
-TLS, and a connection pool. Requests and answers are plain dicts.
+The generated client's typed models and per-call validation cost far more than the binaries
+need (they read a few fields of each object); the `kubernetes` package is used for what it
+does well: loading kubeconfig / in-cluster credentials (refreshing tokens), TLS, and a
+connection pool. Requests and answers are plain dicts.
+
+The style is synchronous, one request per call: the agent's work blocks on netlink anyway,
+and the controller calls the same client from a thread pool.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import urllib3
 from kubernetes import client, config
@@ -26,7 +29,6 @@ log = logging.getLogger(__name__)
 
 VIRTUALSERVERS = f"/apis/{API_VERSION}/{PLURAL}"
 NODES = "/api/v1/nodes"
-LEASES = "/apis/coordination.k8s.io/v1"  # + /namespaces/<ns>/leases[/<name>]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
 LIST_PAGE = 500  # objects per list request
@@ -44,50 +46,65 @@ class ApiError(Exception):
         self.status = status
 
 
+class Requester(Protocol):
+    """What `kube.lease` and `kube.events` ask of a client: one request at a time
+    (`Client` does it; tests fake it)."""
+
+    def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
+                body: object = None, content_type: str = "application/json",
+                timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
+        """Send one request; return the decoded JSON answer; raise ApiError on failure."""
+        ...
+
+
 class Client:
     """A connection (pool) to one API server, with credentials."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
 
-    @property
-    def configuration(self) -> client.Configuration:
-        """The credentials and server this client uses (kopf's login reads them)."""
-        configuration: client.Configuration = self._api.configuration
-        return configuration
-
     @classmethod
     def connect(cls, kubeconfig: str | None, *, pool: int | None = None) -> Self:
-        """Return a client for the kubeconfig file `kubeconfig`; when None, for the pod's
-        service account (in-cluster), or else $KUBECONFIG or ~/.kube/config. `pool` is the
-        most connections kept open at once (default: the client's own, 4).
+        """Return a client with the credentials of the kubeconfig file `kubeconfig` when
+        given; else of the pod's service account (in a cluster); else of $KUBECONFIG or
+        ~/.kube/config. `pool`: the most connections kept open at once (None: the
+        `kubernetes` package's default, 5 per CPU).
 
         Raises:
-            ApiError: when no configuration can be loaded (status 0).
+            ApiError: (status 0) when no credentials can be loaded: the message names what
+                was tried.
         """
         configuration = client.Configuration()
         # The config loaders carry no annotations (hence the ignores).
         try:
             if kubeconfig:
+                tried = f"the kubeconfig file {kubeconfig}"
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=kubeconfig, client_configuration=configuration)
             else:
                 try:
+                    tried = "the in-cluster service account"
                     config.load_incluster_config(  # type: ignore[no-untyped-call]
                         client_configuration=configuration)
                 except config.ConfigException:
-                    # $KUBECONFIG as it is now: the loader's own default was read when the
-                    # `kubernetes` package was imported.
+                    # Read now, not when `kubernetes` was imported (its own default).
+                    default = os.environ.get("KUBECONFIG") or "~/.kube/config"
+                    tried = f"the in-cluster service account, then {default}"
                     config.load_kube_config(  # type: ignore[no-untyped-call]
-                        config_file=os.environ.get("KUBECONFIG") or None,
-                        client_configuration=configuration)
+                        config_file=default, client_configuration=configuration)
         except (config.ConfigException, OSError) as e:
-            where = kubeconfig or "the in-cluster service account, $KUBECONFIG or ~/.kube/config"
-            raise ApiError(0, f"cannot load the Kubernetes configuration from {where}: {e}; "
-                           "pass --kubeconfig (or set KUBECONFIG) outside a pod") from None
+            raise ApiError(0, f"cannot load Kubernetes credentials from {tried}: {e}; pass "
+                           "--kubeconfig (or set KUBECONFIG) outside a pod") from None
         if pool is not None:
             configuration.connection_pool_maxsize = pool
         return cls(client.ApiClient(configuration))
+
+    @property
+    def configuration(self) -> client.Configuration:
+        """The credentials and server this client uses (to give another client, kopf's,
+        the same ones)."""
+        configuration: client.Configuration = self._api.configuration
+        return configuration
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -155,15 +172,6 @@ class Client:
             "PATCH", f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
             body=patch, content_type=MERGE_PATCH)
 
-    def create_event(self, event: Mapping[str, Any]) -> Any:
-        """Create a core/v1 Event in its metadata.namespace.
-
-        Raises:
-            ApiError: as `request`.
-        """
-        namespace = event["metadata"]["namespace"]
-        return self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
-
     def _send(self, method: str, path: str, *, query: Sequence[tuple[str, str]], body: object,
               content_type: str, timeout: tuple[float, float],
               stream: bool = False) -> urllib3.BaseHTTPResponse:
@@ -216,8 +224,9 @@ class _Stream:
 
     def close(self) -> None:
         # shutdown() unblocks a read in progress in another thread; close() frees the socket.
-        # A watch the server ended has already given its connection back to the pool, and
-        # urllib3 then refuses shutdown() with ValueError: nothing is left to unblock.
-        with contextlib.suppress(ValueError):
+        # A watch that has just ended in its own thread has no socket left to shut down
+        # (EBADF, or the connection back in the pool): nothing to unblock then, and the
+        # caller (a reflector stopping, then an agent deleting its Lease) must go on.
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
             self._response.shutdown()
         self._response.close()

@@ -43,7 +43,7 @@ from lvs_operator.agent.settings import DirectorSettings, HASettings, Settings, 
 from lvs_operator.api import API_VERSION
 from lvs_operator.cli import AGENT_VERIFY_SECONDS
 from lvs_operator.ipvs.kernel import KernelIPVS
-from lvs_operator.kube import client, watch
+from lvs_operator.kube import client, events, watch
 from lvs_operator.network.holder import KernelVipHolder
 from lvs_operator.plan import Operation, plan
 
@@ -180,6 +180,9 @@ class MemoryApi:
     def request(self, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
                 body: object = None, content_type: str = "application/json",
                 timeout: tuple[float, float] = client.REQUEST_TIMEOUT) -> Any:
+        if method == "POST" and path.startswith(events.PATH):
+            assert isinstance(body, Mapping)
+            return self.create_event(body)
         raise AssertionError(f"unexpected request {method} {path}: one director, no Lease")
 
     def stop(self) -> None:
