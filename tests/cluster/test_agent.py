@@ -246,7 +246,10 @@ def test_programs_drains_and_withdraws(cluster, api, ns, nodes, label, tmp_path)
         assert eventually(lambda: director.vips.snapshot() == {"eth0": {ip_address(vip)}})
         assert eventually(lambda: ("announce", "eth0", [ip_address(vip)]) in director.vips.calls,
                           what="VIP announced")
-        report = eventually(lambda: directors(api, ns, "web").get(node))
+        # The status entry follows the kernel: an early sync may have reported Standby
+        # before this director's own Lease was seen.
+        report = eventually(lambda: (r := directors(api, ns, "web").get(node))
+                            and r["role"] == "Active" and r, what="the Active report")
         assert (report["role"], report["generation"], report["error"]) == ("Active", 1, "")
         assert report["syncedAt"].endswith("Z")
         assert director.sysctls.applied, "director sysctls applied at start"
