@@ -74,7 +74,7 @@ class Leader:
         now = lease.micro_time(datetime.now(UTC))
         current = self.leases.get(s.lease_namespace, s.lease_name)
         if current is None:
-            fresh = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            fresh = {"apiVersion": lease.API_VERSION, "kind": lease.KIND,
                      "metadata": {"name": s.lease_name, "namespace": s.lease_namespace},
                      "spec": {"holderIdentity": s.identity, "acquireTime": now,
                               "renewTime": now, "leaseTransitions": 0,

@@ -14,8 +14,8 @@ from typing import Any
 
 from lvs_operator.kube import client, lease
 
-PATH = "/apis/events.k8s.io/v1"
 API_VERSION = "events.k8s.io/v1"
+PATH = f"/apis/{API_VERSION}"
 # The API server's limits: a note of at most 1 KiB (in UTF-8), a reporting controller and
 # instance of at most 128 characters.
 MAX_NOTE = 1024

@@ -22,8 +22,8 @@ from typing import Any
 
 from lvs_operator.kube import client
 
-PATH = "/apis/coordination.k8s.io/v1"
 API_VERSION = "coordination.k8s.io/v1"
+PATH = f"/apis/{API_VERSION}"
 KIND = "Lease"
 
 
