@@ -375,21 +375,27 @@ def test_kopf_events_update_the_cache_and_queue():
 def test_a_deletion_seen_before_the_first_list_is_not_undone_by_it():
     fake = Recording()
     fake._synced.clear()
+    fake._touched.clear()  # the list begins
     fake.virtualserver_event(None, body("web"))
     fake.virtualserver_event("DELETED", body("web"))
-
-    class Lists:
-        def lister(self, path: str) -> Any:
-            return lambda: ([body("web"), body("other", vip="192.0.2.20")], "9")
-
-        def close(self) -> None:
-            pass
-
-    fake.api = Lists()  # type: ignore[assignment]
     fake._listed = False
-    run(fake._list_virtualservers())
+    # Synced by this list: everything listed is reconciled.
+    assert queued(fake, lambda: fake._take_list([body("web"), body("other",
+                                                                   vip="192.0.2.20")])) \
+        == ["other"]
     assert sorted(k.name for k in fake.virtualservers) == ["other"]
     assert fake._synced.is_set(), "every reflector had listed (none here) and so has this"
+
+
+def test_a_relist_removes_what_kopf_never_reported_deleted():
+    fake = Recording(body("ghost"), body("kept", vip="192.0.2.30"))
+    fake._touched.clear()  # a relist begins
+    assert queued(fake, lambda: fake.virtualserver_event(None, body("new", vip="192.0.2.40"))) \
+        == ["new"]  # kopf, meanwhile
+    assert queued(fake, lambda: fake._take_list([body("kept", vip="192.0.2.30")])) == []
+    assert sorted(k.name for k in fake.virtualservers) == ["kept", "new"]
+    assert fake.claims.keys() == {ServiceKey.inet(Protocol.TCP, ip_address(ip), 80)
+                                  for ip in ("192.0.2.30", "192.0.2.40")}
 
 
 def test_forgetting_a_virtual_server_forgets_its_pod_check():

@@ -61,6 +61,9 @@ REPORTING_CONTROLLER = "lvs.dev/controller"  # who posts the Events
 CONCURRENCY = 8
 APPLY_ATTEMPTS = 3  # resourceVersion conflicts in a row before the queue's backoff takes over
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds, after a failed reconcile or list
+# How often VirtualServers are listed again, to remove any whose deletion kopf never reported
+# (level-based healing, as client-go's resync): cheap, one list of a few objects.
+RELIST_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,8 @@ class Controller:
         self._synced = asyncio.Event()
         self._unsynced = 0  # reflectors that have not listed yet
         self._listed = False  # whether the controller's own VirtualServer list is in
-        self._deleted_early: set[Key] = set()  # deleted before that list came in
+        # VirtualServers kopf reported on since the current list began: the list is older.
+        self._touched: set[Key] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Status writes, Events, the Lease and the webhook's reads share these threads.
         self._executor = ThreadPoolExecutor(CONCURRENCY + 4, thread_name_prefix="api")
@@ -194,16 +198,18 @@ class Controller:
         return hand_over
 
     async def _list_virtualservers(self) -> None:
-        """List the VirtualServers once, so that the controller knows when it has seen them
-        all (kopf's events keep them current afterwards)."""
+        """List the VirtualServers now and every `RELIST_SECONDS`: the first list tells the
+        controller when it has seen them all (kopf says nothing about the end of its own);
+        later ones remove what kopf never reported deleted (a deletion during a watch gap
+        that ended in a 410 relist: kopf lists again but reports no deletions)."""
         assert self.api is not None
         paths = watch_paths(f"/apis/{API_VERSION}", PLURAL, self.settings.namespaces)
         failures = 0
         while True:
+            self._touched.clear()
             try:
                 listed = [obj for path in paths.values()
                           for obj in (await self.call(self.api.lister(path)))[0]]
-                break
             except Exception as error:  # the API down, or a bug: never give up listing
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
@@ -211,14 +217,24 @@ class Controller:
                             error or type(error).__name__, delay,
                             exc_info=not isinstance(error, client.ApiError))
                 await asyncio.sleep(delay)
-        for obj in listed:
-            key = watch.object_key(obj)
-            # What kopf delivered meanwhile is as new or newer than this list.
-            if key not in self.virtualservers and key not in self._deleted_early:
+                continue
+            failures = 0
+            self._take_list(listed)
+            await asyncio.sleep(RELIST_SECONDS)
+
+    def _take_list(self, listed: Iterable[Mapping[str, Any]]) -> None:
+        """Bring the cache in line with a list of every VirtualServer, without undoing what
+        kopf's events said while the list was under way (those keys are `_touched`)."""
+        found = {watch.object_key(obj): obj for obj in listed}
+        for key, obj in found.items():
+            if key not in self._touched and key not in self.virtualservers:
                 self._store(key, self.parser.entry(obj))
-        self._listed = True
-        self._deleted_early.clear()
-        self._maybe_synced()
+        for key in [k for k in self.virtualservers if k not in found and k not in self._touched]:
+            log.info("VirtualServer %s: gone (found missing by a relist)", key)
+            self._store(key, None)
+        if not self._listed:
+            self._listed = True
+            self._maybe_synced()
 
     def _reflector_synced(self) -> None:
         self._unsynced -= 1
@@ -265,9 +281,8 @@ class Controller:
     def virtualserver_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         """Take a watch event of a VirtualServer (`kind` None for kopf's first list)."""
         key = watch.object_key(body)
+        self._touched.add(key)
         if kind == "DELETED":
-            if not self._listed:
-                self._deleted_early.add(key)
             self._store(key, None)
             return
         old = self.virtualservers.get(key)
