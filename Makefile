@@ -40,7 +40,7 @@ endef
 
 .PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
 	test-kernel _test-kernel test-fullstack _test-fullstack test bench demo cluster cluster-down \
-	image test-image _test-image e2e-kind clean distclean
+	image test-image _test-image test-node _test-node e2e-kind clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
@@ -66,6 +66,8 @@ help:
 	@echo "make image        build the one image of every component ($(IMAGE)) with docker,"
 	@echo "                  podman or buildah (tests/image/build)"
 	@echo "make test-image   run the image's commands in a container as the chart runs them"
+	@echo "make test-node    a kubelet + containerd node in the VM, the chart by helm, pods,"
+	@echo "                  the webhook's init container, DR traffic (tests/node; not in test)"
 	@echo "make e2e-kind     the chart on a kind cluster: DR, Tunnel and NAT traffic, failover,"
 	@echo "                  uninstall (tests/e2e_kind; needs Docker, kind and ip_vs; not in test)"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
@@ -222,6 +224,17 @@ test-image: image venv
 _test-image:
 	$(call say,test-image: the image's commands in a container as the chart runs them)
 	@$(call pytest_tier,test-image,IMAGE=$(IMAGE) $(BIN)/pytest tests/image -v)
+
+# The node tier: a real kubelet + containerd node in the kernel VM joined to a control plane on
+# the host, the image and the pause image built here (never pulled), `helm install` of the
+# chart, the webhook's init container, DR traffic, `kubectl exec`, `helm uninstall`
+# (tests/node/host.py; see tests/node/nodelab.py). Not part of `make test` (see README).
+test-node: provision venv
+	@$(MAKE) _test-node
+_test-node:
+	$(call say,test-node: control plane on the host; kubelet + containerd + the chart in the VM)
+	@tests/image/provision
+	@$(call pytest_tier,test-node,$(BIN)/python tests/node/host.py $(BIN)/pytest tests/node -v -s)
 
 # The kind end-to-end suite (tests/e2e_kind): creates a kind cluster, builds and loads the
 # image, installs the chart, sends traffic to DR, Tunnel and NAT VIPs, fails a director over,
