@@ -3,8 +3,8 @@
 Usage (by tests/node/host.py, inside tests/vm/run): ``python tests/node/guest.py CMD...``
 
 Starts, in the VM's root network namespace: containerd (runc, overlayfs snapshots on a tmpfs:
-the VM's /var is itself an overlay, which cannot hold overlay snapshots) from the root the host
-preloaded with the product and pause images (built there, never pulled), the bridge CNI,
+the VM's /var is itself an overlay, which cannot hold overlay snapshots) on the ext4 disk the
+host preloaded with the product and pause images (built there, never pulled), the bridge CNI,
 kube-proxy (iptables mode), the kubelet (cgroup v2, cgroupfs driver: no systemd in the VM)
 registering node-1 with
 the director label, and the HTTP CONNECT relay the API server's egress selector dials. Waits for
@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +110,8 @@ def proxy_config(config: NodeConfig) -> str:
         "clusterCIDR": nodelab.POD_CIDR,
         "hostnameOverride": nodelab.NODE,
         # Leave nf_conntrack's sysctls as the kernel has them.
-        "conntrack": {"maxPerCore": 0, "min": 0},
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
+                      "tcpCloseWaitTimeout": "0s"},
         "metricsBindAddress": "127.0.0.1:10249",
         "healthzBindAddress": "127.0.0.1:10256",
     }, indent=2)
@@ -150,18 +150,6 @@ class Daemons:
 
 # --- the CONNECT relay -----------------------------------------------------------------------
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
 async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One HTTP CONNECT from the API server's egress dialer: dial host:port, answer 200,
     then copy bytes both ways (the API server speaks TLS through it)."""
@@ -182,33 +170,7 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         return
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     await writer.drain()
-    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-
-def start_relay() -> None:
-    """Serve the CONNECT relay on 0.0.0.0:PROXY_PORT in a daemon thread; returns once it
-    listens. Raises OSError if the port cannot be bound."""
-    ready: list[BaseException | None] = []
-    started = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            try:
-                server = await asyncio.start_server(_relay, "0.0.0.0", nodelab.PROXY_PORT)
-            except OSError as e:
-                ready.append(e)
-                started.set()
-                return
-            ready.append(None)
-            started.set()
-            async with server:
-                await server.serve_forever()
-        asyncio.run(main())
-
-    threading.Thread(target=serve, name="connect-relay", daemon=True).start()
-    started.wait(30)
-    if ready and ready[0] is not None:
-        raise ready[0]
+    await nodelab.splice(reader, writer, up_reader, up_writer)
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -231,21 +193,24 @@ def prepare_filesystems() -> None:
     Path("/sys/fs/cgroup/cgroup.subtree_control").write_text(
         " ".join(f"+{c}" for c in controllers))
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    # What a node's distribution loads at boot for kube-proxy (the VM's init loads nothing).
+    sh("modprobe", "nf_conntrack")
     (STATE / "resolv.conf").write_text("nameserver 127.0.0.1\n")  # no DNS in the VM
     if not Path("/etc/machine-id").exists() or not Path("/etc/machine-id").read_text().strip():
         Path("/etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
 
 
 def start_node(config: NodeConfig, daemons: Daemons) -> None:
-    """Start containerd, import the images, start kube-proxy and the kubelet; raises
+    """Start containerd on its preloaded disk, kube-proxy and the kubelet; raises
     RuntimeError or CalledProcessError when one fails."""
     root = Path(config.containerd_root)
-    t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
-    sh("mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(root))
-    sh("tar", "-C", str(root), "--xattrs", "--xattrs-include=*", "-xpf",
-       config.containerd_tarball, timeout=START_TIMEOUT)
-    say(f"containerd's root with the images preloaded on the host: {time.monotonic() - t0:.0f} s")
+    # The host's preloaded root, as the VM's only disk (tests/vm/run LVS_VM_DISK): the
+    # minimal udev rules load no drivers, so virtio_blk is loaded here.
+    sh("modprobe", "virtio_blk")
+    nodelab.wait_for("the containerd disk /dev/vda", lambda: Path("/dev/vda").exists(),
+                     timeout=60, interval=0.2)
+    sh("mount", "-t", "ext4", "/dev/vda", str(root))
     (STATE / "containerd.toml").write_text(CONTAINERD_TOML.format(
         root=root, sock=CONTAINERD_SOCK, pause=nodelab.PAUSE_IMAGE))
     Path("/etc/cni/net.d/10-lvs-node.conflist").write_text(json.dumps(CNI_CONFLIST))
@@ -289,7 +254,8 @@ def node() -> Iterator[NodeConfig]:
     t0 = time.monotonic()
     try:
         prepare_filesystems()
-        start_relay()
+        nodelab.serve_in_thread("connect-relay", lambda: asyncio.start_server(
+            _relay, "0.0.0.0", nodelab.PROXY_PORT))
         start_node(config, daemons)
         nodelab.wait_for(f"{nodelab.NODE} Ready", lambda: node_ready(config, daemons),
                          timeout=START_TIMEOUT, interval=3)

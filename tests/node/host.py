@@ -18,6 +18,8 @@ why and exits 0, except under CI (``CI=true``), where it exits 1. Exits with CMD
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -64,13 +66,40 @@ def _build(argv: list[str], what: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                   port: int) -> None:
+    """One egress connection of the API server: to the VM's relay through hostfwd."""
+    try:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        writer.close()
+        return
+    await nodelab.splice(reader, writer, up_reader, up_writer)
+
+
+def start_scheduler(cp: controlplane.ControlPlane, pki: Path, node_bin: Path,
+                    workdir: Path) -> subprocess.Popen[bytes]:
+    """Start kube-scheduler (system:kube-scheduler) against the control plane; return it.
+    The cluster tier runs no scheduler: it never has a node to place a pod on."""
+    cert, key = controlplane.client_certificate(pki, "scheduler", "/CN=system:kube-scheduler")
+    kubeconfig = workdir / "scheduler.kubeconfig"
+    kubeconfig.write_text(controlplane.kubeconfig(cp.server, pki / "ca.crt", cert, key,
+                                                  "system:kube-scheduler"))
+    with (cp.workdir / "logs" / "kube-scheduler.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(node_bin / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
+             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+
 def prepare(workdir: Path) -> tuple[controlplane.ControlPlane, int]:
-    """Build everything, start the control plane, write the node's config; return the
-    control plane and the host port of the CONNECT relay's hostfwd rule. Raises
-    NodeUnavailable or controlplane.ControlPlaneError."""
+    """Build everything, start the control plane (and kube-scheduler, stopped with it),
+    write the node's config; return the control plane and the host port of the CONNECT
+    relay's hostfwd rule. Raises NodeUnavailable or controlplane.ControlPlaneError."""
     k8s_bin = controlplane.build_binaries(progress=say)
     node_bin = Path(_build([str(REPO / "tests/node/build-node")],
-                           "kubelet, kube-proxy, pause (tests/node/build-node)"))
+                           "kubelet, kube-proxy, kube-scheduler, pause (tests/node/build-node)"))
     version = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text()
                    .splitlines() if line.startswith("version = "))
     repository, tag = "lvs-operator", version
@@ -83,17 +112,22 @@ def prepare(workdir: Path) -> tuple[controlplane.ControlPlane, int]:
     pause = image_dir / "pause.tar"
     images.pause_archive(node_bin / "pause", pause, nodelab.PAUSE_IMAGE)
     containerd_root = workdir / "containerd" / "root"
-    containerd_tarball = image_dir / "containerd-root.tar"
-    images.preload([product, pause], containerd_root, containerd_tarball, log=say)
+    containerd_disk = workdir / "containerd.img"
+    images.preload([product, pause], containerd_root, containerd_disk, log=say)
 
     (fwd_port,) = controlplane.free_ports(1)
     egress = workdir / "egress-selector.yaml"
+    egress_socket = workdir / "egress.sock"
     # The webhook calls (to Services) and exec/logs (to the kubelet) go into the VM through
-    # the CONNECT relay; etcd and the API server's own loopback calls stay direct.
+    # the CONNECT relay; etcd and the API server's own loopback calls stay direct. The
+    # selector's TCP transport insists on TLS with a client certificate, its unix-socket
+    # transport does not: a socket here, forwarded to the hostfwd port.
     egress.write_text(
         "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\n"
         "egressSelections:\n- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n"
-        f"    transport:\n      tcp:\n        url: http://127.0.0.1:{fwd_port}\n")
+        f"    transport:\n      uds:\n        udsName: {egress_socket}\n")
+    nodelab.serve_in_thread("egress-forwarder", lambda: asyncio.start_unix_server(
+        functools.partial(_forward, port=fwd_port), path=str(egress_socket)))
     cp_dir = workdir / "controlplane"
     pki = cp_dir / "pki"
     say("control plane on 127.0.0.1 (tests/cluster/controlplane.py), egress into the VM")
@@ -106,8 +140,12 @@ def prepare(workdir: Path) -> tuple[controlplane.ControlPlane, int]:
         "--kubelet-preferred-address-types=InternalIP",
     ])
     try:
+        scheduler = start_scheduler(cp, pki, node_bin, workdir)
+        cp.processes.append(controlplane.Process("kube-scheduler", scheduler.pid,
+                                                 cp.workdir / "logs" / "kube-scheduler.log",
+                                                 str(workdir), scheduler))
         _write_node_config(cp, pki, workdir, k8s_bin, node_bin,
-                           (containerd_root, containerd_tarball), repository, tag)
+                           (containerd_root, containerd_disk), repository, tag)
     except BaseException:
         cp.stop(keep_workdir=True)
         raise
@@ -150,14 +188,16 @@ ports: [{{name: https, port: {cp.port}, protocol: TCP}}]
                                       f"system:node:{nodelab.NODE}"),
         proxy_kubeconfig=kubeconfig("kube-proxy", "/CN=system:kube-proxy", "system:kube-proxy"),
         admin_kubeconfig=str(admin), containerd_root=str(containerd[0]),
-        containerd_tarball=str(containerd[1]),
+        containerd_disk=str(containerd[1]),
         image_repository=repository, image_tag=tag,
     ).write()
 
 
-def run_vm(argv: list[str], fwd_port: int) -> int:
-    """Boot the VM with the node's network and run guest.py ARGV; return its exit code."""
+def run_vm(argv: list[str], fwd_port: int, disk: Path) -> int:
+    """Boot the VM with the node's network and containerd's disk and run guest.py ARGV;
+    return its exit code."""
     env = {**os.environ, "LVS_VM_NETWORK": "user", "LVS_VM_NICS": "1",
+           "LVS_VM_DISK": str(disk),
            "LVS_VM_HOSTFWD": f"tcp:127.0.0.1:{fwd_port}-:{nodelab.PROXY_PORT}",
            "LVS_VM_MEMORY": VM_MEMORY}
     python = str(REPO / ".venv" / "bin" / "python")
@@ -185,7 +225,7 @@ def main(argv: list[str]) -> int:
         return 0
     say(f"host half ready in {time.monotonic() - t0:.0f} s; booting the node VM")
     try:
-        rc = run_vm(argv, fwd_port)
+        rc = run_vm(argv, fwd_port, WORKDIR / "containerd.img")
     finally:
         cp.stop(keep_workdir=True)
     say(f"node tier: exit {rc} after {time.monotonic() - t0:.0f} s (logs: {WORKDIR})")

@@ -26,12 +26,15 @@ the cluster network the way Kubernetes has for control planes outside it: an egr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,8 +75,8 @@ class NodeConfig:
     kubelet_kubeconfig: str
     proxy_kubeconfig: str
     admin_kubeconfig: str  # server https://10.0.2.2:PORT
-    containerd_root: str  # containerd's root in the VM (a tmpfs), the same path as on the host
-    containerd_tarball: str  # that root with the images imported (tests/node/images.py)
+    containerd_root: str  # containerd's root: the same path on the host and in the VM
+    containerd_disk: str  # an ext4 image of that root with the images imported (images.py)
     image_repository: str
     image_tag: str
 
@@ -134,6 +137,53 @@ def error_text(e: subprocess.CalledProcessError) -> str:
     """Return a failed command's line, exit code and output tail, for an error message."""
     return (f"{' '.join(map(str, e.cmd))} exited {e.returncode}:\n"
             f"{(e.stderr or '')[-3000:]}{(e.stdout or '')[-2000:]}")
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
+                 b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+    """Copy bytes both ways between two connections until both ends are closed."""
+    await asyncio.gather(_pipe(a_reader, b_writer), _pipe(b_reader, a_writer))
+
+
+def serve_in_thread(name: str,
+                    start: Callable[[], Coroutine[Any, Any, asyncio.AbstractServer]]) -> None:
+    """Run the asyncio server that ``start()`` makes in a daemon thread of its own; return
+    once it listens. Raises OSError when it cannot (e.g. its address is taken)."""
+    outcome: list[BaseException | None] = []
+    started = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            try:
+                server = await start()
+            except OSError as e:
+                outcome.append(e)
+                started.set()
+                return
+            outcome.append(None)
+            started.set()
+            async with server:
+                await server.serve_forever()
+        asyncio.run(main())
+
+    threading.Thread(target=serve, name=name, daemon=True).start()
+    started.wait(30)
+    if not outcome:
+        raise OSError(f"{name}: did not start listening within 30 s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def any_dict(value: Any) -> dict[str, Any]:
