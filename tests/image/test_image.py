@@ -49,3 +49,12 @@ def test_default_user_and_read_only_root() -> None:
                 "touch /tmp/x && echo tmp-writable"], IMAGE_USER, entrypoint="sh")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["65532", "read-only", "tmp-writable"]
+
+
+def test_the_chart_users_have_names() -> None:
+    """kopf (the controller) names itself after the user (getpass.getuser()), which raises
+    for a uid without a passwd entry: the controller's 65532 must have one."""
+    result = containers.run(IMAGE, ["-c", "import getpass; print(getpass.getuser())"],
+                            CONTROLLER, entrypoint="python3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["nonroot"]

@@ -19,9 +19,11 @@ why and exits 0, except under CI (``CI=true``), where it exits 1. Exits with CMD
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,7 +92,13 @@ def start_scheduler(cp: controlplane.ControlPlane, pki: Path, node_bin: Path,
             [str(node_bin / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
              "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the parent dies (PR_SET_PDEATHSIG), as the control plane's
+    own processes are, so a killed run leaves no scheduler behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def prepare(workdir: Path) -> tuple[controlplane.ControlPlane, int]:
@@ -211,6 +219,9 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     t0 = time.monotonic()
+    # SIGTERM (CI cancelling, a timeout) unwinds like Ctrl-C, so the finally blocks stop the
+    # control plane and tests/vm/run stops the VM.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         check_host()
         if WORKDIR.exists():
