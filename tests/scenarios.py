@@ -436,9 +436,10 @@ def direct_routing(cluster: Cluster, site: Site) -> dict[str, int]:
     return counts
 
 
-def uninstall(cluster: Cluster, sites: Mapping[str, Site]) -> None:
-    """`helm uninstall` removes every workload of the release and keeps the CRD and the
-    VirtualServers (as Helm keeps a chart's crds/)."""
+def uninstall(cluster: Cluster, sites: Mapping[str, Site], *, timeout: float = 180) -> None:
+    """`helm uninstall` removes every workload of the release, its pods gone within
+    `timeout` seconds, and keeps the CRD and the VirtualServers (as Helm keeps a chart's
+    crds/)."""
     say(f"helm uninstall {RELEASE}")
     cluster.helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait")
     selector = f"app.kubernetes.io/instance={RELEASE}"
@@ -447,7 +448,7 @@ def uninstall(cluster: Cluster, sites: Mapping[str, Site]) -> None:
         assert not left, f"helm uninstall left {kind}: {[o['metadata']['name'] for o in left]}"
     wait_for("the release's pods to go",
              lambda: not get(cluster, "pods", "-n", RELEASE_NAMESPACE, "-l",
-                             selector)["items"], timeout=180, interval=2)
+                             selector)["items"], timeout=timeout, interval=2)
     get(cluster, "crd", "virtualservers.lvs.dev")
     kept = {o["metadata"]["name"]
             for o in get(cluster, "virtualservers", "-n", NAMESPACE)["items"]}

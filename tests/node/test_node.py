@@ -160,6 +160,6 @@ def test_uninstall_leaves_no_ipvs_service_or_vip(installed: NodeLab, dr: Site) -
                        lambda: DR_VIP not in installed.kernel_services()
                        and not installed.vips_on_bridge(), timeout=120, interval=2,
                        diagnose=installed.diagnose)
-    scenarios.uninstall(installed, {})
+    scenarios.uninstall(installed, {}, timeout=TIMEOUT)
     assert DR_VIP not in installed.kernel_services()
     assert not installed.vips_on_bridge()
