@@ -195,6 +195,11 @@ def prepare_filesystems() -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
     # What a node's distribution loads at boot for kube-proxy (the VM's init loads nothing).
     sh("modprobe", "nf_conntrack")
+    # The client's namespace is made before containerd makes any pod's: `ip netns add` turns
+    # /run/netns into a shared bind mount of itself, which would cover the pods' namespace
+    # mounts made before it, and containerd then fails to remove them ("unlinkat
+    # /var/run/netns/cni-...: device or resource busy": a pod stuck Terminating, seen).
+    sh("ip", "netns", "add", nodelab.CLIENT_NETNS)
     (STATE / "resolv.conf").write_text("nameserver 127.0.0.1\n")  # no DNS in the VM
     if not Path("/etc/machine-id").exists() or not Path("/etc/machine-id").read_text().strip():
         Path("/etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")

@@ -236,9 +236,9 @@ class NodeLab:
         return run(argv, timeout=timeout)
 
     def start_client(self) -> None:
-        """The client: a network namespace with a veth on cni0 (the pods' bridge, which the
-        CNI creates with the first pod), as a machine on the directors' L2 segment."""
-        run(["ip", "netns", "add", CLIENT_NETNS])
+        """The client: a network namespace (guest.py made it) with a veth on cni0 (the pods'
+        bridge, which the CNI creates with the first pod), as a machine on the directors'
+        L2 segment."""
         run(["ip", "link", "add", "lvs-client0", "type", "veth", "peer", "name", "eth0",
              "netns", CLIENT_NETNS])
         run(["ip", "link", "set", "lvs-client0", "master", BRIDGE, "up"])
