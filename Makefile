@@ -40,7 +40,7 @@ endef
 
 .PHONY: help venv provision lint _lint test-unit _test-unit test-cluster _test-cluster \
 	test-kernel _test-kernel test-fullstack _test-fullstack test bench demo cluster cluster-down \
-	image e2e-kind clean distclean
+	image test-image _test-image test-node _test-node e2e-kind clean distclean
 
 help:
 	@echo "make venv         create/refresh $(VENV) (python >= 3.11, pip install -e '.[test,dev]')"
@@ -63,7 +63,11 @@ help:
 	@echo "                  tests/bench/cluster on the host against a real control plane"
 	@echo "make cluster      start that control plane in the background (tests/cluster/cluster up);"
 	@echo "                  prints the KUBECONFIG to use. make cluster-down stops it"
-	@echo "make image        docker build the one image of every component ($(IMAGE))"
+	@echo "make image        build the one image of every component ($(IMAGE)) with docker,"
+	@echo "                  podman or buildah (tests/image/build)"
+	@echo "make test-image   run the image's commands in a container as the chart runs them"
+	@echo "make test-node    a kubelet + containerd node in the VM, the chart by helm, pods,"
+	@echo "                  the webhook's init container, DR traffic (tests/node; not in test)"
 	@echo "make e2e-kind     the chart on a kind cluster: DR, Tunnel and NAT traffic, failover,"
 	@echo "                  uninstall (tests/e2e_kind; needs Docker, kind and ip_vs; not in test)"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
@@ -200,19 +204,37 @@ bench: provision venv
 	exit $$rc
 
 # The image of the chart (charts/lvs-operator): its tag is the project's version, which is the
-# chart's appVersion. The context is only what pip needs, sent as a tar stream.
+# chart's appVersion. tests/image/build picks the engine (a running Docker, else podman, else
+# buildah) and the base: BASE (default python:3.11-slim-bookworm, what users get) if it can be
+# had, else, for the default only, the stand-in tests/image/base builds from Debian packages
+# (no registry is reachable on the project's machines). tests/image/provision installs buildah
+# and runc (and what the node tier needs) when they are missing.
 IMAGE ?= lvs-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BASE ?= python:3.11-slim-bookworm
 
 image:
-	$(call say,image: docker build -t $(IMAGE) -f operator/Dockerfile)
-	@if ! docker info >/dev/null 2>&1; then \
-		echo "make image: no Docker engine here (\`docker info\` fails): start or install" \
-			"Docker, or build operator/Dockerfile with another builder (its context is" \
-			"pyproject.toml, README.md and operator/)" >&2; \
-		exit 1; \
-	fi
-	@tar -c --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md operator \
-		| docker build -t $(IMAGE) -f operator/Dockerfile -
+	$(call say,image: build $(IMAGE) from operator/Dockerfile (BASE=$(BASE)))
+	@tests/image/provision
+	@IMAGE=$(IMAGE) BASE=$(BASE) tests/image/build >/dev/null
+
+# The image as the chart runs it: `lvs-operator --help`, `controller --help`, `agent --help`
+# in a container with the entrypoint, user 65532, a read-only root filesystem, no capabilities.
+test-image: image venv
+	@$(MAKE) _test-image
+_test-image:
+	$(call say,test-image: the image's commands in a container as the chart runs them)
+	@$(call pytest_tier,test-image,IMAGE=$(IMAGE) $(BIN)/pytest tests/image -v)
+
+# The node tier: a real kubelet + containerd node in the kernel VM joined to a control plane on
+# the host, the image and the pause image built here (never pulled), `helm install` of the
+# chart, the webhook's init container, DR traffic, `kubectl exec`, `helm uninstall`
+# (tests/node/host.py; see tests/node/nodelab.py). Not part of `make test` (see README).
+test-node: provision venv
+	@$(MAKE) _test-node
+_test-node:
+	$(call say,test-node: control plane on the host; kubelet + containerd + the chart in the VM)
+	@tests/image/provision
+	@$(call pytest_tier,test-node,$(BIN)/python tests/node/host.py $(BIN)/pytest tests/node -v -s)
 
 # The kind end-to-end suite (tests/e2e_kind): creates a kind cluster, builds and loads the
 # image, installs the chart, sends traffic to DR, Tunnel and NAT VIPs, fails a director over,

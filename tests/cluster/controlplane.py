@@ -202,6 +202,25 @@ def make_pki(pki: Path) -> None:
         k.chmod(0o600)
 
 
+def client_certificate(pki: Path, name: str, subject: str) -> tuple[Path, Path]:
+    """Issue a client certificate of the CA in ``pki`` (made by :func:`make_pki`) for
+    ``subject`` (e.g. ``/O=system:nodes/CN=system:node:node-1``) as ``pki/<name>.{crt,key}``.
+
+    Returns the paths of the certificate and the key. Raises :class:`ControlPlaneError`.
+    """
+    _openssl("req", "-x509", "-config", "openssl.cnf", "-extensions", "client",
+             "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-CA", "ca.crt", "-CAkey", "ca.key", "-keyout", f"{name}.key",
+             "-out", f"{name}.crt", "-days", "365", "-subj", subject, cwd=pki)
+    (pki / f"{name}.key").chmod(0o600)
+    return pki / f"{name}.crt", pki / f"{name}.key"
+
+
+def kubeconfig(server: str, ca: Path, cert: Path, key: Path, user: str) -> str:
+    """Return a kubeconfig (JSON) for ``server`` with the credentials embedded."""
+    return _kubeconfig(server, ca, cert, key, user)
+
+
 def _kubeconfig(server: str, ca: Path, cert: Path, key: Path, user: str) -> str:
     """Return a kubeconfig (JSON, which is YAML too) with the credentials embedded."""
 
@@ -510,14 +529,16 @@ class ControlPlane:
 
 
 def start(workdir: Path, *, bin: Path | None = None, detach: bool = False,
-          log: Callable[[str], None] | None = None, attempts: int = 3) -> ControlPlane:
+          log: Callable[[str], None] | None = None, attempts: int = 3,
+          apiserver_args: Sequence[str] = ()) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager with their state in ``workdir``.
 
     ``bin`` is the folder of the binaries (default: :func:`build_binaries`, which builds them
     on a first run). ``workdir`` is created; if it exists it must be empty or hold a stopped
     control plane of ours (whose files are replaced). Unless ``detach``, the processes die with
     this process; with it they outlive it (``cluster up``). ``log`` receives the start-up
-    report line (default: stderr).
+    report line (default: stderr). ``apiserver_args`` are added to kube-apiserver's command
+    line (the node tier: an egress selector, the kubelet client certificate).
 
     Returns the :class:`ControlPlane` once ``/readyz`` answers and the ``default`` service
     account exists. Raises :class:`ControlPlaneError` (quoting the failing process's log; the
@@ -546,7 +567,8 @@ def start(workdir: Path, *, bin: Path | None = None, detach: bool = False,
     timings = {"certs": time.monotonic() - t0}
     for attempt in range(1, attempts + 1):
         try:
-            cp = _start_processes(workdir, bin, pki, timings, detach=detach)
+            cp = _start_processes(workdir, bin, pki, timings, detach=detach,
+                                  apiserver_args=apiserver_args)
         except _ProcessDied as e:
             if not e.port_clash or attempt == attempts:
                 raise
@@ -560,7 +582,7 @@ def start(workdir: Path, *, bin: Path | None = None, detach: bool = False,
 
 
 def _start_processes(workdir: Path, bin: Path, pki: Path, timings: dict[str, float], *,
-                     detach: bool) -> ControlPlane:
+                     detach: bool, apiserver_args: Sequence[str] = ()) -> ControlPlane:
     """Start the three processes once; stops what it started if one fails (and re-raises)."""
     etcd_client, etcd_peer, api_port = free_ports(3)
     logs = workdir / "logs"
@@ -627,6 +649,7 @@ def _start_processes(workdir: Path, bin: Path, pki: Path, timings: dict[str, flo
             # The `kubernetes` endpoints cannot hold a loopback address: do not reconcile them.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            *apiserver_args,
         ], logs, mark, detach=detach)
         cp.processes.append(apiserver)
 

@@ -29,7 +29,6 @@ Everything here shells out to docker, kind, kubectl and helm, as a user would.
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import os
@@ -43,11 +42,19 @@ from typing import Any, TypeVar
 
 import yaml
 
+import scenarios
+from scenarios import (
+    CHART,
+    DIRECTOR_LABEL,
+    DIRECTOR_SYSCTLS,
+    NAMESPACE,
+    RELEASE,
+    RELEASE_NAMESPACE,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 KIND_CONFIG = HERE / "kind-config.yaml"
-EXAMPLES = ROOT / "crds" / "examples"
-CHART = ROOT / "charts" / "lvs-operator"
 
 CLUSTER = os.environ.get("LVS_KIND_CLUSTER", "lvs-e2e")
 NODE_IMAGE = os.environ.get("LVS_KIND_NODE_IMAGE", "")  # empty: kind's default
@@ -56,11 +63,7 @@ IMAGE_REPOSITORY, IMAGE_TAG = "lvs-operator", "e2e-kind"
 IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
 NETWORK = "kind"  # the Docker network kind puts every node on
 INTERFACE = "eth0"  # the nodes' interface on it
-RELEASE, RELEASE_NAMESPACE = "lvs", "lvs-system"
-NAMESPACE = "e2e"  # the VirtualServers and real servers
-DIRECTOR_LABEL = "lvs.dev/director"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-PORT = 8080  # every real server listens here
 CLIENT = f"{CLUSTER}-client"
 MODES = ("dr", "tunnel", "nat")  # the examples crds/examples/{dr,tunnel,nat}.yaml
 
@@ -71,48 +74,6 @@ HELM_VALUES = (
     "image.pullPolicy=Never",
     "agent.logLevel=debug",
 )
-
-# The director settings the chart's NOTES ask for on every director node.
-DIRECTOR_SYSCTLS = {
-    "net.ipv4.vs.conntrack": "1",  # NAT: the MASQUERADE of replies needs conntrack entries
-    "net.ipv4.vs.expire_nodest_conn": "1",
-    "net.ipv4.vs.expire_quiescent_template": "1",
-    "net.ipv4.vs.conn_reuse_mode": "1",
-    "net.ipv4.ip_forward": "1",
-}
-
-# The real servers: an HTTP server that answers every GET with its pod's name.
-SERVER = """
-import http.server, os
-name = os.environ["POD_NAME"].encode()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(name)))
-        self.end_headers()
-        self.wfile.write(name)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-# The client: GET url `count` times, a new connection each, `interval` seconds apart; prints
-# JSON [[seconds since start, pod name or null, error or null], ...].
-CLIENT_SCRIPT = """
-import json, sys, time, urllib.request
-url, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-start, results = time.monotonic(), []
-for _ in range(count):
-    at = time.monotonic() - start
-    try:
-        with opener.open(url, timeout=1) as answer:
-            results.append([at, answer.read().decode(), None])
-    except Exception as e:
-        results.append([at, None, f"{type(e).__name__}: {e}"])
-    time.sleep(interval)
-print(json.dumps(results))
-"""
 
 _T = TypeVar("_T")
 
@@ -219,13 +180,23 @@ def say(message: str) -> None:
 
 @dataclass
 class Lab:
-    """A kind cluster with the chart installed, its directors, and a client container."""
+    """A kind cluster with the chart installed, its directors, and a client container (the
+    shared scenarios' scenarios.Cluster)."""
 
     workdir: Path
     kubeconfig: Path = field(init=False)
     directors: list[str] = field(default_factory=list)
     real_server_node: str = ""
     vip: dict[str, str] = field(default_factory=dict)  # mode (dr, tunnel, nat) -> VIP
+    image = IMAGE
+    interface = INTERFACE
+    # kindnet routes the pods: DR real servers are hostNetwork pods on the control-plane
+    # node, which run realserver-init themselves (the webhook leaves hostNetwork pods alone).
+    dr_host_network = True
+    real_server_placement: Mapping[str, Any] = field(default_factory=lambda: {
+        "nodeSelector": {CONTROL_PLANE_LABEL: ""},
+        "tolerations": [{"key": CONTROL_PLANE_LABEL, "operator": "Exists",
+                         "effect": "NoSchedule"}]})
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -335,31 +306,11 @@ class Lab:
 
     def client_command(self, vip: str, port: int, *, count: int,
                        interval: float = 0.0) -> list[str]:
-        return [_need("docker"), "exec", CLIENT, "python", "-c", CLIENT_SCRIPT,
+        return [_need("docker"), "exec", CLIENT, "python", "-c", scenarios.CLIENT_SCRIPT,
                 f"http://{vip}:{port}/", str(count), str(interval)]
 
-    def requests(self, vip: str, port: int, *, count: int = 30,
-                 interval: float = 0.0) -> list[tuple[float, str | None, str | None]]:
-        """GET the VIP from the client `count` times; [(at, pod or None, error or None)]."""
-        out = run(self.client_command(vip, port, count=count, interval=interval),
-                  timeout=count * (interval + 2) + 30).stdout
-        return [(float(at), pod, error) for at, pod, error in json.loads(out)]
-
-    # state
-
-    def virtualserver(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get("virtualserver", "-n", NAMESPACE, name)
-        return result
-
-    def agent_pod(self, node: str, *, ready: bool = True) -> str | None:
-        """Return the name of the agent pod on `node` (a ready one, unless `ready` is
-        False), or None."""
-        pods = self.get("pods", "-n", RELEASE_NAMESPACE, "-l",
-                        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=agent",
-                        "--field-selector", f"spec.nodeName={node}")["items"]
-        found = [p["metadata"]["name"] for p in pods
-                 if not p["metadata"].get("deletionTimestamp") and (_ready(p) or not ready)]
-        return found[0] if found else None
+    def run_client(self, argv: Sequence[str], *, timeout: float) -> str:
+        return run(argv, timeout=timeout).stdout
 
     def diagnose(self) -> str:
         """Return what to look at when something did not happen: the VirtualServers, pods,
@@ -379,21 +330,12 @@ class Lab:
         for node in self.directors:
             addresses = run([_need("docker"), "exec", node, "ip", "-4", "addr", "show",
                              INTERFACE], check=False).stdout
-            pod = self.agent_pod(node, ready=False)
+            pod = scenarios.agent_pod(self, node, ready_only=False)
             table = self.kubectl("exec", "-n", RELEASE_NAMESPACE, pod, "--", "lvs-operator",
                                  "ipvs", "show", "--stats", check=False, timeout=30) \
                 if pod else "(no agent pod)"
             parts.append(f"--- {node}\n{addresses}{table}")
         return "\n".join(parts)
-
-    def ipvs_show(self, node: str) -> list[dict[str, Any]]:
-        """Return `lvs-operator ipvs show -o json` run in the agent pod of `node`."""
-        pod = self.agent_pod(node)
-        assert pod, f"no ready agent pod on {node}"
-        result: list[dict[str, Any]] = json.loads(self.kubectl(
-            "exec", "-n", RELEASE_NAMESPACE, pod, "--", "lvs-operator", "ipvs", "show", "-o",
-            "json"))
-        return result
 
 
 def kind_subnet() -> ipaddress.IPv4Network:
@@ -421,98 +363,3 @@ def _need(name: str) -> str:
     return path
 
 
-def _ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions", []))
-
-
-# --- the objects -----------------------------------------------------------------------------
-
-def example(name: str) -> list[dict[str, Any]]:
-    """Return the documents of crds/examples/<name>.yaml."""
-    return [d for d in yaml.safe_load_all((EXAMPLES / f"{name}.yaml").read_text()) if d]
-
-
-def adapt(documents: list[dict[str, Any]], *, vip: str,
-          service: str | None = None) -> list[dict[str, Any]]:
-    """Return an example adapted to the lab: its VirtualServer on `vip`, round robin (so two
-    real servers both answer), the workers as directors on eth0, the real servers on PORT,
-    its backend the Service `service` if given (port "http"); everything in NAMESPACE. The
-    rest (mode, health check, drain) stays the example's."""
-    result = []
-    for original in documents:
-        doc = copy.deepcopy(original)
-        doc["metadata"]["namespace"] = NAMESPACE
-        if doc["kind"] == "Service":
-            (port,) = doc["spec"]["ports"]
-            doc["spec"]["ports"] = [{"name": port["name"], "port": PORT, "targetPort": PORT}]
-        elif doc["kind"] == "VirtualServer":
-            spec = doc["spec"]
-            spec["vip"] = vip
-            spec["scheduler"] = {"name": "rr"}
-            spec["directors"] = {"nodeSelector": {DIRECTOR_LABEL: "true"},
-                                 "interface": INTERFACE}
-            nat = spec["forwarding"] == "NAT"
-            # NAT remaps the first virtual port to PORT; DR and Tunnel cannot remap.
-            first = spec["ports"][0]
-            spec["ports"] = [{"port": first["port"], "protocol": "TCP", "targetPort": PORT}
-                             if nat else {"port": PORT, "protocol": "TCP"}]
-            if service:
-                spec["backend"] = {"service": {"name": service, "port": "http"}}
-            if spec["forwarding"] == "Tunnel":
-                # ipip, the default: what realserver-init's tunl0 decapsulates.
-                spec.pop("tunnel", None)
-        result.append(doc)
-    return result
-
-
-def nat_service(name: str, app: str) -> dict[str, Any]:
-    """The NAT example has static addresses; in the cluster its backend is pods."""
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"selector": {"app": app},
-                     "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]}}
-
-
-def real_servers(app: str, *, replicas: int, host_network_dr_vip: str | None = None
-                 ) -> dict[str, Any]:
-    """A Deployment of HTTP servers on the control-plane node, answering their pod's name.
-
-    `host_network_dr_vip`: a hostNetwork real server (DirectRouting in kind), which sets
-    itself up with `lvs-operator realserver-init --mode dr` (the webhook skips hostNetwork
-    pods: the setup changes the node's network).
-    """
-    container: dict[str, Any] = {
-        "name": "http", "image": IMAGE, "imagePullPolicy": "Never",
-        "command": ["python", "-c", SERVER],
-        "env": [{"name": "PORT", "value": str(PORT)},
-                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 2},
-    }
-    pod: dict[str, Any] = {
-        "nodeSelector": {CONTROL_PLANE_LABEL: ""},
-        "tolerations": [{"key": CONTROL_PLANE_LABEL, "operator": "Exists",
-                         "effect": "NoSchedule"}],
-        "containers": [container],
-        "terminationGracePeriodSeconds": 1,
-    }
-    if host_network_dr_vip:
-        pod["hostNetwork"] = True
-        pod["initContainers"] = [{
-            "name": "realserver-init", "image": IMAGE, "imagePullPolicy": "Never",
-            "args": ["realserver-init", "--vip", host_network_dr_vip, "--mode", "dr"],
-            "securityContext": {"runAsUser": 0, "runAsNonRoot": False,
-                                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}},
-        }]
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": app, "namespace": NAMESPACE},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
-                 "strategy": {"type": "Recreate"},
-                 "template": {"metadata": {"labels": {"app": app}}, "spec": pod}},
-    }
-
-
-def kinds(documents: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [dict(d) for d in documents if d["kind"] == kind]

@@ -1,0 +1,165 @@
+"""The chart on a real kubelet + containerd node, with the image built here (`make test-node`).
+
+In order (pytest keeps the file's order): `helm install` of charts/lvs-operator; the
+controller pod Running and holding its Lease; the agent DaemonSet pod Running on the director
+node with only NET_ADMIN and NET_RAW; the DR example with ordinary pods as real servers, which
+the webhook (served from the controller pod) prepares with the realserver-init init container;
+HTTP traffic from the client namespace through the VIP; `lvs-operator ipvs show --stats` by
+`kubectl exec` in the agent pod; the VirtualServer deleted and `helm uninstall` leaving no IPVS
+service and no VIP. The scenario functions are tests/scenarios.py's, shared with the kind
+suite.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import nodelab
+import pytest
+from nodelab import DR_VIP, NODE, RELEASE, RELEASE_NAMESPACE, NodeLab
+
+import scenarios
+from conftest import REPORT
+from scenarios import Site
+
+# Emulated (TCG) VM: Python processes start in seconds, the node's first pods in minutes.
+TIMEOUT = 600
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13  # <linux/capability.h>
+
+
+def _release_pods(lab: NodeLab) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = scenarios.get(
+        lab, "pods", "-n", RELEASE_NAMESPACE, "-l",
+        f"app.kubernetes.io/instance={RELEASE}")["items"]
+    return items
+
+
+def _component(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["labels"].get("app.kubernetes.io/component"))
+
+
+def _describe(pod: dict[str, Any]) -> str:
+    restarts = sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
+    return (f"{pod['metadata']['name']}: phase {pod['status'].get('phase')}, restarts "
+            f"{restarts}, node {pod['spec'].get('nodeName')}")
+
+
+@pytest.fixture(scope="module")
+def installed(lab: NodeLab) -> NodeLab:
+    """The director prerequisites on node-1 (the user guide's step 3: an administrator's, the
+    agent is not privileged), then `helm install` with the image built here."""
+    nodelab.run(["modprobe", "ip_vs"])
+    for name, value in scenarios.DIRECTOR_SYSCTLS.items():
+        with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
+            f.write(value)
+    repository, tag = lab.config.image_repository, lab.config.image_tag
+    scenarios.say(f"helm install {RELEASE} charts/lvs-operator --namespace {RELEASE_NAMESPACE} "
+                  f"(image {repository}:{tag}, imported into containerd, never pulled)")
+    lab.helm("install", RELEASE, str(scenarios.CHART), "--namespace", RELEASE_NAMESPACE,
+             "--create-namespace", "--set", f"image.repository={repository}",
+             "--set", f"image.tag={tag}",
+             # One controller: the emulated VM's two CPUs run everything of the node.
+             "--set", "controller.replicas=1", "--set", "agent.logLevel=debug",
+             "--wait", "--timeout", f"{TIMEOUT}s")
+    lab.kubectl("create", "namespace", scenarios.NAMESPACE)
+    lab.start_client()
+    return lab
+
+
+def test_release_pods_run(installed: NodeLab) -> None:
+    pods = _release_pods(installed)
+    assert sorted(_component(p) for p in pods) == ["agent", "controller"], \
+        [_describe(p) for p in pods]
+    for pod in pods:
+        REPORT.append(_describe(pod))
+        assert pod["status"]["phase"] == "Running", _describe(pod)
+        assert scenarios.pod_ready(pod), _describe(pod)
+        for status in pod["status"]["containerStatuses"]:
+            assert status["restartCount"] == 0, f"{_describe(pod)}: {status}"
+    (agent,) = [p for p in pods if _component(p) == "agent"]
+    assert agent["spec"]["nodeName"] == NODE
+    assert agent["spec"]["hostNetwork"] is True
+
+
+def test_controller_holds_its_lease(installed: NodeLab) -> None:
+    (controller,) = [p for p in _release_pods(installed) if _component(p) == "controller"]
+    name = controller["metadata"]["name"]
+
+    leases = scenarios.get(installed, "leases", "-n", RELEASE_NAMESPACE)["items"]
+    names = [lease["metadata"]["name"] for lease in leases]
+    assert any(n.endswith("-controller") for n in names), names
+    (lease_name,) = [n for n in names if n.endswith("-controller")]
+    # The holder is the pod's name and a suffix of the process (<pod>_<random>).
+    holder = scenarios.wait_for(
+        f"{name} to hold the Lease {lease_name}",
+        lambda: str(scenarios.get(installed, "lease", "-n", RELEASE_NAMESPACE, lease_name)[
+            "spec"].get("holderIdentity") or "").startswith(f"{name}_") and name,
+        timeout=120, interval=2, diagnose=installed.diagnose)
+    REPORT.append(f"controller {holder} holds the Lease {lease_name}")
+
+
+def test_agent_has_only_net_admin_and_net_raw(installed: NodeLab) -> None:
+    """The agent's process (PID 1 of its container) has exactly the chart's capabilities."""
+    pod = scenarios.agent_pod(installed, NODE)
+    assert pod
+    status = installed.kubectl("exec", "-n", RELEASE_NAMESPACE, pod, "--", "cat",
+                               "/proc/1/status")
+    effective = int(next(line.split()[1] for line in status.splitlines()
+                         if line.startswith("CapEff:")), 16)
+    assert effective == (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW), hex(effective)
+    REPORT.append(f"agent {pod}: CapEff {effective:#x} (NET_ADMIN, NET_RAW)")
+
+
+@pytest.fixture(scope="module")
+def dr(installed: NodeLab) -> Site:
+    """The DR example on the bridge: two ordinary pods as real servers."""
+    sites = scenarios.apply_sites(installed, {"dr": DR_VIP}, timeout=TIMEOUT,
+                                  replicas={"dr": 2})
+    return sites["dr"]
+
+
+def test_webhook_prepares_the_real_servers(installed: NodeLab, dr: Site) -> None:
+    """Each real-server pod got the injected realserver-init, which ran (exit code 0) and
+    left the VIP on the pod's lo."""
+    for pod in scenarios.pods(installed, dr):
+        name = pod["metadata"]["name"]
+        statuses = scenarios.injected_init(pod)
+        codes = {s["name"]: s["state"]["terminated"]["exitCode"] for s in statuses}
+        restarts = sum(s["restartCount"] for s in pod["status"]["containerStatuses"])
+        REPORT.append(f"{name}: phase {pod['status']['phase']}, restarts {restarts}, "
+                      f"init {codes}")
+        assert restarts == 0
+        lo = installed.kubectl("exec", "-n", scenarios.NAMESPACE, name, "-c", "http", "--",
+                               "ip", "-4", "-o", "addr", "show", "dev", "lo")
+        assert f" {DR_VIP}/32 " in lo, lo
+
+
+def test_direct_routing_traffic(installed: NodeLab, dr: Site) -> None:
+    counts = scenarios.direct_routing(installed, dr)
+    REPORT.append(f"DR {dr.vip}:{dr.port}: {scenarios.REQUESTS} requests, HTTP 200 from "
+                  f"{counts}")
+    assert installed.vips_on_bridge() == {DR_VIP}
+
+
+def test_ipvs_show_stats_in_the_agent_pod(installed: NodeLab, dr: Site) -> None:
+    text = scenarios.ipvs_show(installed, NODE, "--stats")
+    print(text)
+    table = json.loads(scenarios.ipvs_show(installed, NODE, "-o", "json"))
+    (service,) = [s for s in table if s["address"] == DR_VIP]
+    REPORT.append(f"ipvs show: {DR_VIP}:{dr.port} conns {service['stats']['conns']}, "
+                  f"outPackets {service['stats']['outPackets']}")
+    assert f"{DR_VIP}:{dr.port}" in text
+
+
+def test_uninstall_leaves_no_ipvs_service_or_vip(installed: NodeLab, dr: Site) -> None:
+    scenarios.say(f"delete the VirtualServer {dr.name}, then helm uninstall {RELEASE}")
+    installed.kubectl("delete", "virtualserver", "-n", scenarios.NAMESPACE, dr.name,
+                      "--wait=true", timeout=TIMEOUT)
+    scenarios.wait_for("the agent to remove the IPVS service and the VIP",
+                       lambda: DR_VIP not in installed.kernel_services()
+                       and not installed.vips_on_bridge(), timeout=120, interval=2,
+                       diagnose=installed.diagnose)
+    scenarios.uninstall(installed, {}, timeout=TIMEOUT)
+    assert DR_VIP not in installed.kernel_services()
+    assert not installed.vips_on_bridge()
