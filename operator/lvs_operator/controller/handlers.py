@@ -18,7 +18,7 @@ import kopf
 from lvs_operator.api import GROUP, PLURAL, VERSION
 from lvs_operator.controller.credentials import connection_info
 from lvs_operator.controller.reconciler import CONCURRENCY, Controller
-from lvs_operator.controller.settings import Settings
+from lvs_operator.controller.settings import Settings, default_identity
 from lvs_operator.kube import client
 
 
@@ -75,5 +75,9 @@ async def run(settings: Settings) -> None:
                           configuration_name=hook.configuration_name,
                           extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy,
                           api=api)
+    # An identity of our own: kopf's default asks getpass.getuser(), which raises under a
+    # uid with no passwd entry (any runAsUser an admin or OpenShift picks).
     await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
-                        clusterwide=not settings.namespaces, namespaces=settings.namespaces)
+                        clusterwide=not settings.namespaces, namespaces=settings.namespaces,
+                        # kopf types it as its own NewType of str, which it does not export.
+                        identity=settings.identity or default_identity())  # type: ignore[arg-type]
