@@ -55,6 +55,7 @@ help:
 	@echo "                  tests/fullstack inside the VM (incl. failover: test_ha.py)"
 	@echo "make demo         the whole product on this machine in a few minutes (root)"
 	@echo "make test         provision venv lint test-unit test-cluster test-kernel test-fullstack"
+	@echo "                  test-image (the image built here, its commands run as the chart runs them)"
 	@echo "                  (what CI runs)"
 	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
 	@echo "                  tests/bench/fullstack with the agents in the VM (failover: two"
@@ -158,7 +159,7 @@ _test-fullstack:
 # fails if any did. venv and provision must succeed first.
 test: provision venv
 	@failed=(); summary=(); \
-	for step in lint test-unit test-cluster test-kernel test-fullstack; do \
+	for step in lint test-unit test-cluster test-kernel test-fullstack test-image; do \
 		start=$$SECONDS; \
 		if $(MAKE) _$$step; then r=ok; else r=FAILED; failed+=($$step); fi; \
 		summary+=("$$(printf '%-15s %-7s %4ss' $$step $$r $$((SECONDS - start)))"); \
@@ -219,9 +220,10 @@ image:
 
 # The image as the chart runs it: `lvs-operator --help`, `controller --help`, `agent --help`
 # in a container with the entrypoint, user 65532, a read-only root filesystem, no capabilities.
-test-image: image venv
+# Part of `make test`: it builds the image first (cached layers: seconds when warm).
+test-image: venv
 	@$(MAKE) _test-image
-_test-image:
+_test-image: image
 	$(call say,test-image: the image's commands in a container as the chart runs them)
 	@$(call pytest_tier,test-image,IMAGE=$(IMAGE) $(BIN)/pytest tests/image -v)
 
