@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,22 +152,8 @@ def wait_for(what: str, probe: Callable[[], _T | None], *, timeout: float,
              interval: float = 1.0, diagnose: Callable[[], str] | None = None) -> _T:
     """Return the first truthy `probe()`; AssertionError naming `what`, the last result and
     the diagnosis after `timeout` seconds. LabError and KeyError count as not yet."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-        except (LabError, KeyError, IndexError) as e:
-            last = e
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            detail = f"\n{diagnose()}" if diagnose else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; "
-                                 f"last: {last!r}{detail}")
-        time.sleep(interval)
+    return scenarios.wait_for(what, probe, timeout=timeout, interval=interval,
+                              diagnose=diagnose, errors=(LabError, KeyError, IndexError))
 
 
 def say(message: str) -> None:
