@@ -16,14 +16,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from lvs_operator.controller.settings import Settings
 from lvs_operator.kube import client, lease
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 # Runs a blocking call off the event loop (the controller's API threads).
 Call = Callable[..., Awaitable[Any]]
 

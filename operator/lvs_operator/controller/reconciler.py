@@ -92,7 +92,8 @@ def _update(index: dict[Any, set[Key]], at: Any, key: Key, *, add: bool) -> None
 class Controller:
     """The reconciler: changes in, statuses and Events out, while it holds the Lease.
 
-    `api` is the API client (None: connect with the settings' credentials at `start`).
+    `api` is the API client; it must be given before `start` (tests of the pure parts leave
+    it None).
     """
 
     def __init__(self, settings: Settings, api: client.Client | None = None) -> None:
@@ -131,15 +132,10 @@ class Controller:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to the API server, start the reflectors and campaign for the Lease.
-
-        Raises:
-            kube.client.ApiError: when no credentials can be loaded.
-        """
+        """Start the reflectors, list the VirtualServers and campaign for the Lease, on the
+        client given at construction (`handlers.run` connects it before kopf starts)."""
         self._loop = asyncio.get_running_loop()
-        if self.api is None:
-            self.api = await self.call(client.Client.connect, self.settings.kubeconfig,
-                                       pool=CONCURRENCY + 4)
+        assert self.api is not None, "the Controller needs its API client to start"
         kinds: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Any],
                                Callable[[Key, Any, Any], None]]] = {
             "services": ("/api/v1", "services", compact_service, self.service_changed),
