@@ -16,12 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "lvs_operator"
 
 # What each layer may import of lvs_operator (a top-level module or subpackage name). A layer
 # not listed here (cli, realserver, documents, show) sits on top and may import anything.
-CORE = {"model", "plan", "ownership", "files", "syncer"}
+CORE = {"model", "plan", "ownership", "files", "syncer", "vrrp"}
 KERNEL = {"ipvs", "network"}
 ALLOWED: dict[str, set[str]] = {
     "model": set(),
     "files": set(),
     "plan": {"model"},
+    "vrrp": {"model"},
     "ownership": {"model", "files"},
     "syncer": CORE | {"ipvs"},
     "ipvs": {"model", "plan"},
@@ -30,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "kube": {"api"},
     "controller": {"api", "kube", "model"},
     "agent": CORE | KERNEL | {"api", "kube"},
+    "keepalived": {"model", "vrrp", "network", "files"},
 }
 
 
