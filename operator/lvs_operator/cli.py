@@ -163,9 +163,13 @@ def _parser() -> argparse.ArgumentParser:
         "(5), LVS_MANAGE_SYSCTLS (true), LVS_SYSCTL_CONNTRACK, LVS_SYSCTL_EXPIRE_NODEST_CONN, "
         "LVS_SYSCTL_EXPIRE_QUIESCENT_TEMPLATE, LVS_SYSCTL_CONN_REUSE_MODE (1 each), "
         "LVS_TIMEOUT_TCP, LVS_TIMEOUT_TCP_FIN, LVS_TIMEOUT_UDP (0: keep the kernel's); "
-        "failover: LVS_HA (true), LVS_LEASE_RENEW_SECONDS (0.2), "
-        "LVS_LEASE_RENEW_DEADLINE_SECONDS (0.6), LVS_LEASE_SETTLE_SECONDS (5), "
-        "LVS_ANNOUNCE_SECONDS (10), LVS_SYNC_ID (0).",
+        "failover: LVS_HA (true), LVS_SYNC_ID (0); with keepalived: LVS_VRRP_ADDRESS (the "
+        "VRRP interface's first IPv4), LVS_VRRP_ADVERT_SECONDS (0.1), "
+        "LVS_VRRP_PREEMPT_DELAY_SECONDS (5), LVS_VRRP_VRIDS (1-255), "
+        "LVS_VRRP_GARP_REFRESH_SECONDS (1), LVS_VIP_LIFETIME_SECONDS (2), "
+        "LVS_KEEPALIVED_BINARY (keepalived), LVS_LEASE_RENEW_SECONDS (10); with the lease "
+        "engine: LVS_LEASE_RENEW_SECONDS (0.2), LVS_LEASE_RENEW_DEADLINE_SECONDS (0.6), "
+        "LVS_LEASE_SETTLE_SECONDS (5), LVS_ANNOUNCE_SECONDS (10).",
     )
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     agent.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else "
@@ -181,7 +185,17 @@ def _parser() -> argparse.ArgumentParser:
                        "$LVS_NAMESPACE, else $POD_NAMESPACE, else lvs-system)")
     agent.add_argument("--lease-duration", metavar="SECONDS", help="others take this "
                        "director's VIPs over when its Lease has not changed for this long "
-                       "(default: $LVS_LEASE_DURATION_SECONDS, else 0.8)")
+                       "(engine lease; default: $LVS_LEASE_DURATION_SECONDS, else 0.8; "
+                       "with keepalived, 60: the Lease is membership only)")
+    agent.add_argument("--ha-engine", choices=("keepalived", "lease"), help="what carries "
+                       "the directors' liveness: keepalived's VRRP on the directors' own "
+                       "network (needs the keepalived container), or the Leases in the API "
+                       "server (default: $LVS_HA_ENGINE, else keepalived)")
+    agent.add_argument("--vrrp-interface", metavar="IF", help="VRRP adverts go out and "
+                       "come in here (default: $LVS_VRRP_INTERFACE, else the VIP interface)")
+    agent.add_argument("--keepalived-dir", metavar="DIR", help="folder shared with the "
+                       "keepalived container (default: $LVS_KEEPALIVED_DIR, else "
+                       "/run/lvs-operator/keepalived)")
     agent.add_argument("--sync-interface", metavar="IF", help="interface of the IPVS "
                        "connection-sync daemons (default: $LVS_SYNC_INTERFACE, else the VIP "
                        "interface)")
@@ -355,7 +369,8 @@ def _agent(args: argparse.Namespace) -> int:
             os.environ, node=args.node, kubeconfig=args.kubeconfig, state_file=args.state_file,
             interface=args.interface, metrics_address=args.metrics_address,
             namespace=args.namespace, lease_duration=args.lease_duration,
-            sync_interface=args.sync_interface)
+            sync_interface=args.sync_interface, ha_engine=args.ha_engine,
+            vrrp_interface=args.vrrp_interface, keepalived_dir=args.keepalived_dir)
     except agent_settings.SettingsError as error:
         return _fail(str(error), status=EXIT_USAGE)
     try:

@@ -78,7 +78,8 @@ class Member:
     Attributes:
         node: its node name.
         address: its IPv4 address on the VRRP interface (adverts go to and from it); None
-            when its Lease does not say (an older agent): it then takes part in nothing.
+            when its Lease does not say (it has none, or is an older agent): it is then
+            nobody's unicast peer.
         labels: its Node's labels (which VirtualServers select it).
     """
 
@@ -177,7 +178,8 @@ def plan(wants: Iterable[Want], members: Mapping[str, Member], *, me: str,
     Returns:
         (the instances this director takes part in, by name; for each VIP that can have
         no instance, why). A VIP with one candidate only has no instance (its director
-        holds it alone), nor does one whose candidates include no member with an address.
+        holds it alone). A candidate without an address keeps its place in the ranking
+        (every director must compute the same instances) but is nobody's peer.
 
     Raises:
         VRRPError: when the site needs more instances than the range has VRIDs.
@@ -189,11 +191,9 @@ def plan(wants: Iterable[Want], members: Mapping[str, Member], *, me: str,
         if want.vip in seen:
             continue
         seen.add(want.vip)
-        candidates = sorted(n for n, m in members.items()
-                            if m.address is not None and selects(want.selector, m.labels))
+        candidates = sorted(n for n, m in members.items() if selects(want.selector, m.labels))
         if len(candidates) < 2:
-            alone[want.vip] = ("one director only" if candidates
-                               else "no director with a VRRP address")
+            alone[want.vip] = "one director only"
             continue
         first = rank(str(want.vip), candidates)[:2]
         key = "\0".join([*first, "|", *candidates])

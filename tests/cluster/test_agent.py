@@ -150,7 +150,9 @@ class Director:
             watch=WatchSettings(timeout_seconds=30, read_timeout_seconds=20,
                                 backoff_max_seconds=1.0),
             director=DirectorSettings(timeouts=Timeouts(tcp=600)),
-            ha=HASettings(namespace="default"))  # the Leases: in a namespace that exists
+            # the Leases: in a namespace that exists
+            ha=HASettings(engine="lease", namespace="default", lease_duration_seconds=0.8,
+                          renew_seconds=0.2, renew_deadline_seconds=0.6))
 
     @contextlib.contextmanager
     def agent(self, api: client.Client | None = None) -> Iterator[loop.Agent]:

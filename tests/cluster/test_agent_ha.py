@@ -54,7 +54,9 @@ class HADirector(Director):
 
     def settings(self) -> Settings:
         return replace(super().settings(),
-                       ha=HASettings(namespace=self.namespace, settle_seconds=SETTLE))
+                       ha=HASettings(engine="lease", namespace=self.namespace,
+                                     settle_seconds=SETTLE, lease_duration_seconds=0.8,
+                                     renew_seconds=0.2, renew_deadline_seconds=0.6))
 
     def holds(self, vip: str) -> bool:
         return ip_address(vip) in self.vips.snapshot().get("eth0", set())

@@ -21,7 +21,8 @@ from lvs_operator.agent.settings import DirectorSettings, HASettings, Settings, 
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.model import SyncDaemon, SyncState
 
-HA = HASettings(namespace="lvs-system", lease_duration_seconds=0.4, renew_seconds=0.05,
+HA = HASettings(engine="lease", namespace="lvs-system", lease_duration_seconds=0.4,
+                renew_seconds=0.05,
                 renew_deadline_seconds=0.25, settle_seconds=1.0, announce_seconds=0.3)
 NODES = ("node-a", "node-b")
 

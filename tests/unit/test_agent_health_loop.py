@@ -15,7 +15,13 @@ import prometheus_client
 from test_agent_loop import KEY, NODE, FakeApi, FakeVips, eventually, virtualserver
 
 from lvs_operator.agent import health, loop
-from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
+from lvs_operator.agent.settings import (
+    DirectorSettings,
+    HASettings,
+    Settings,
+    SyncSettings,
+    VRRPSettings,
+)
 from lvs_operator.ipvs.fake import FakeIPVS
 
 
@@ -62,7 +68,8 @@ def running(api, ipvs, tmp_path, probe) -> Iterator[loop.Agent]:
     settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
                         sync=SyncSettings(resync_seconds=30.0, min_interval_seconds=0.0,
                                           retry_seconds=0.1),
-                        director=DirectorSettings(sysctls=None))
+                        director=DirectorSettings(sysctls=None),
+                        ha=HASettings(vrrp=VRRPSettings(directory=tmp_path / "keepalived")))
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=FakeVips(), sysctls=lambda s: [],
                        default_interface=lambda: None)
     agent.health = FastMonitor(on_change=agent._wake.set, probe=probe)

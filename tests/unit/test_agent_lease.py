@@ -15,7 +15,8 @@ from test_agent_loop import FakeApi, eventually
 from lvs_operator.agent import lease
 from lvs_operator.agent.settings import HASettings
 
-HA = HASettings(namespace="lvs-system", lease_duration_seconds=0.4, renew_seconds=0.05,
+HA = HASettings(engine="lease", namespace="lvs-system", lease_duration_seconds=0.4,
+                renew_seconds=0.05,
                 renew_deadline_seconds=0.25, settle_seconds=1.0, announce_seconds=0.3)
 NODE = {"metadata": {"name": "node-a", "uid": "6f1d-uid", "labels": {"zone": "a"}}}
 OWNER = [{"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "6f1d-uid"}]

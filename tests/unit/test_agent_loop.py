@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from lvs_operator.agent import loop
-from lvs_operator.agent.settings import DirectorSettings, Settings, SyncSettings
+from lvs_operator.agent.settings import (
+    DirectorSettings,
+    HASettings,
+    Settings,
+    SyncSettings,
+    VRRPSettings,
+)
 from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.kube import client, events
@@ -205,7 +211,8 @@ def running(api, ipvs, tmp_path, *, interface_exists=lambda name: False, **sync)
     settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
                         sync=SyncSettings(**{"resync_seconds": 30.0, "min_interval_seconds":
                                              0.0, "retry_seconds": 0.1, **sync}),
-                        director=DirectorSettings(sysctls=None))
+                        director=DirectorSettings(sysctls=None),
+                        ha=HASettings(vrrp=VRRPSettings(directory=tmp_path / "keepalived")))
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=FakeVips(), sysctls=lambda s: [],
                        default_interface=lambda: None, interface_exists=interface_exists)
     thread = threading.Thread(target=agent.run, daemon=True)

@@ -76,26 +76,61 @@ def test_split_address(address, split):
 def test_ha_defaults_and_environment():
     ha = settings.from_env({"NODE_NAME": "n"}).ha
     assert ha == settings.HASettings()
-    assert (ha.enabled, ha.namespace, ha.lease_duration_seconds, ha.renew_seconds,
-            ha.renew_deadline_seconds, ha.settle_seconds, ha.sync_id, ha.sync_interface) == (
-        True, "lvs-system", 0.8, 0.2, 0.6, 5.0, 0, None)
+    # keepalived by default: the Lease is membership, renewed as kubelet renews its own
+    assert (ha.enabled, ha.engine, ha.keepalived, ha.namespace, ha.lease_duration_seconds,
+            ha.renew_seconds, ha.settle_seconds, ha.sync_id, ha.sync_interface) == (
+        True, "keepalived", True, "lvs-system", 60.0, 10.0, 5.0, 0, None)
+    assert ha.vrrp == settings.VRRPSettings()
+    lease = settings.from_env({"NODE_NAME": "n", "LVS_HA_ENGINE": "lease"}).ha
+    assert (lease.keepalived, lease.lease_duration_seconds, lease.renew_seconds,
+            lease.renew_deadline_seconds) == (False, 0.8, 0.2, 0.6)
     assert settings.from_env({"NODE_NAME": "n", "POD_NAMESPACE": "lb"}).ha.namespace == "lb"
     ha = settings.from_env({
         "NODE_NAME": "n", "POD_NAMESPACE": "lb", "LVS_NAMESPACE": "ha", "LVS_HA": "false",
+        "LVS_HA_ENGINE": "lease",
         "LVS_LEASE_DURATION_SECONDS": "2", "LVS_LEASE_SETTLE_SECONDS": "1",
         "LVS_ANNOUNCE_SECONDS": "0", "LVS_SYNC_ID": "7", "LVS_SYNC_INTERFACE": "eth1"}).ha
     assert (ha.enabled, ha.namespace, ha.lease_duration_seconds, ha.renew_seconds,
             ha.renew_deadline_seconds, ha.settle_seconds, ha.announce_seconds, ha.sync_id,
             ha.sync_interface) == (False, "ha", 2.0, 0.5, 1.5, 1.0, 0.0, 7, "eth1")
     flagged = settings.from_env({"NODE_NAME": "n", "LVS_NAMESPACE": "ha"}, namespace="cli",
-                                lease_duration="4", sync_interface="bond0").ha
+                                lease_duration="4", sync_interface="bond0",
+                                ha_engine="lease").ha
     assert (flagged.namespace, flagged.lease_duration_seconds, flagged.renew_deadline_seconds,
             flagged.sync_interface) == ("cli", 4.0, 3.0, "bond0")
 
 
+def test_vrrp_settings_from_the_environment():
+    vrrp = settings.from_env({
+        "NODE_NAME": "n", "LVS_VRRP_INTERFACE": "bond0", "LVS_VRRP_ADDRESS": "10.1.0.2",
+        "LVS_VRRP_ADVERT_SECONDS": "0.05", "LVS_VRRP_PREEMPT_DELAY_SECONDS": "2",
+        "LVS_VRRP_VRIDS": "100-199", "LVS_VRRP_GARP_REFRESH_SECONDS": "5",
+        "LVS_VIP_LIFETIME_SECONDS": "3", "LVS_KEEPALIVED_DIR": "/tmp/k",
+        "LVS_KEEPALIVED_BINARY": "/opt/keepalived"}).ha.vrrp
+    assert vrrp == settings.VRRPSettings(
+        interface="bond0", address="10.1.0.2", advert_seconds=0.05, preempt_delay_seconds=2.0,
+        vrids=(100, 199), garp_refresh_seconds=5, vip_lifetime_seconds=3,
+        directory=Path("/tmp/k"), binary="/opt/keepalived")
+    assert settings.from_env({"NODE_NAME": "n"}, vrrp_interface="eth9",
+                             keepalived_dir="/k").ha.vrrp.interface == "eth9"
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"LVS_HA_ENGINE": "raft"}, "LVS_HA_ENGINE"),
+    ({"LVS_VRRP_VRIDS": "0-10"}, "LVS_VRRP_VRIDS"),
+    ({"LVS_VRRP_VRIDS": "20-10"}, "LVS_VRRP_VRIDS"),
+    ({"LVS_VRRP_ADVERT_SECONDS": "0.001"}, "LVS_VRRP_ADVERT_SECONDS"),
+    ({"LVS_VRRP_ADDRESS": "fd00::1"}, "LVS_VRRP_ADDRESS"),
+    ({"LVS_VIP_LIFETIME_SECONDS": "1.5"}, "LVS_VIP_LIFETIME_SECONDS"),
+])
+def test_vrrp_errors_name_the_variable(env, named):
+    with pytest.raises(settings.SettingsError, match=named):
+        settings.from_env({"NODE_NAME": "n", **env})
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"LVS_LEASE_RENEW_DEADLINE_SECONDS": "0.9"}, "LVS_LEASE_RENEW_DEADLINE_SECONDS"),
-    ({"LVS_LEASE_RENEW_SECONDS": "0.7"}, "LVS_LEASE_RENEW_SECONDS"),
+    ({"LVS_LEASE_RENEW_SECONDS": "0.7", "LVS_HA_ENGINE": "lease"}, "LVS_LEASE_RENEW_SECONDS"),
     ({"LVS_LEASE_DURATION_SECONDS": "x"}, "LVS_LEASE_DURATION_SECONDS"),
     ({"LVS_SYNC_ID": "256"}, "LVS_SYNC_ID"),
     ({"LVS_HA": "maybe"}, "LVS_HA"),

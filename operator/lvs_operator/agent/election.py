@@ -100,6 +100,7 @@ class Seen:
     duration: float
     labels: Mapping[str, str] = field(default_factory=dict)
     term: str = ""
+    address: str = ""  # its VRRP address ("" when its Lease says none)
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,14 @@ class Peer:
         settled: live for at least the settle time (may then displace a live holder).
         labels: its Node labels.
         term: its current run of renewals, as its Lease says ("" when it does not say).
+        address: its VRRP address, as its Lease says ("" when it does not say).
     """
 
     live: bool
     settled: bool
     labels: Mapping[str, str]
     term: str = ""
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ class View:
     def signature(self) -> tuple[object, ...]:
         """Return what decisions depend on (a change of it needs a sync)."""
         return (self.fenced, self.ready, self.fresh, self.settled, self.term,
-                tuple(sorted((n, p.live, p.settled, p.term, tuple(sorted(p.labels.items())))
+                tuple(sorted((n, p.live, p.settled, p.term, p.address,
+                              tuple(sorted(p.labels.items())))
                              for n, p in self.peers.items())))
 
 
@@ -262,7 +266,7 @@ class Tracker:
         peers = {n: Peer(live=now < r.changed + r.seen.duration,
                          settled=now < r.changed + r.seen.duration
                          and now >= r.live_since + self.settle,
-                         labels=r.seen.labels, term=r.seen.term)
+                         labels=r.seen.labels, term=r.seen.term, address=r.seen.address)
                  for n, r in self._records.items() if n != self.me}
         settled = not fenced and held_since is not None and now >= held_since + self.settle
         return View(me=self.me, fenced=fenced, ready=ready, fresh=fresh, settled=settled,

@@ -57,6 +57,7 @@ LABEL = "lvs.dev/director-lease"
 DURATION_ANNOTATION = "lvs.dev/lease-duration-ms"
 LABELS_ANNOTATION = "lvs.dev/node-labels"
 TERM_ANNOTATION = "lvs.dev/term"
+ADDRESS_ANNOTATION = "lvs.dev/vrrp-address"
 PREFIX = "lvs-director-"
 
 
@@ -96,10 +97,11 @@ def owners(node: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
             now: datetime, begins: bool = False,
-            owned_by: list[dict[str, str]] | None = None) -> dict[str, Any]:
+            owned_by: list[dict[str, str]] | None = None, address: str = "") -> dict[str, Any]:
     """Return the merge patch that renews director `node`'s Lease in `term` (and refreshes
     what it copies into it); `begins`: the renewal starts a new run (sets acquireTime);
-    `owned_by`: replaces the Lease's ownerReferences (None leaves them, [] removes them)."""
+    `owned_by`: replaces the Lease's ownerReferences (None leaves them, [] removes them);
+    `address`: this director's VRRP address ("" says none)."""
     spec: dict[str, Any] = {"holderIdentity": node, "renewTime": kube_lease.micro_time(now),
                             "leaseDurationSeconds": max(1, math.ceil(duration))}
     if begins:
@@ -107,7 +109,7 @@ def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
     meta: dict[str, Any] = {"labels": {LABEL: "true"}, "annotations": {
         DURATION_ANNOTATION: str(round(duration * 1000)),
         LABELS_ANNOTATION: json.dumps(dict(sorted(labels.items())), separators=(",", ":")),
-        TERM_ANNOTATION: term}}
+        TERM_ANNOTATION: term, ADDRESS_ANNOTATION: address or None}}
     if owned_by is not None:
         meta["ownerReferences"] = owned_by or None  # null: a merge patch removes the field
     return {"metadata": meta, "spec": spec}
@@ -115,10 +117,12 @@ def renewal(node: str, *, duration: float, labels: Mapping[str, str], term: str,
 
 def body(node: str, namespace: str, *, duration: float, labels: Mapping[str, str],
          term: str, now: datetime, owned_by: list[dict[str, str]] | None = None,
-         ) -> dict[str, Any]:
+         address: str = "") -> dict[str, Any]:
     """Return a new Lease for director `node`, in `term`, owned by `owned_by` if any."""
     patch = renewal(node, duration=duration, labels=labels, term=term, now=now, begins=True,
-                    owned_by=owned_by or None)
+                    owned_by=owned_by or None, address=address)
+    annotations = patch["metadata"]["annotations"]
+    patch["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
     return {"apiVersion": kube_lease.API_VERSION, "kind": kube_lease.KIND,
             "metadata": {"name": lease_name(node), "namespace": namespace, **patch["metadata"]},
             "spec": {**patch["spec"], "leaseTransitions": 0}}
@@ -148,6 +152,7 @@ def seen(obj: watch.Object, *, default_duration: float) -> election.Seen | None:
         pass  # unreadable: eligible only where no label is asked for
     return election.Seen(node=str(node), marker=str(spec.get("renewTime")),
                          duration=duration, labels=labels,
+                         address=str(annotations.get(ADDRESS_ANNOTATION) or ""),
                          term=str(annotations.get(TERM_ANNOTATION) or ""))
 
 
@@ -171,6 +176,11 @@ class Keeper:
         self._stopping = threading.Event()
         self._tracker = election.Tracker(node, settle=settings.settle_seconds)
         self._labels: dict[str, str] = {}
+        self._address = ""  # this director's VRRP address, published in the Lease
+        # What labels and address the Lease was last written with: a change is written at
+        # once, not at the next renewal (which is 10 s away with keepalived).
+        self._published: tuple[dict[str, str], str] | None = None
+        self._renew_now = threading.Event()
         self._owners: list[dict[str, str]] = []  # the Node, once seen (see `set_owner`)
         # What the Lease's ownerReferences were last written as (None: not known): a
         # renewal sends them only when they differ, or when it begins a run.
@@ -206,6 +216,19 @@ class Keeper:
         """Copy the Node's `labels` into the Lease from the next renewal on."""
         with self._lock:
             self._labels = dict(labels)
+            self._wake_renewer()
+
+    def set_address(self, address: str) -> None:
+        """Publish `address` (this director's VRRP address; "" for none) in the Lease from
+        the next renewal on, which comes at once when it changed."""
+        with self._lock:
+            self._address = address
+            self._wake_renewer()
+
+    def _wake_renewer(self) -> None:
+        """Renew now if what the Lease publishes changed (call with the lock held)."""
+        if self._published is not None and self._published != (self._labels, self._address):
+            self._renew_now.set()
 
     def set_owner(self, owned_by: list[dict[str, str]]) -> None:
         """Make the Lease owned by `owned_by` (`owners` of this director's Node; [] while
@@ -227,6 +250,7 @@ class Keeper:
         this director gone at once (its VIPs must have been released first)."""
         self._stopping.set()
         self._poke.set()
+        self._renew_now.set()
         self.reflector.stop()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -281,13 +305,15 @@ class Keeper:
                         self._term = term
                     self._renewed = started
             self._poke.set()
-            self._stopping.wait(max(0.0, started + period - self._clock()))
+            self._renew_now.wait(max(0.0, started + period - self._clock()))
+            self._renew_now.clear()
 
     def _renew(self, term: str, *, begins: bool) -> bool:
         """Renew (or create) the Lease once in `term`; return whether it worked."""
         s = self.settings
         with self._lock:
             labels = dict(self._labels)
+            address = self._address
             owned_by = self._owners
             send_owners = begins or owned_by != self._owners_written
         timeout = (s.renew_deadline_seconds, s.renew_deadline_seconds)
@@ -297,14 +323,15 @@ class Keeper:
             try:
                 self._leases.patch(s.namespace, name, renewal(
                     self.node, duration=s.lease_duration_seconds, labels=labels, term=term,
-                    now=now, begins=begins, owned_by=owned_by if send_owners else None),
+                    now=now, begins=begins, owned_by=owned_by if send_owners else None,
+                    address=address),
                     timeout=timeout)
             except client.ApiError as e:
                 if e.status != 404:
                     raise
                 created = self._leases.create(s.namespace, body(
                     self.node, s.namespace, duration=s.lease_duration_seconds, labels=labels,
-                    term=term, now=now, owned_by=owned_by), timeout=timeout)
+                    term=term, now=now, owned_by=owned_by, address=address), timeout=timeout)
                 if created is None:
                     # Created between the two requests (by an earlier run of this agent):
                     # not renewed by this attempt; the next one patches it.
@@ -321,6 +348,7 @@ class Keeper:
         self._failing = False
         with self._lock:
             self._owners_written = owned_by
+            self._published = (labels, address)
         return True
 
     def _monitor_loop(self) -> None:

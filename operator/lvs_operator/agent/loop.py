@@ -30,6 +30,7 @@ interface (`kube-ipvs0`), the warning names kube-proxy and the CIDR to exclude.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -41,12 +42,13 @@ from typing import Any, Protocol
 
 import prometheus_client
 
-from lvs_operator import syncer
+from lvs_operator import syncer, vrrp
 from lvs_operator.agent import (
     desired,
     drain,
     election,
     health,
+    keepalived,
     lease,
     metrics,
     report,
@@ -67,6 +69,7 @@ from lvs_operator.model import (
 from lvs_operator.network import links
 from lvs_operator.network.errors import NetworkError
 from lvs_operator.network.sysctl import DirectorSysctls, SysctlChange
+from lvs_operator.network.vip import list_addresses
 from lvs_operator.ownership import Owned, OwnershipStore
 from lvs_operator.plan import AddService, DeleteService, Operation, SetService
 
@@ -169,6 +172,16 @@ class Agent:
         self.leases = lease.Keeper(settings.ha, node=settings.node, api=api,
                                    on_change=self._wake.set, watch_settings=watch_settings) \
             if settings.ha.enabled else None
+        # With keepalived: VRRP decides who holds the VIPs (`keepalived`); the Leases only
+        # say who the directors are.
+        self.keepalived = keepalived.Driver(settings.ha.vrrp, node=settings.node,
+                                            on_change=self._wake.set) \
+            if settings.ha.keepalived else None
+        self._vrrp_problem = ""  # why VRRP cannot run at all (the folder, the FIFO)
+        self._managed: set[IPAddress] = set()  # VIPs keepalived holds, not this agent
+        self._alone: set[IPAddress] = set()  # VIPs with no other candidate: held here
+        self._members: dict[str, vrrp.Member] = {}
+        self._fallback: str | None = None
         self._wanted: desired.Desired | None = None  # of the last sync (for a graceful stop)
         self._parsed = desired.Cache()  # what each VirtualServer alone gives, by version
         self._announced = 0.0  # when the held VIPs were last announced (monotonic)
@@ -193,6 +206,13 @@ class Agent:
         self.health.start()
         if self.leases is not None:
             self.leases.start()
+        if self.keepalived is not None:
+            try:
+                self.keepalived.start()
+            except OSError as e:
+                self._vrrp_problem = (f"cannot use the folder shared with keepalived "
+                                      f"({self.keepalived.paths.root}): {e}")
+                log.error("%s", self._vrrp_problem)
         try:
             with self._kernel:
                 for problem in self._apply_director_settings():
@@ -204,6 +224,8 @@ class Agent:
             for reflector in (self.virtualservers, self.node):
                 reflector.stop()
             self.health.stop()
+            if self.keepalived is not None:
+                self.keepalived.stop()
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -290,14 +312,22 @@ class Agent:
         self._node_missing = False
         labels = desired.node_labels(node)
         view = decide = None
+        fallback = self.settings.interface or self._default_interface()
+        plan: keepalived.Plan | None = None
         if self.leases is not None:
             self.leases.set_labels(labels)  # the others learn this director's eligibility
             self.leases.set_owner(lease.owners(node))
             view = self.leases.view()
-            self._term = view.term  # the roles decided now are claims of this term
-            held = {vip for vips in self._safe_load().vips.values() for vip in vips}
-            decide = role.elected(view, held=held)
-        fallback = self.settings.interface or self._default_interface()
+            if self.keepalived is not None:
+                self._fallback = fallback
+                plan = self._vrrp_plan(objects, labels, view, fallback)
+                self._alone = set(plan.alone)
+                decide = role.vrrp_states(plan.instance_of, plan.alone,
+                                          self.keepalived.states())
+            else:
+                self._term = view.term  # the roles decided now are claims of this term
+                held = {vip for vips in self._safe_load().vips.values() for vip in vips}
+                decide = role.elected(view, held=held)
         wanted = desired.build(
             objects.values(), node=self.settings.node, labels=labels,
             default_interface=fallback, unhealthy=self.health.unhealthy(), decide=decide,
@@ -317,8 +347,11 @@ class Agent:
             announce = None
             if view is not None:
                 self._sync_daemons(wanted, view, fallback)
-                announce = self._announce(wanted, view)
+                if plan is None:
+                    announce = self._announce(wanted, view)
             owned = self._safe_load()
+        if plan is not None:
+            self._vrrp_apply(plan, wanted, errors)
         t_daemons = time.monotonic()
         owners = wanted.owners  # a property that builds a dict: once, not once per key
         self._owners = {key: owners.get(key) or self._owners.get(key, "")
@@ -330,7 +363,9 @@ class Agent:
             if program.problem:
                 errors[ident].insert(0, program.problem)
         self.metrics.observe_sync(time.monotonic() - started, operations, failed=failed)
-        self.metrics.set_state(vips=sum(len(v) for v in owned.vips.values()), draining=timers)
+        holding = sum(len(v) for v in owned.vips.values()) if self.keepalived is None else len(
+            {p.vs.vip for p in wanted.programs.values() if p.role is role.Role.ACTIVE})
+        self.metrics.set_state(vips=holding, draining=timers)
         if operations:
             log.info("applied %d IPVS operations: %s", len(operations),
                      "; ".join(str(op) for op in operations[:10])
@@ -361,7 +396,8 @@ class Agent:
         # Release VIPs that are no longer wanted before their services go (a VIP without a
         # service would be answered by this node's own stack, with resets), and hold new
         # ones only once their services exist.
-        self._blame(self._sync_vips(wanted.vips, release_only=True), wanted, errors, stray)
+        own = self._own_vips(wanted)
+        self._blame(self._sync_vips(own, release_only=True), wanted, errors, stray)
         timed = drain.TimedDrain(self.ipvs, store=self._drains,
                                  owned=lambda: self._store.load().services,
                                  drain_timeouts=self._drain_timeouts)
@@ -383,7 +419,7 @@ class Agent:
         else:
             self._present = set(wanted.table)
             self._note_restored(operations, present, wanted)
-        self._blame(self._sync_vips(wanted.vips, release_only=False, verify=full), wanted,
+        self._blame(self._sync_vips(own, release_only=False, verify=full), wanted,
                     errors, stray)
         return operations, len(timed.timers)
 
@@ -488,6 +524,82 @@ class Agent:
                 problems.append(str(e))
         return problems
 
+    # --- VRRP (keepalived) ---------------------------------------------------------------------
+
+    def _vrrp_plan(self, objects: Mapping[str, watch.Object], labels: Mapping[str, str],
+                   view: election.View, fallback: str | None) -> keepalived.Plan:
+        """Return the VRRP instances for every VirtualServer of the site and every director
+        with a Lease (live or not: a director the API server has not heard from lately may
+        only be cut off from the API server; VRRP judges liveness); publish this director's
+        VRRP address in its Lease."""
+        assert self.keepalived is not None and self.leases is not None
+        interface, address = self._vrrp_endpoint(fallback)
+        self.leases.set_address(str(address) if address else "")
+        members = {n: vrrp.Member(n, _ipv4(p.address), p.labels)
+                   for n, p in view.peers.items()}
+        members[self.settings.node] = vrrp.Member(self.settings.node, address, labels)
+        wants = []
+        for _, parsed in self._parsed.parse(objects.values()):
+            vs = parsed.vs
+            if vs is not None:
+                wants.append(vrrp.Want(vs.vip, vs.directors.node_selector))
+        plan = self.keepalived.plan(wants, members, address=address, interface=interface)
+        self._members = members
+        return plan
+
+    def _vrrp_apply(self, plan: keepalived.Plan, wanted: desired.Desired,
+                    errors: dict[str, list[str]]) -> None:
+        """Write keepalived's configuration for the VIPs programmed here; add what is wrong
+        to the errors of the VirtualServers VRRP would hold."""
+        assert self.keepalived is not None
+        vips: dict[IPAddress, str] = {}
+        for program in wanted.programs.values():
+            interface = program.vs.directors.interface or self._fallback
+            if interface and program.vs.vip not in plan.alone:
+                vips.setdefault(program.vs.vip, interface)
+        problem = self._vrrp_problem or self.keepalived.apply(plan, self._members, vips)
+        if problem:
+            for ident, program in wanted.programs.items():
+                if program.vs.vip not in plan.alone:
+                    errors[ident].append(problem)
+        self.metrics.set_vrrp(
+            instances=sum(1 for i in plan.instances if any(v in vips for v, _ in i.vips)),
+            peers=sum(1 for n, m in self._members.items()
+                      if n != self.settings.node and m.address is not None),
+            transitions=self.keepalived.transitions)
+
+    def _vrrp_endpoint(self, fallback: str | None) -> tuple[str | None,
+                                                            ipaddress.IPv4Address | None]:
+        """Return this director's VRRP interface and IPv4 address there (None when
+        unknown)."""
+        settings = self.settings.ha.vrrp
+        interface = settings.interface or fallback
+        if settings.address:
+            return interface, ipaddress.IPv4Address(settings.address)
+        if interface is None:
+            return None, None
+        try:
+            found = [a for a, _ in list_addresses(interface) if a.version == 4]
+        except NetworkError as e:
+            log.warning("VRRP interface %s: %s", interface, e)
+            return interface, None
+        # The director's own address comes first; VIPs (added later) come after it.
+        own = [a for a in found if a not in self._managed and a not in self._held()]
+        return interface, own[0] if own else None
+
+    def _own_vips(self, wanted: desired.Desired) -> dict[str, set[IPAddress]]:
+        """Return the VIPs this agent holds itself, by interface: all of them without
+        keepalived; with it, those with no other candidate director."""
+        if self.keepalived is None:
+            return wanted.vips
+        self._managed = {p.vs.vip for p in wanted.programs.values()}
+        own = {vip for vip in self._managed if vip in self._alone}
+        self._managed -= own
+        return {name: vips & own for name, vips in wanted.vips.items() if vips & own}
+
+    def _held(self) -> set[IPAddress]:
+        return {vip for vips in self._safe_load().vips.values() for vip in vips}
+
     # --- failover ------------------------------------------------------------------------------
 
     def _sync_daemons(self, wanted: desired.Desired, view: election.View,
@@ -505,7 +617,11 @@ class Agent:
         interface = ha.sync_interface or next(iter(sorted(
             {i for p in programs if (i := p.vs.directors.interface or fallback)})), None)
         states = set()
-        if several:
+        if several and self.keepalived is not None:
+            # Both, always: VRRP moves VIPs without asking the agent, and the daemons must
+            # already run when it does (a director's own multicast does not come back).
+            states = {SyncState.MASTER, SyncState.BACKUP}
+        elif several:
             roles = {p.role for p in programs}
             if role.Role.ACTIVE in roles:
                 states.add(SyncState.MASTER)
@@ -567,6 +683,13 @@ class Agent:
         traffic), as does everything else in the kernel."""
         wanted = self._wanted
         if self.leases is None:
+            return
+        if self.keepalived is not None:
+            # keepalived holds the VIPs and lets go of them when its own container stops
+            # (a priority-0 advert: the others take over at once). The Lease stays: this
+            # director is still a member (a DaemonSet pod comes back); its Node's deletion
+            # deletes it.
+            self.leases.stop(delete=False)
             return
         if wanted is None:  # never synced: nothing known to hand over
             self.leases.stop(delete=False)
@@ -721,3 +844,11 @@ def _key(operation: Operation) -> ServiceKey:
     if isinstance(operation, AddService | SetService):
         return operation.service.key
     return operation.service
+
+
+def _ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address `text` (a Lease's VRRP address), None when it is none."""
+    try:
+        return ipaddress.IPv4Address(text) if text else None
+    except ValueError:
+        return None

@@ -193,6 +193,17 @@ class AgentMetrics:
             "lvs_agent_draining_real_servers",
             "Real servers at weight 0 waiting for their connections to end.",
             registry=registry)
+        self._vrrp_instances = prometheus_client.Gauge(
+            "lvs_agent_vrrp_instances", "VRRP instances this director runs (keepalived).",
+            registry=registry)
+        self._vrrp_peers = prometheus_client.Gauge(
+            "lvs_agent_vrrp_peers", "Other directors with a VRRP address in their Lease.",
+            registry=registry)
+        self._vrrp_changes = prometheus_client.Counter(
+            "lvs_agent_vrrp_role_changes_total",
+            "VRRP instances that began or stopped holding their VIPs here, as keepalived "
+            "reported.", registry=registry)
+        self._vrrp_seen = 0
 
     def observe_sync(self, seconds: float, operations: Sequence[Operation], *,
                      failed: bool) -> None:
@@ -209,6 +220,15 @@ class AgentMetrics:
         """Record the VIPs held and the real servers draining after a sync."""
         self._vips.set(vips)
         self._draining.set(draining)
+
+    def set_vrrp(self, *, instances: int, peers: int, transitions: int) -> None:
+        """Record the VRRP instances run, the peers known, and the role changes so far
+        (`transitions`: a running total; the counter gains what is new)."""
+        self._vrrp_instances.set(instances)
+        self._vrrp_peers.set(peers)
+        if transitions > self._vrrp_seen:
+            self._vrrp_changes.inc(transitions - self._vrrp_seen)
+        self._vrrp_seen = transitions
 
     @property
     def syncs(self) -> int:
