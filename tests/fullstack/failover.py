@@ -341,3 +341,51 @@ def median(values: Iterable[float]) -> float:
 
 def describe(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
+
+
+def vrrp_advert(source: str, destination: str, vrid: int, priority: int,
+                addresses: Sequence[str], interval_cs: int = 10) -> bytes:
+    """A VRRPv3 advertisement (RFC 5798 section 5.1) from ``source`` to ``destination``,
+    checksummed over the IPv4 pseudo-header as the RFC asks: what keepalived accepts from a
+    peer."""
+    body = struct.pack("!BBBBH", 0x31, vrid, priority, len(addresses), interval_cs & 0x0FFF)
+    packed = b"".join(ipaddress.IPv4Address(a).packed for a in addresses)
+    pseudo = (ipaddress.IPv4Address(source).packed + ipaddress.IPv4Address(destination).packed
+              + struct.pack("!BBH", 0, VRRP_PROTOCOL, len(body) + 2 + len(packed)))
+    checksum = _checksum(pseudo + body + b"\0\0" + packed)
+    return body + struct.pack("!H", checksum) + packed
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def forge_adverts(ns: Netns, source: str, targets: Sequence[str], vrid: int,
+                  addresses: Sequence[str], *, priority: int = 254, seconds: float = 3.0,
+                  rate: float = 20.0) -> int:
+    """Send forged VRRPv3 adverts from ``ns`` (its own address ``source``: a sender that is
+    no configured peer) to each of ``targets`` (unicast, as the directors' adverts go) and to
+    VRRP's multicast group, ``rate`` a second for ``seconds``; return how many were sent."""
+    def send() -> int:
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, VRRP_PROTOCOL) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)  # VRRP drops any other TTL
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                for target in [*targets, VRRP_GROUP]:
+                    s.sendto(vrrp_advert(source, target, vrid, priority, addresses),
+                             (target, 0))
+                    sent += 1
+                time.sleep(1 / rate)
+        return sent
+    return ns.call(send)
+
+
+VRRP_PROTOCOL = 112
+VRRP_GROUP = "224.0.0.18"

@@ -60,6 +60,7 @@ from typing import Any, TextIO, TypeVar
 
 from cluster import controlplane
 from kernel.netlab import HttpServer, Lab, Lan, Netns, Port, http_get
+from lvs_operator import vrrp
 from lvs_operator.ipvs.kernel import KernelIPVS
 from lvs_operator.kube import client
 from lvs_operator.model import Protocol, ServiceKey, VirtualService
@@ -77,7 +78,8 @@ LAN_V4 = "10.200.0.0/24"
 DIRECTOR_V4 = "10.200.0.2"  # the first director's; the n-th (from 0) has .2 + n
 #: The Nodes `make test-fullstack` and `make bench` create (tests/fullstack/host.py): a VM
 #: NIC and a possible agent each.
-DIRECTORS = ("director-1", "director-2")
+# Three: the three-director site of test_static.py; the others use the first one or two.
+DIRECTORS = ("director-1", "director-2", "director-3")
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # <linux/sockios.h>, <net/if.h>
 # Under emulation a Python CLI takes seconds to start and a sync a few hundred ms: generous.
 TIMEOUT = float(os.environ.get("LVS_FULLSTACK_TIMEOUT", "90"))
@@ -288,6 +290,11 @@ def out_dir() -> Path:
     return path
 
 
+def keepalived_dir(lab: Lab, node: str) -> Path:
+    """The folder a director's agent and keepalived container share (the pod's emptyDir)."""
+    return Path("/run/lvs-fullstack") / lab.id / node / "keepalived"
+
+
 class Agent:
     """``lvs-operator agent`` as a process in the director's namespace."""
 
@@ -302,7 +309,8 @@ class Agent:
         self.log_path = out_dir() / f"agent-{node}-{lab.id}.log"
         self.argv = [sys.executable, "-m", "lvs_operator.cli", "agent", "--node", node,
                      "--kubeconfig", config.kubeconfig, "--state-file", str(state / "owned.json"),
-                     "--interface", "eth0", "--metrics-address", "127.0.0.1:9640"]
+                     "--interface", "eth0", "--metrics-address", "127.0.0.1:9640",
+                     "--keepalived-dir", str(keepalived_dir(lab, node))]
         self.proc: subprocess.Popen[Any] | None = None
         self.starts = 0
 
@@ -336,20 +344,11 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         """Its Prometheus samples (``name{labels}`` -> value); {} while it does not answer."""
-        def scrape() -> str:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-                    "http://127.0.0.1:9640/metrics", timeout=5) as resp:
-                return str(resp.read().decode())
-        try:
-            text = self.ns.call(scrape)
-        except OSError:
-            return {}
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                samples[key] = float(value)
-        return samples
+        return scrape_metrics(self.ns, 9640)
+
+    def stop_pids(self) -> list[int]:
+        """The agent's process ids (to SIGSTOP / SIGCONT it as a frozen agent)."""
+        return [self.proc.pid] if self.alive() and self.proc is not None else []
 
     def syncs(self) -> int:
         """How many syncs this run of the agent has completed (0 until it serves metrics)."""
@@ -359,6 +358,78 @@ class Agent:
         """How many IPVS operations this run of the agent has applied, all kinds."""
         return int(sum(v for k, v in self.metrics().items()
                        if k.startswith("lvs_agent_operations_total")))
+
+
+class Keepalived:
+    """The agent pod's keepalived container: ``lvs-operator keepalived`` (keepalived, its
+    reloads, the VIP watchdog, the VRRP guard) as a process group in the director's
+    namespace, sharing :func:`keepalived_dir` with the agent."""
+
+    def __init__(self, lab: Lab, ns: Netns, node: str,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.lab, self.ns, self.node = lab, ns, node
+        self.extra_env = dict(env or {})
+        self.dir = keepalived_dir(lab, node)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = out_dir() / f"keepalived-{node}-{lab.id}.log"
+        self.argv = [sys.executable, "-m", "lvs_operator.cli", "keepalived", "--dir",
+                     str(self.dir), "--metrics-address", "127.0.0.1:9641"]
+        self.proc: subprocess.Popen[Any] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log_path.open("a" if self.starts > 1 else "w") as log:
+            log.write(f"--- start {self.starts}\n")
+            log.flush()
+            self.proc = self.lab.spawn(self.ns, self.argv, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, **self.extra_env})
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal the whole container (supervisor and keepalived); wait for it to end
+        unless the signal only stops it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            if sig not in (signal.SIGSTOP, signal.SIGCONT):
+                self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def keepalived_pids(self) -> list[int]:
+        """keepalived's own processes (its parent and VRRP child), not the supervisor's."""
+        pids = []
+        for name in ("keepalived.pid", "vrrp.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int((self.dir / name).read_text().split()[0]))
+        return pids
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """Its Prometheus samples (``name{labels}`` -> value); {} while it does not answer."""
+        return scrape_metrics(self.ns, 9641)
+
+
+def scrape_metrics(ns: Netns, port: int) -> dict[str, float]:
+    """The Prometheus samples at 127.0.0.1:``port`` in ``ns`` (``name{labels}`` -> value);
+    {} while nothing answers there."""
+    def scrape() -> str:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+    try:
+        text = ns.call(scrape)
+    except OSError:
+        return {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
 
 
 @dataclass
@@ -380,6 +451,7 @@ class Site:
     ports: dict[str, Port] = field(default_factory=dict)  # node -> its cable to the switch
     addresses: dict[str, str] = field(default_factory=dict)  # node -> its eth0 address
     servers: dict[str, HttpServer] = field(default_factory=dict)  # real server role -> :80
+    keepaliveds: dict[str, Keepalived] = field(default_factory=dict)  # node -> its container
 
     @property
     def client(self) -> Netns:
@@ -431,8 +503,9 @@ class Site:
         return words[words.index("link/ether") + 1]
 
     def cut_off(self, node: str) -> None:
-        """Lose a director: its cable to the LAN unplugged first, then its agent SIGKILLed (no
-        goodbye: its Lease just stops being renewed). Its kernel keeps what it had, VIPs too.
+        """Lose a director: its cable to the LAN unplugged first, then its agent and its
+        keepalived container SIGKILLed (no goodbye: no priority-0 advert, its Lease just stops
+        being renewed). Its kernel keeps what it had, VIPs too (until their lifetime ends).
 
         The cable goes in-process (the switch side's link down, within a millisecond: no `ip`
         process, which takes a good part of a second under emulation), so that a time taken
@@ -440,19 +513,64 @@ class Site:
         port = self.ports[node]
         port.switch.ns.call(_set_link_down, port.switch_ifname)
         self.agents[node].kill()
+        if node in self.keepaliveds:
+            self.keepaliveds[node].kill()
 
     def bring_back(self, node: str, vips: Sequence[str], timeout: float = TIMEOUT) -> None:
-        """Undo :meth:`cut_off`: the agent first, and once it has dropped the VIPs it still
-        had from before (another director holds them now), the cable. In the other order the
+        """Undo :meth:`cut_off`. With the lease engine: the agent first, and once it has
+        dropped the VIPs it still had from before (another director holds them now), the
+        cable. In the other order the
         stale VIPs would answer ARP beside the new holder's until the agent starts: with the
         agent dead nothing can prevent that, as with keepalived killed by SIGKILL."""
         agent = self.agents[node]
+        ka = self.keepaliveds.get(node)
+        if ka is not None:
+            # With keepalived the VIPs left from before go by themselves: the watchdog had
+            # given them a lifetime (LVS_VIP_LIFETIME_SECONDS) that nobody refreshes. Then
+            # the cable, then the pod: it hears the holder at once, and takes its VIPs back
+            # after the preempt delay (as a rebooted node would).
+            wait_for(f"the VIPs {node} held before to expire in its kernel",
+                     lambda: not self.vips(self.directors[node]) & set(vips), timeout,
+                     interval=0.1)
+            self.ports[node].plug()
+            if not ka.alive():
+                ka.start()
+            if not agent.alive():
+                agent.start()
+            return
         if not agent.alive():
             agent.start()
         wait_for(f"the restarted agent on {node} to drop the VIPs it held before",
                  lambda: not self.vips(self.directors[node]) & set(vips), timeout,
                  interval=0.1)
         self.ports[node].plug()
+
+    @contextlib.contextmanager
+    def api_away(self, nodes: Sequence[str] | None = None) -> Iterator[None]:
+        """The API server unreachable from the directors (all, or ``nodes``): a blackhole
+        route to it in their namespaces (what a control-plane outage or a partition looks
+        like to them: packets vanish, no reset). Site.request cannot be used meanwhile."""
+        chosen = list(self.directors) if nodes is None else list(nodes)
+        for node in chosen:
+            self.directors[node].ip("route", "add", "blackhole", f"{HOST_FROM_VM}/32")
+        try:
+            yield
+        finally:
+            for node in chosen:
+                self.directors[node].ip("route", "del", "blackhole", f"{HOST_FROM_VM}/32")
+
+    def vrrp_instance(self, node: str, vip: str) -> tuple[str, int] | None:
+        """The VRRP instance (name, VRID) that holds ``vip`` on ``node``, from the file its
+        agent shares with its keepalived container; None when there is none."""
+        try:
+            shared = vrrp.Shared.from_json((keepalived_dir(self.lab, node)
+                                            / "instances.json").read_text())
+        except (OSError, vrrp.VRRPError):
+            return None
+        for name, (vrid, vips) in shared.instances.items():
+            if any(str(address) == vip for address, _ in vips):
+                return name, vrid
+        return None
 
     def fence_report(self) -> str:
         """How often each agent fenced itself (a Lease renewal late: its VIPs dropped, its
@@ -637,7 +755,8 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
          agent_env: Mapping[str, str] | None = None) -> Iterator[Site]:
     """Build the VM side: LAN, real servers with ``vips`` (DR), ``directors`` director
     namespaces (the first Nodes, one VM NIC each) and their agents (``agent_env``: extra
-    environment for them).
+    environment for them) each with its keepalived container (as the chart's agent pod;
+    not with LVS_HA_ENGINE=lease or LVS_HA=false in ``agent_env``).
 
     Everything is removed afterwards (the NICs go back to the root namespace first).
     """
@@ -679,6 +798,7 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
         moved: list[tuple[str, Netns]] = []
         api: client.Client | None = None
         agents: dict[str, Agent] = {}
+        keepaliveds: dict[str, Keepalived] = {}
         try:
             for nic, (node, ns) in zip(config.nics, namespaces.items(), strict=False):
                 _move_nic_in(nic, ns)
@@ -686,18 +806,30 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
                 say(f"director {node}: the VM's {nic} is its {UPLINK} (10.0.2.15 -> API "
                     f"server at {HOST_FROM_VM}), eth0 {addresses[node]} on the LAN")
             api = client.Client.connect(config.kubeconfig)
+            env = dict(agent_env or {})
+            vrrp = env.get("LVS_HA_ENGINE", "keepalived") == "keepalived" and \
+                env.get("LVS_HA", "true") != "false"
             for node, ns in namespaces.items():
                 agents[node] = Agent(lab, ns, config, node, agent_env)
+                if vrrp:
+                    keepaliveds[node] = Keepalived(lab, ns, node)
             if start_agents:
-                for agent in agents.values():
+                for node, agent in agents.items():
+                    if node in keepaliveds:
+                        keepaliveds[node].start()
                     agent.start()
                     say(f"lvs-operator agent --node {agent.node} started in its namespace "
-                        f"(log {agent.log_path})")
+                        f"(log {agent.log_path})"
+                        + (f", lvs-operator keepalived beside it (log "
+                           f"{keepaliveds[node].log_path})" if node in keepaliveds else ""))
             yield Site(config, lab, lan, namespaces, agents, api, roles, ports, addresses,
-                       servers)
+                       servers, keepaliveds=keepaliveds)
         finally:
             for agent in agents.values():
                 agent.kill(signal.SIGTERM)
+            for ka in keepaliveds.values():
+                ka.kill(signal.SIGCONT)  # a test may have left it stopped
+                ka.kill(signal.SIGTERM)
             if api is not None:
                 api.close()
             for i, (nic, ns) in enumerate(moved):

@@ -2,17 +2,23 @@
 server and its own `lvs-operator agent` (director-1, director-2), on one LAN with the client
 and three DR real servers (`stack.site(directors=2)`):
 
-- exactly one director holds a VIP, status.directors shows Active + Standby, the sync daemon
-  runs as master / backup, and the client's ARP request gets exactly one answer;
+Each director runs its agent and its keepalived container (`lvs-operator keepalived`), as
+the chart's agent pod: keepalived's VRRP decides who holds a VIP.
+
+- exactly one director holds a VIP, status.directors shows Active + Standby, both sync
+  daemons (master and backup) run on both directors, and the client's ARP request gets
+  exactly one answer;
 - a real server failing its HTTP health check gets weight 0 on both directors and no new
   connections, and new connections again after it recovers;
-- the active director is cut off (agent SIGKILLed, lab link down): the client's request loop
+- the active director is cut off (lab link down, agent and keepalived SIGKILLed): the client's
+  request loop
   (a new connection per request, 0.2 s timeouts) gets answers from the standby; the gap is
   printed; keep-alive connections opened before the failover are still answered by the same
   real server on the same socket (connection sync);
-- the old director comes back (agent restarted, then link up): at most one handover (it is
-  the VIP's rendezvous winner, so it takes the VIP back after LVS_LEASE_SETTLE_SECONDS), then
-  stable, and never two MACs answering ARP for the VIP at any sampled instant.
+- the old director comes back (its stale VIP expires, link up, keepalived and agent
+  restarted): at most one handover (it is first in the VIP's ranking, so it takes the VIP
+  back after LVS_VRRP_PREEMPT_DELAY_SECONDS), then stable, and never two MACs answering ARP
+  for the VIP at any sampled instant.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ REQUEST_TIMEOUT = float(os.environ.get("LVS_FAILOVER_REQUEST_TIMEOUT", "0.2"))
 # reports, tests/bench/fullstack/test_failover.py): this runs under software emulation on a
 # shared machine. A gap above it means something waits for a timeout it should not.
 GAP_LIMIT = float(os.environ.get("LVS_FAILOVER_GAP_LIMIT", "3.0"))
-SETTLE = float(os.environ.get("LVS_LEASE_SETTLE_SECONDS", "5"))  # as the agents have it
-SETTLE_SLACK = 2.0  # a restarted agent's Lease renewal precedes its first sync by less
+# As the agents have it: a director that comes back waits this long before it takes its VIPs
+# back from a lower-priority holder.
+SETTLE = float(os.environ.get("LVS_VRRP_PREEMPT_DELAY_SECONDS", "5"))
+SETTLE_SLACK = 2.0  # keepalived starts shortly after the restart the test times
 HANDOVER = 3.0  # time allowed for a handover once the returning director has settled
 STABLE = 4.0  # after the last handover, no change for at least this long
 LONG_LIVED = 10
@@ -47,8 +55,8 @@ LONG_LIVED = 10
 @pytest.fixture(scope="module")
 def ha() -> Iterator[stack.Site]:
     with stack.site(list(VIPS.values()), directors=2) as the_site:
-        # Both agents up and settled (LVS_LEASE_SETTLE_SECONDS after their Leases), so that
-        # the first VirtualServer goes straight to its rendezvous winner.
+        # Both agents up and past the preempt delay, so that the first VirtualServer goes
+        # straight to the first director of its ranking.
         for agent in the_site.agents.values():
             stack.wait_for(f"the agent of {agent.node} to sync", functools.partial(
                 lambda a: a.syncs() >= 1, agent), interval=0.5)
@@ -109,12 +117,13 @@ def test_one_active_director_holds_the_vip(ha: stack.Site, cleanup: list[str]) -
         == active and ha.get_virtual_server("roles")), interval=0.2)
     assert vs["status"]["activeDirector"] == active
 
-    # The sync daemon: master where the VIP is, backup on the standby.
+    # The sync daemons: both on both directors (VRRP moves VIPs without asking the agents:
+    # the daemons must run before it does).
     daemons = {node: ns.run(["ipvsadm", "-L", "--daemon"]).stdout
                for node, ns in ha.directors.items()}
-    assert "master sync daemon" in daemons[active], daemons
-    assert "backup sync daemon" in daemons[standby], daemons
-    assert "master sync daemon" not in daemons[standby], daemons
+    for node in (active, standby):
+        assert "master sync daemon" in daemons[node], daemons
+        assert "backup sync daemon" in daemons[node], daemons
 
     # Who answers ARP for the VIP, seen from the client: the active director only.
     with failover.ArpProber(ha.client, ha.ip("client")) as arp:
@@ -126,7 +135,7 @@ def test_one_active_director_holds_the_vip(ha: stack.Site, cleanup: list[str]) -
 
     served = collections.Counter(ha.get(vip) for _ in range(12))
     assert set(served) == {"rs1", "rs2", "rs3"}, served
-    print(f"\n{vip}: {active} Active (master sync daemon), {standby} Standby (backup); "
+    print(f"\n{vip}: {active} Active, {standby} Standby (both run both sync daemons); "
           f"ARP answered by {active} only; 12 requests over {dict(served)}")
 
 
@@ -181,8 +190,9 @@ def test_active_director_lost_then_back(ha: stack.Site, cleanup: list[str]) -> N
                     failover.wait_synced(ha.directors[standby], vip, conns.ports)
                 except TimeoutError as e:
                     raise AssertionError(f"{e}; {ha.fence_report()}") from None
-                # The director is lost: off the LAN, and its agent dead (no goodbye). The
-                # link first, so the gap the client sees includes the whole Lease expiry.
+                # The director is lost: off the LAN, its agent and keepalived dead (no
+                # goodbye). The link first, so the gap the client sees includes VRRP's whole
+                # master-down interval.
                 cut = time.monotonic()
                 cut_off = True
                 ha.cut_off(active)
@@ -197,8 +207,8 @@ def test_active_director_lost_then_back(ha: stack.Site, cleanup: list[str]) -> N
             assert not problems, problems
             assert lost.gap < GAP_LIMIT, f"failover took {lost}"
 
-            # The old active director comes back: its agent first (it finds the other one
-            # Active and drops the VIP it still has from before it was lost), then its link.
+            # The old active director comes back: its stale VIP expires, its link comes
+            # up, its keepalived and agent start (see Site.bring_back).
             prober = failover.ArpProber(ha.client, ha.ip("client"))
             with prober, failover.HolderSampler(prober, vip) as sampler, \
                     stack.HolderTimeline(ha, vip) as kernels:
@@ -206,9 +216,9 @@ def test_active_director_lost_then_back(ha: stack.Site, cleanup: list[str]) -> N
                 ha.bring_back(active, [vip])
                 back = time.monotonic()
                 cut_off = False
-                # If it is the VIP's rendezvous winner, it takes the VIP back once settled
-                # (LVS_LEASE_SETTLE_SECONDS after its agent started, so before back + SETTLE):
-                # one handover. Then nothing may change for STABLE seconds.
+                # It is first in the VIP's ranking: it takes the VIP back after the preempt
+                # delay (LVS_VRRP_PREEMPT_DELAY_SECONDS after its keepalived started, so
+                # before back + SETTLE): one handover. Then nothing may change for STABLE s.
                 while time.monotonic() < back + SETTLE + HANDOVER + STABLE:
                     time.sleep(0.2)
                 end = time.monotonic()
@@ -218,25 +228,23 @@ def test_active_director_lost_then_back(ha: stack.Site, cleanup: list[str]) -> N
         moves = [(round(t - back, 2), by_mac.get(a or ""), by_mac.get(b)) for t, a, b in changes]
         dropped, retaken = kernels.dropped_retaken(active, since=restart)
         assert dropped is not None  # bring_back waited for it
-        print(f"{active} back (agent restarted, then its link after {back - restart:.1f} s): "
+        print(f"{active} back (its stale VIP expired, its link and its pod back after "
+              f"{back - restart:.1f} s): "
               f"ARP sampled {len(sampler.samples)} times over "
-              f"{end - sampler.samples[0].at:.1f} s; handovers {moves} (s after its link came "
+              f"{end - sampler.samples[0].at:.1f} s; handovers {moves} (s after it came "
               f"back); {final} Active"
-              + (f", {active} took the VIP back {retaken - dropped:.1f} s after its restarted "
-                 f"agent's first sync ({dropped - restart:.1f} s after its restart)"
+              + (f", {active} took the VIP back {retaken - dropped:.1f} s after it was first "
+                 f"seen without it ({dropped - restart:.1f} s after the restart began)"
                  if retaken is not None else "")
               + f"; the client's longest wait since the restart: {returned}")
         assert sampler.two_holders() == [], (
             f"two MACs answered ARP for {vip}: {sampler.two_holders()[:5]}; {macs}")
         assert kernels.several(back) == [], (
             f"{vip} on two directors' eth0 at once: {kernels.several(back)[:5]}")
-        # A director that comes back counts against the live holder only once settled:
-        # LVS_LEASE_SETTLE_SECONDS after it renews its Lease again, which its agent does
-        # shortly before its first sync (where it drops the stale VIP).
+        # A director that comes back takes its VIPs back only after the preempt delay.
         assert retaken is None or retaken - dropped >= SETTLE - SETTLE_SLACK, (
-            f"{active} took {vip} back {retaken - dropped:.1f} s after its restarted agent's "
-            f"first sync, before the settle time ({SETTLE:g} s): {standby} let go of it as "
-            f"soon as {active}'s Lease was renewed again")
+            f"{active} took {vip} back {retaken - dropped:.1f} s after its stale VIP "
+            f"expired, before the preempt delay ({SETTLE:g} s)")
         assert len(changes) <= 1, f"flapping: {changes}"
         stable_since = changes[-1][0] if changes else back
         assert end - stable_since >= STABLE, f"still changing {end - stable_since:.1f} s " \
