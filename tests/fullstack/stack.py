@@ -452,6 +452,7 @@ class Site:
     addresses: dict[str, str] = field(default_factory=dict)  # node -> its eth0 address
     servers: dict[str, HttpServer] = field(default_factory=dict)  # real server role -> :80
     keepaliveds: dict[str, Keepalived] = field(default_factory=dict)  # node -> its container
+    engine: str = "keepalived"  # the agents' LVS_HA_ENGINE
 
     @property
     def client(self) -> Netns:
@@ -823,7 +824,8 @@ def site(vips: Sequence[str], real_servers: int = 3, *, directors: int = 1,
                         + (f", lvs-operator keepalived beside it (log "
                            f"{keepaliveds[node].log_path})" if node in keepaliveds else ""))
             yield Site(config, lab, lan, namespaces, agents, api, roles, ports, addresses,
-                       servers, keepaliveds=keepaliveds)
+                       servers, keepaliveds=keepaliveds,
+                       engine=env.get("LVS_HA_ENGINE", "keepalived"))
         finally:
             for agent in agents.values():
                 agent.kill(signal.SIGTERM)
