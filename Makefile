@@ -218,8 +218,9 @@ image:
 	@tests/image/provision
 	@IMAGE=$(IMAGE) BASE=$(BASE) tests/image/build >/dev/null
 
-# The image as the chart runs it: `lvs-operator --help`, `controller --help`, `agent --help`
-# in a container with the entrypoint, user 65532, a read-only root filesystem, no capabilities.
+# The image as the chart runs it: `lvs-operator --help`, `controller --help`, `agent --help`,
+# `keepalived --help` in a container with the entrypoint, the chart's user, a read-only root
+# filesystem and the chart's capabilities; keepalived and nft as the keepalived container.
 # Part of `make test`: it builds the image first (cached layers: seconds when warm).
 test-image: venv
 	@$(MAKE) _test-image

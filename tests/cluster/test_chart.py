@@ -25,7 +25,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,13 +64,16 @@ def helm(cluster: ControlPlane, *args: str, check: bool = True,
 
 
 def render(cluster: ControlPlane, *sets: str, release: str = "lvs",
-           namespace: str = "lvs-system") -> list[dict[str, Any]]:
-    """Return the objects `helm template` renders (CRDs included) with `--set` values."""
+           namespace: str = "lvs-system", set_json: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Return the objects `helm template` renders (CRDs included) with `--set` values and
+    `--set-json` ones (helm's --set turns 0.05 into a string; --set-json keeps a number)."""
     args = ["template", release, str(CHART), "--namespace", namespace, "--include-crds",
             "--set", f"image.repository={IMAGE.rsplit(':', 1)[0]}",
             "--set", f"image.tag={IMAGE.rsplit(':', 1)[1]}"]
     for value in sets:
         args += ["--set", value]
+    for value in set_json:
+        args += ["--set-json", value]
     out = helm(cluster, *args).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -83,9 +86,12 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
     return found[0]
 
 
-def container(workload: dict[str, Any]) -> dict[str, Any]:
-    (only,) = workload["spec"]["template"]["spec"]["containers"]
-    result: dict[str, Any] = only
+def container(workload: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """Return the workload's container `name`, or its only container."""
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    found = [c for c in containers if name is None or c["name"] == name]
+    assert len(found) == 1, f"expected one container {name or ''}, got {len(found)}"
+    result: dict[str, Any] = found[0]
     return result
 
 
@@ -127,7 +133,7 @@ def test_agent_is_not_privileged(cluster: ControlPlane) -> None:
     objects = render(cluster)
     daemonset = find(objects, "DaemonSet", "lvs-agent")
     pod = daemonset["spec"]["template"]["spec"]
-    agent = container(daemonset)
+    agent = container(daemonset, "agent")
     security = agent["securityContext"]
     assert security["privileged"] is False
     assert security["allowPrivilegeEscalation"] is False
@@ -258,7 +264,7 @@ def test_optional_objects(cluster: ControlPlane) -> None:
     # The VirtualServer's namespace label must survive the scrape (see the template).
     assert monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     without = render(cluster, "agent.metrics.port=0")
-    assert "ports" not in container(find(without, "DaemonSet"))
+    assert "ports" not in container(find(without, "DaemonSet"), "agent")
     assert not [o for o in without if o["metadata"]["name"] == "lvs-agent-metrics"]
 
 

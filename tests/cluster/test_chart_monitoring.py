@@ -51,11 +51,12 @@ def test_service_monitor_scrapes_the_metrics_service(cluster: ControlPlane) -> N
     assert selector.items() <= service["metadata"]["labels"].items(), (
         "the ServiceMonitor must select the agents' metrics Service")
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["lvs-system"]}
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics"
-    assert endpoint["interval"] == "15s"
-    assert endpoint["honorLabels"] is True, (
+    # The agent's metrics and the keepalived container's (agent.ha.engine keepalived).
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert endpoints.keys() == {p["name"] for p in service["spec"]["ports"]} \
+        == {"metrics", "vrrp-metrics"}
+    assert {(e["path"], e["interval"]) for e in endpoints.values()} == {("/metrics", "15s")}
+    assert endpoints["metrics"]["honorLabels"] is True, (
         "the agent's `namespace` label (the VirtualServer's) must not become exported_namespace")
 
 
