@@ -1,4 +1,6 @@
-"""Which director holds each VIP: liveness from one Lease per director, then rendezvous. Pure.
+"""Which director holds each VIP with the lease engine (LVS_HA_ENGINE=lease): liveness from
+one Lease per director, then rendezvous. Pure. (With keepalived, the default, VRRP decides:
+`vrrp`, `keepalived`; only `View`, the directors and their labels, is used from here.)
 
 Why one Lease per director and not one election per VirtualServer: an election per
 VirtualServer costs every candidate a write (or a conflict) per VirtualServer per renew

@@ -1,9 +1,17 @@
 """This director's Lease and its watch of everyone's: the glue around `election`.
 
+With the keepalived engine (the default) the Lease is *membership*: who the directors are,
+their Node labels and their VRRP addresses (annotation `lvs.dev/vrrp-address`), renewed
+every 10 s (as kubelet renews its node Lease); VRRP on the directors' own network decides
+who holds what, so nothing here changes a role, and a director whose Lease is not renewed
+(the API server away, or the director dead) stays a VRRP peer. With the lease engine the
+Lease carries liveness, as described below.
+
 Each director keeps one `coordination.k8s.io/v1` Lease, `lvs-director-<node>` in the
 agent's namespace, labelled `lvs.dev/director-lease: "true"`, holderIdentity = the node. It
-renews it every `renew_seconds` (a merge patch of spec.renewTime, about 5 writes a second,
-whatever the number of VirtualServers) and copies into it
+renews it every `renew_seconds` (a merge patch of spec.renewTime; lease engine: about 5
+writes a second, whatever the number of VirtualServers; keepalived: one every 10 s, and at
+once when what it publishes changes) and copies into it
 - its duration in milliseconds (annotation `lvs.dev/lease-duration-ms`; leaseDurationSeconds
   is whole seconds, rounded up, for tools that read it),
 - its Node's labels (annotation `lvs.dev/node-labels`, JSON): an agent watches only its own
@@ -371,13 +379,21 @@ class Keeper:
             self._poke.wait(wait + 0.001)  # just past the change, not just before it
 
     def _log(self, view: election.View) -> None:
+        live = sorted(n for n, p in view.peers.items() if p.live)
+        if self.settings.keepalived:
+            # Membership only: a Lease that is not renewed changes no role (VRRP decides).
+            log.info("directors with a Lease renewed within %g s besides this one: %s%s",
+                     self.settings.lease_duration_seconds, ", ".join(live) or "none",
+                     "" if not view.fenced or self._renewed is None else
+                     "; this director's own renewals are failing (the API server is away?): "
+                     "nothing changes for its VIPs")
+            return
         if view.fenced and not self._fenced_logged and self._renewed is not None:
             log.error("Lease %s/%s not renewed within %g s: releasing the VIPs another "
                       "director could take, taking none, until it is",
                       self.settings.namespace, lease_name(self.node),
                       self.settings.renew_deadline_seconds)
         self._fenced_logged = view.fenced
-        live = sorted(n for n, p in view.peers.items() if p.live)
         log.info("election: %s%s; live directors besides this one: %s",
                  "fenced" if view.fenced else "renewing",
                  "" if view.ready else " (not ready to take VIPs yet)",

@@ -182,6 +182,7 @@ class Agent:
         self._alone: set[IPAddress] = set()  # VIPs with no other candidate: held here
         self._members: dict[str, vrrp.Member] = {}
         self._fallback: str | None = None
+        self._endpoint: tuple[str, ipaddress.IPv4Address | None] | None = None
         self._wanted: desired.Desired | None = None  # of the last sync (for a graceful stop)
         self._parsed = desired.Cache()  # what each VirtualServer alone gives, by version
         self._announced = 0.0  # when the held VIPs were last announced (monotonic)
@@ -320,7 +321,7 @@ class Agent:
             view = self.leases.view()
             if self.keepalived is not None:
                 self._fallback = fallback
-                plan = self._vrrp_plan(objects, labels, view, fallback)
+                plan = self._vrrp_plan(objects, labels, view, fallback, full=full)
                 self._alone = set(plan.alone)
                 decide = role.vrrp_states(plan.instance_of, plan.alone,
                                           self.keepalived.states())
@@ -527,13 +528,14 @@ class Agent:
     # --- VRRP (keepalived) ---------------------------------------------------------------------
 
     def _vrrp_plan(self, objects: Mapping[str, watch.Object], labels: Mapping[str, str],
-                   view: election.View, fallback: str | None) -> keepalived.Plan:
+                   view: election.View, fallback: str | None, *,
+                   full: bool = True) -> keepalived.Plan:
         """Return the VRRP instances for every VirtualServer of the site and every director
         with a Lease (live or not: a director the API server has not heard from lately may
         only be cut off from the API server; VRRP judges liveness); publish this director's
         VRRP address in its Lease."""
         assert self.keepalived is not None and self.leases is not None
-        interface, address = self._vrrp_endpoint(fallback)
+        interface, address = self._vrrp_endpoint(fallback, full=full)
         self.leases.set_address(str(address) if address else "")
         members = {n: vrrp.Member(n, _ipv4(p.address), p.labels)
                    for n, p in view.peers.items()}
@@ -568,24 +570,33 @@ class Agent:
                       if n != self.settings.node and m.address is not None),
             transitions=self.keepalived.transitions)
 
-    def _vrrp_endpoint(self, fallback: str | None) -> tuple[str | None,
-                                                            ipaddress.IPv4Address | None]:
+    def _vrrp_endpoint(self, fallback: str | None, *, full: bool = True,
+                       ) -> tuple[str | None, ipaddress.IPv4Address | None]:
         """Return this director's VRRP interface and IPv4 address there (None when
-        unknown)."""
+        unknown); read from the kernel on a full resync (or while unknown), else as the
+        last read found it (listing addresses costs more than a sync under emulation)."""
         settings = self.settings.ha.vrrp
         interface = settings.interface or fallback
         if settings.address:
             return interface, ipaddress.IPv4Address(settings.address)
         if interface is None:
             return None, None
+        cached = self._endpoint
+        if not full and cached is not None and cached[0] == interface and cached[1]:
+            return cached
+        self._endpoint = interface, self._first_address(interface)
+        return self._endpoint
+
+    def _first_address(self, interface: str) -> ipaddress.IPv4Address | None:
+        """Return `interface`'s first IPv4 address that is no VIP (None: it has none)."""
         try:
             found = [a for a, _ in list_addresses(interface) if a.version == 4]
         except NetworkError as e:
             log.warning("VRRP interface %s: %s", interface, e)
-            return interface, None
+            return None
         # The director's own address comes first; VIPs (added later) come after it.
         own = [a for a in found if a not in self._managed and a not in self._held()]
-        return interface, own[0] if own else None
+        return own[0] if own else None
 
     def _own_vips(self, wanted: desired.Desired) -> dict[str, set[IPAddress]]:
         """Return the VIPs this agent holds itself, by interface: all of them without
