@@ -89,3 +89,26 @@ def test_the_real_keepalived_check_names_the_problem(tmp_path):
     d = keepalived.Driver(VRRPSettings(directory=tmp_path, binary="/nonexistent/keepalived"),
                           node="a", on_change=lambda: None)
     assert "LVS_KEEPALIVED_BINARY" in d._keepalived_check("global_defs {\n}\n")
+
+
+def test_a_replaced_fifo_is_read_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(keepalived, "REOPEN_CHECK_SECONDS", 0.0)
+    d, _ = driver(tmp_path)
+    d.start()
+    try:
+        # keepalived made its own FIFO (it started first) and made it anew on a restart
+        (tmp_path / "notify.fifo").unlink()
+        os.mkfifo(tmp_path / "notify.fifo")
+        deadline = time.monotonic() + 5
+        while d.states().get("lvs-y") != "MASTER" and time.monotonic() < deadline:
+            try:
+                fd = os.open(tmp_path / "notify.fifo", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # not open for reading yet
+                time.sleep(0.1)
+                continue
+            os.write(fd, b'INSTANCE "lvs-y" MASTER 250\n')
+            os.close(fd)
+            time.sleep(0.6)
+        assert d.states() == {"lvs-y": "MASTER"}
+    finally:
+        d.stop()

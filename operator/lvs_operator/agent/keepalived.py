@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # made it was written, before the agent says keepalived is not answering.
 ANSWER_SECONDS = 10.0
 CHECK_TIMEOUT_SECONDS = 10.0
+# How often a quiet FIFO is checked for having been replaced (keepalived restarted).
+REOPEN_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,22 @@ class Driver:
             OSError: when the folder or the FIFO cannot be made.
         """
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        fd = self._open_fifo()
+        self._thread = threading.Thread(target=self._read_loop, args=(fd,),
+                                        name="keepalived notify", daemon=True)
+        self._thread.start()
+
+    def _open_fifo(self) -> int:
+        """Make the FIFO if it is missing (or not a FIFO) and open it; return the fd.
+
+        Opened read-write: the FIFO then never reports end-of-file while keepalived
+        restarts (no writer), and opening never blocks. keepalived uses a FIFO that exists
+        and keeps it; one it made itself (it started first) it deletes when it stops, and
+        makes anew: `_read_loop` then opens the new one.
+
+        Raises:
+            OSError: when it cannot be made or opened.
+        """
         fifo = self.paths.fifo
         try:
             if not stat.S_ISFIFO(fifo.stat().st_mode):
@@ -115,12 +133,7 @@ class Driver:
                 os.mkfifo(fifo, 0o600)
         except FileNotFoundError:
             os.mkfifo(fifo, 0o600)
-        # Opened read-write: the FIFO then never reports end-of-file when keepalived
-        # restarts (no writer), and opening never blocks.
-        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._read_loop, args=(fd,),
-                                        name="keepalived notify", daemon=True)
-        self._thread.start()
+        return os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
 
     def stop(self) -> None:
         """Stop reading (keepalived and its VIPs go on as they are)."""
@@ -135,10 +148,14 @@ class Driver:
 
     def _read_loop(self, fd: int) -> None:
         buffer = b""
+        checked = self._clock()
         try:
             while not self._stopping.is_set():
                 ready, _, _ = select.select([fd], [], [], 0.5)
                 if not ready:
+                    if self._clock() - checked >= REOPEN_CHECK_SECONDS:
+                        checked = self._clock()
+                        fd = self._same_fifo(fd)
                     continue
                 try:
                     chunk = os.read(fd, 65536)
@@ -153,6 +170,24 @@ class Driver:
                     self._on_change()
         finally:
             os.close(fd)
+
+    def _same_fifo(self, fd: int) -> int:
+        """Return `fd` while it is the FIFO at the shared path, else a new one opened there
+        (the old closed)."""
+        try:
+            if os.stat(self.paths.fifo).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        try:
+            new = self._open_fifo()
+        except OSError as e:
+            log.warning("cannot reopen keepalived's notify FIFO %s: %s", self.paths.fifo, e)
+            return fd
+        os.close(fd)
+        log.info("keepalived's notify FIFO %s was replaced: reading the new one",
+                 self.paths.fifo)
+        return new
 
     def _note(self, line: str) -> bool:
         """Record one FIFO line; return whether a held/not-held state changed."""
