@@ -5,6 +5,7 @@
     lvs-operator realserver-init --vip ADDR [--vip ADDR ...] --mode dr|tunnel
     lvs-operator controller [--kubeconfig FILE] [--namespace NS ...] [--lease-...]
     lvs-operator agent [--node NODE] [--kubeconfig FILE] [--interface IF] [...]
+    lvs-operator keepalived [--dir DIR] [--keepalived PATH] [--metrics-address HOST:PORT]
 
 Imports are deferred to the subcommand that needs them: `ipvs apply` is benchmarked end to
 end against `ipvsadm -R`, and importing the Kubernetes client alone costs more than that.
@@ -202,6 +203,29 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-level", default="info",
                        choices=("debug", "info", "warning", "error"))
     agent.set_defaults(handler=_agent)
+
+    keepalived = commands.add_parser(
+        "keepalived",
+        help="the director's keepalived container: run keepalived on the agent's files",
+        description="Runs beside the agent in its pod: waits for the keepalived.conf and "
+        "instances.json the agent writes to DIR, installs the VRRP guard (an nftables table "
+        "of its own), runs keepalived (VRRP only) and reloads it when its configuration "
+        "changes, and makes sure no VIP outlives it: VIPs of a keepalived that stops "
+        "advertising are deleted, and the others carry a lifetime that lapses if this "
+        "container dies.",
+        epilog="Also read from the environment: LVS_VRRP_GUARD (true; false runs without "
+        "the guard).",
+    )
+    keepalived.add_argument("--dir", help="the folder shared with the agent (default: "
+                            "$LVS_KEEPALIVED_DIR, else /run/lvs-operator/keepalived)")
+    keepalived.add_argument("--keepalived", metavar="PATH", help="the keepalived program "
+                            "(default: $LVS_KEEPALIVED_BINARY, else keepalived)")
+    keepalived.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus "
+                            "endpoint (default: $LVS_KEEPALIVED_METRICS_ADDRESS, else "
+                            "0.0.0.0:9641; '' for none)")
+    keepalived.add_argument("--log-level", default="info",
+                            choices=("debug", "info", "warning", "error"))
+    keepalived.set_defaults(handler=_keepalived)
     return parser
 
 
@@ -393,6 +417,25 @@ def _agent(args: argparse.Namespace) -> int:
         api.close()
         ipvs.close()
     return EXIT_OK
+
+
+def _keepalived(args: argparse.Namespace) -> int:
+    import logging
+
+    from lvs_operator.keepalived import supervisor
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = supervisor.settings_from(os.environ, dir=args.dir, binary=args.keepalived,
+                                            metrics_address=args.metrics_address)
+    except supervisor.SettingsError as error:
+        return _fail(str(error), status=EXIT_USAGE)
+    try:
+        return supervisor.run(settings)
+    except OSError as error:
+        host, port = settings.metrics or ("", 0)
+        return _fail(f"cannot serve metrics at {host}:{port}: {error.strerror}")
 
 
 def _fail(message: str, *, status: int = EXIT_FAILED) -> int:

@@ -59,6 +59,7 @@ IFLA_AF_SPEC = 26
 IFLA_INET_CONF = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+IFA_CACHEINFO = 6
 IFA_FLAGS = 8
 NLA_F_NESTED = 0x8000
 
@@ -146,6 +147,8 @@ def encode(msg: nlmsg | bytes, msg_type: int, flags: int, seq: int = 0) -> bytes
 _RTATTR = struct.Struct("=HH")
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_IFA_CACHEINFO = struct.Struct("=IIII")  # preferred, valid, created, updated
+INFINITY_LIFE_TIME = 0xFFFFFFFF  # a lifetime of "forever" in struct ifa_cacheinfo
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 
@@ -181,6 +184,29 @@ def link_request(name: str) -> bytes:
 def addr_dump_request() -> bytes:
     """Return the payload of an RTM_GETADDR dump request (every family)."""
     return _IFADDRMSG.pack(0, 0, 0, 0, 0)
+
+
+def addr_request(family: int, prefixlen: int, index: int, attrs: bytes, *,
+                 flags: int = 0, scope: int = 0) -> bytes:
+    """Return the payload of an RTM_NEWADDR / RTM_DELADDR request: struct ifaddrmsg and
+    `attrs` (already packed with `attribute`)."""
+    return _IFADDRMSG.pack(family, prefixlen, flags, scope, index) + attrs
+
+
+def cacheinfo(valid: int, preferred: int) -> bytes:
+    """Return an IFA_CACHEINFO attribute value asking for these lifetimes (seconds)."""
+    return _IFA_CACHEINFO.pack(preferred, valid, 0, 0)
+
+
+def lifetimes(value: bytes) -> tuple[int | None, int | None]:
+    """Return (valid, preferred) seconds left from an IFA_CACHEINFO value (None: forever).
+
+    Raises:
+        struct.error: when the value is too short.
+    """
+    preferred, valid, _, _ = _IFA_CACHEINFO.unpack_from(value)
+    return (None if valid == INFINITY_LIFE_TIME else valid,
+            None if preferred == INFINITY_LIFE_TIME else preferred)
 
 
 def link_fields(data: bytes) -> tuple[int, int, dict[int, bytes]]:

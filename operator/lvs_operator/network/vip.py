@@ -4,6 +4,10 @@ A VIP is always a host address: /32 for IPv4, /128 for IPv6. IPv6 VIPs are added
 `nodad` so they are usable at once: duplicate address detection would keep a moved VIP
 tentative (unusable) for a second or more, and the operator, not DAD, guarantees that one
 node holds it.
+
+A VIP may carry a finite lifetime (`set_lifetime`): the kernel itself deletes it when the
+lifetime runs out, so a VIP whose keeper dies or freezes leaves the kernel on its own
+(the keepalived container's watchdog refreshes it while keepalived is alive).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterable, Iterator
 
 from lvs_operator.model import IPAddress
 from lvs_operator.network import _netlink as nl
@@ -99,20 +105,14 @@ def remove_vip(interface: str, address: IPAddress) -> bool:
     return True
 
 
-def list_addresses(interface: str) -> list[tuple[IPAddress, int]]:
-    """Return every address of `interface` with its prefix length, IPv4 first.
-
-    Raises:
-        InterfaceNotFound: when `interface` does not exist in this network namespace.
-        NetlinkError: when the kernel refuses the dump.
-    """
+def _dump(interface: str) -> Iterator[tuple[IPAddress, int, dict[int, bytes]]]:
+    """Yield (address, prefix length, attributes) of every address of `interface`."""
     link = get_link(interface)
     with nl.RouteSocket() as rt:
         replies = rt.request(
             nl.addr_dump_request(), nl.RTM_GETADDR, nl.NLM_F_DUMP,
             what=f"listing addresses of {interface!r}",
         )
-    result: list[tuple[IPAddress, int]] = []
     for data in replies:
         index, prefixlen, attrs = nl.addr_fields(data)
         if index != link.index:
@@ -120,10 +120,75 @@ def list_addresses(interface: str) -> list[tuple[IPAddress, int]]:
         # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on a
         # point-to-point link, and the only one IPv6 sends.
         raw = attrs.get(nl.IFA_LOCAL) or attrs.get(nl.IFA_ADDRESS)
-        if raw is None:
-            continue
-        result.append((ipaddress.ip_address(raw), prefixlen))
+        if raw is not None:
+            yield ipaddress.ip_address(raw), prefixlen, attrs
+
+
+def list_addresses(interface: str) -> list[tuple[IPAddress, int]]:
+    """Return every address of `interface` with its prefix length, IPv4 first.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses the dump.
+    """
+    result = [(address, prefixlen) for address, prefixlen, _ in _dump(interface)]
     return sorted(result, key=lambda item: (item[0].version, int(item[0]), item[1]))
+
+
+def list_lifetimes(interface: str) -> dict[IPAddress, int | None]:
+    """Return the VIPs held on `interface` (as `list_vips`) with the seconds left of each
+    one's valid lifetime (None: forever).
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses the dump.
+    """
+    found: dict[IPAddress, int | None] = {}
+    for address, prefixlen, attrs in _dump(interface):
+        if prefixlen != host_prefix(address) or address.is_loopback:
+            continue
+        info = attrs.get(nl.IFA_CACHEINFO)
+        found[address] = nl.lifetimes(info)[0] if info else None
+    return found
+
+
+def set_lifetime(interface: str, addresses: Iterable[IPAddress], seconds: int) -> None:
+    """Make the host addresses `addresses` of `interface` expire `seconds` from now (valid
+    and preferred lifetime): unless this is done again before then, the kernel deletes
+    them. One request per address, on one socket.
+
+    Only call it for addresses that are there: the kernel answers a replacement of a
+    missing address by creating it (rtnetlink has no "replace only"). A caller that checked
+    first still races with whoever deletes the address in between; the copy it would then
+    create lives `seconds` at most.
+
+    Raises:
+        ValueError: when `seconds` is not a positive number of seconds.
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses (EPERM: the process lacks CAP_NET_ADMIN).
+    """
+    if seconds < 1:
+        raise ValueError(f"address lifetime {seconds}: must be 1 second or more")
+    link = get_link(interface)
+    with nl.RouteSocket() as rt:
+        for address in addresses:
+            packed = address.packed
+            attrs = (nl.attribute(nl.IFA_LOCAL, packed) + nl.attribute(nl.IFA_ADDRESS, packed)
+                     + nl.attribute(nl.IFA_CACHEINFO, nl.cacheinfo(seconds, seconds)))
+            flags = 0
+            if address.version == 6:
+                # As add_vip: the replacement sets the address's flags, and an address it
+                # happens to create must be usable at once.
+                flags = nl.IFA_F_NODAD
+                attrs += nl.attribute(nl.IFA_FLAGS, struct.pack("=I", flags))
+            rt.request(
+                nl.addr_request(_family(address), host_prefix(address), link.index, attrs,
+                                flags=flags),
+                nl.RTM_NEWADDR,
+                nl.NLM_F_REPLACE,
+                what=f"setting the lifetime of VIP {address}/{host_prefix(address)} on "
+                f"interface {interface!r} to {seconds} s",
+            )
 
 
 def list_vips(interface: str) -> list[IPAddress]:
