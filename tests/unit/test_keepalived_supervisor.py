@@ -106,7 +106,8 @@ class Rig:
         return self.children[0]
 
     def ready(self) -> None:
-        """What keepalived does once its VRRP process runs."""
+        """What keepalived does once it runs: its pid file (and its VRRP process's)."""
+        self.paths.pid.write_text("4242\n")
         self.paths.vrrp_pid.write_text("4243\n")
 
     def finish(self, timeout: float = 5.0) -> int:

@@ -295,9 +295,10 @@ class Supervisor:
         config = self._config()
         if config is None or config in (self._loaded, self._refused):
             return
-        # Before keepalived has started its VRRP process its SIGHUP handling may not be in
-        # place yet (a SIGHUP would then end it): wait until it is.
-        if not self.paths.vrrp_pid.exists():
+        # Right after it starts keepalived's SIGHUP handling may not be in place yet (a
+        # SIGHUP would then end it): wait for its pid file. Not for the VRRP child's: with
+        # no instance keepalived runs none, and a SIGHUP is what starts it.
+        if not self.paths.pid.exists():
             return
         if not self._accepts(config):
             return
