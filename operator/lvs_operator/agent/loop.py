@@ -780,6 +780,11 @@ class Agent:
             version = str((obj.get("metadata") or {}).get("resourceVersion"))
             if self._written.get(ident) == (want, version):
                 continue  # written already; the watch has not brought it back yet
+            if not report.room_for(obj, node):
+                log.warning("VirtualServer %s: status.directors has %d entries, the most "
+                            "it may have: this director does not report there", ident,
+                            report.MAX_DIRECTORS)
+                continue  # the API server would refuse it: no retry every few seconds
             ok = self._write(obj, want, previous=current) and ok
         return ok
 
