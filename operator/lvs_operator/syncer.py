@@ -92,12 +92,12 @@ def describe_conflicts(keys: Collection[ServiceKey]) -> str:
     ordered = sorted(keys, key=ServiceKey.sort_key)
     names = ", ".join(str(key) for key in ordered)
     deletes = "; ".join(f"ipvsadm -D {_ipvsadm_service(key)}" for key in ordered)
-    verb = "exists" if len(ordered) == 1 else "exist"
-    return (f"{names} {verb} in this node's IPVS table but lvs-operator did not create "
-            f"{'it' if len(ordered) == 1 else 'them'} (kube-proxy in IPVS mode, a keepalived "
-            "virtual_server or ipvsadm did): left as found, not programmed. Stop the other "
-            "tool from creating it (kube-proxy: add the VIP to --ipvs-exclude-cidrs; "
-            f"keepalived: remove its virtual_server), then delete it ({deletes})")
+    verb, it = ("exists", "it") if len(ordered) == 1 else ("exist", "them")
+    return (f"{names} {verb} in this node's IPVS table but lvs-operator did not create {it} "
+            "(kube-proxy in IPVS mode, a keepalived virtual_server or ipvsadm did): left as "
+            f"found, not programmed. Stop the other tool from making {it} (kube-proxy: a "
+            "Service has the VIP as its clusterIP, externalIPs or load-balancer IP; keepalived: "
+            f"remove its virtual_server), then delete {it} ({deletes})")
 
 
 def _ipvsadm_service(key: ServiceKey) -> str:
