@@ -1,7 +1,7 @@
 """The `lvs-operator` command: one console script, one subcommand per job.
 
     lvs-operator ipvs show [--stats|--rate] [-o json]
-    lvs-operator ipvs apply -f FILE [--interface IF] [--dry-run] [--drain]
+    lvs-operator ipvs apply -f FILE [--interface IF] [--dry-run] [--drain] [--adopt]
     lvs-operator realserver-init --vip ADDR [--vip ADDR ...] --mode dr|tunnel
     lvs-operator controller [--kubeconfig FILE] [--namespace NS ...] [--lease-...]
     lvs-operator agent [--node NODE] [--kubeconfig FILE] [--interface IF] [...]
@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         help="make FILE's VirtualServers the whole IPVS state of this director",
         description="FILE holds VirtualServer documents (YAML stream or JSON) with static "
         "backend.addresses. Services created by earlier applies and missing from FILE are "
-        "withdrawn; services this tool never created are left alone.",
+        "withdrawn; services this tool never created are left alone, even on a key FILE "
+        "asks for: such a conflict is named, the rest is applied, and the exit status is 1 "
+        "(unless --adopt).",
     )
     apply.add_argument("-f", "--filename", required=True, help="'-' reads stdin")
     apply.add_argument("--interface", help="also hold each VIP on this interface and send "
@@ -79,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--drain", action="store_true",
                        help="withdraw real servers gracefully: weight 0 first, delete when they "
                        "have no connections (re-run to finish)")
+    apply.add_argument("--adopt", action="store_true",
+                       help="take over the services FILE asks for that something else "
+                       "created (kube-proxy, keepalived, ipvsadm): they are changed to what "
+                       "FILE says and recorded as this tool's, to be withdrawn with FILE")
     apply.add_argument("--state-file", default=_default_state_file(),
                        help="record of what this tool created (default %(default)s, "
                        "or $LVS_STATE_FILE)")
@@ -268,7 +274,7 @@ def _apply(args: argparse.Namespace) -> int:
     from lvs_operator import documents, syncer
     from lvs_operator.ipvs import IPVSError
     from lvs_operator.ipvs.kernel import KernelIPVS
-    from lvs_operator.model import Forwarding
+    from lvs_operator.model import Forwarding, ServiceKey
     from lvs_operator.network.errors import NetworkError
     from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
     from lvs_operator.ownership import OwnershipStore
@@ -290,7 +296,7 @@ def _apply(args: argparse.Namespace) -> int:
     store = OwnershipStore(args.state_file)
     try:
         result = syncer.sync(KernelIPVS(), desired, store=store, drain=args.drain,
-                             dry_run=args.dry_run)
+                             dry_run=args.dry_run, adopt=args.adopt)
         vips = syncer.VipResult(added=[], removed=[])
         if args.interface or store.load().vips:
             # Imported here: it loads pyroute2, which costs more than a whole bulk apply.
@@ -313,7 +319,13 @@ def _apply(args: argparse.Namespace) -> int:
         print(f"{'would release' if args.dry_run else 'released'} VIP {address} on {interface}")
     for interface, address in vips.added:
         print(f"{'would hold' if args.dry_run else 'holding'} VIP {address} on {interface}")
+    if result.adopted:
+        print(f"{'would adopt' if args.dry_run else 'adopted'} "
+              f"{', '.join(str(key) for key in sorted(result.adopted, key=ServiceKey.sort_key))}")
     print(_summary(result.operations, dry_run=args.dry_run))
+    if result.conflicts:
+        return _fail(f"{syncer.describe_conflicts(result.conflicts)}; or re-run with --adopt "
+                     "to take it over as FILE describes")
     return EXIT_OK
 
 

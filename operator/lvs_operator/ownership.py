@@ -5,6 +5,11 @@ VIPs) that lvs-operator created are kept in a small JSON file that survives rest
 written *before* the kernel is changed (recording the union of old and new), so a crash in
 between can only make us own too much of what we were about to create, never lose track of
 something we created.
+
+A service is recorded only when this director is about to create it, or when `ipvs apply
+--adopt` takes it over: a service in the kernel but not in the record is somebody else's,
+even on a key we want (`plan.conflicts`). A missing file is an empty record (adopt nothing,
+withdraw nothing); an unreadable one stops every sync until it is fixed or removed.
 """
 
 from __future__ import annotations

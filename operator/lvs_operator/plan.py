@@ -3,7 +3,11 @@
 Pure: no I/O. The kernel boundary (`lvs_operator.ipvs`) executes the operations in order.
 
 Rules, the same ones kube-proxy's IPVS proxier and keepalived follow:
-- only services in `owned` are ever changed or deleted; others are not even looked at;
+- only services in `owned` are ever changed or deleted; others are not even looked at. That
+  holds for desired keys too: a desired service that already exists but is not owned was
+  created by something else (kube-proxy in IPVS mode, keepalived's virtual_server, an admin's
+  `ipvsadm`); it is a conflict (`conflicts`), left exactly as it is, and only a desired
+  service that does not exist yet is added;
 - an attribute change is a `set`, never delete + add (delete would drop every connection);
 - with `drain`, a real server that is no longer wanted first gets weight 0 (no new
   connections, established ones keep going) and is deleted once it has no connections;
@@ -98,10 +102,11 @@ def plan(
     """Return the operations that turn `actual` into `desired`.
 
     Args:
-        desired: the table this director should have; every key in it counts as owned.
+        desired: the table this director should have.
         actual: the kernel's table as dumped (with connection counters if `drain`).
-        owned: keys (or a predicate on keys) of services this caller may change or delete,
-            besides those in `desired`.
+        owned: keys (or a predicate on keys) of services this caller may change or delete;
+            a desired key that is in `actual` but not owned is left alone (`conflicts`),
+            one that is not in `actual` is added (the caller records it as owned first).
         drain: drain unwanted real servers (weight 0, delete when idle) instead of deleting.
 
     Returns:
@@ -135,9 +140,17 @@ def iter_plan(
             yield AddService(want.attributes())
             yield from [AddReal(key, real) for real in _sorted_reals(want.reals.values())]
             continue
+        if not is_owned(key):
+            continue  # somebody else's service on our key: a conflict, never adopted
         if _attributes(want) != _attributes(have):
             yield SetService(want.attributes())
         yield from _reals(key, want, have, drain=drain)
+
+
+def conflicts(desired: Table, actual: Table, *, owned: Collection[ServiceKey]) -> set[ServiceKey]:
+    """Return the desired keys that exist in `actual` but are not `owned`: services that
+    something else created (`plan` leaves them alone)."""
+    return {key for key in desired.keys() & actual.keys() if key not in owned}
 
 
 def _withdraw(have: VirtualService, *, drain: bool) -> list[Operation]:

@@ -8,6 +8,7 @@ import json
 import re
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,16 @@ def install_crd(cluster: ControlPlane) -> None:
     if cluster.server in _installed:
         return
     cluster.kubectl("apply", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    # `kubectl wait` fails at once ("status.conditions accessor error: <nil>") when it reads
+    # the CRD before the API server has given it any condition: seen on a fresh server.
+    deadline = time.monotonic() + 60
+    while True:
+        r = cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                            f"crd/{CRD_NAME}", check=False)
+        if r.returncode == 0:
+            break
+        assert "accessor error" in r.stderr and time.monotonic() < deadline, r.stderr
+        time.sleep(0.5)
     _installed.add(cluster.server)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from controlplane import ControlPlane
-from crd_support import CRD, CRD_NAME, install_crd, module_namespace
+from crd_support import CRD, CRD_NAME, install_crd, module_namespace, names_field
 
 from spec_cases import base
 
@@ -132,3 +132,48 @@ def test_status_is_a_subresource(cluster, ns):
     stored = json.loads(cluster.kubectl("get", "lvs", "status", "-n", ns, "-o", "json").stdout)
     assert stored["status"]["observedGeneration"] == 2
     assert stored["metadata"]["generation"] == 2, "a status write is not a spec change"
+
+
+def _reals(n: int) -> list[dict[str, Any]]:
+    return [{"ip": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "port": 8080, "weight": 1,
+             "ready": True, "node": "node-a", "pod": f"web-{i}"} for i in range(n)]
+
+
+# (id, the status field's path in the API server's error, its bound, status of that size)
+STATUS_BOUNDS = [
+    ("error", "status.directors.node-a.error", 1024,
+     lambda n: {"directors": {"node-a": {"role": "Active", "error": "x" * n}}}),
+    ("unhealthy", "status.directors.node-a.unhealthy", 1000,
+     lambda n: {"directors": {"node-a": {"role": "Active",
+                                         "unhealthy": [f"10.0.0.1:{p + 1}" for p in range(n)]}}}),
+    ("directors", "status.directors", 128,
+     lambda n: {"directors": {f"node-{i}": {"role": "Standby"} for i in range(n)}}),
+    ("realServers", "status.realServers", 5000, lambda n: {"realServers": _reals(n)}),
+    ("condition-message", "status.conditions[0].message", 32768,
+     lambda n: {"conditions": [{"type": "Ready", "status": "True", "message": "x" * n}]}),
+    ("activeDirector", "status.activeDirector", 253, lambda n: {"activeDirector": "a" * n}),
+]
+
+
+@pytest.mark.parametrize(("path", "bound", "status"), [case[1:] for case in STATUS_BOUNDS],
+                         ids=[case[0] for case in STATUS_BOUNDS])
+def test_an_over_long_status_is_refused(cluster, ns, tmp_path, path, bound, status):
+    """The writers cut their status at these bounds (agent.report, controller.report): one
+    more is what a bug or a forged agent would write, and the API server refuses it."""
+    name = f"bounds-{path.rsplit('.', 1)[-1].replace('[0]', '').lower()}"
+    doc = base()
+    doc["metadata"] = {"name": name, "namespace": ns}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+    def patch(size: int) -> Any:
+        # From a file: 5,000 real servers are more than one command-line argument may hold.
+        body = tmp_path / f"status-{size}.json"
+        body.write_text(json.dumps({"status": status(size)}))
+        return cluster.kubectl("patch", "virtualserver", name, "-n", ns, "--subresource=status",
+                               "--type=merge", "--patch-file", str(body), check=False)
+
+    over = patch(bound + 1)
+    assert over.returncode != 0, f"{path} longer than {bound} was accepted"
+    assert names_field(over.stderr, path), over.stderr
+    at = patch(bound)
+    assert at.returncode == 0, at.stderr

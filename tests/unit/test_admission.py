@@ -119,7 +119,33 @@ CASES = [
         admission.PSA_ENFORCE_LABEL: "privileged"}, vips={"dr": ("192.0.2.10",)}),
     Case("namespace-from-request", [vs()], pod=pod({"app": "web"}, namespace=None),
          vips={"dr": ("192.0.2.10",)}),
+    # The posted pod claims another namespace: the request's (NS) is the pod's.
+    Case("request-namespace-over-the-objects", [vs()],
+         pod=pod({"app": "web"}, namespace="elsewhere"), vips={"dr": ("192.0.2.10",)}),
+    Case("claimed-namespace-ignored", [vs(namespace="elsewhere")],
+         pod=pod({"app": "web"}, namespace="elsewhere")),
 ]
+
+
+def review(namespace: str | None, pod_namespace: str | None) -> dict[str, Any]:
+    request: dict[str, Any] = {"uid": "u-1", "operation": "CREATE",
+                               "object": pod({"app": "web"}, namespace=pod_namespace)}
+    if namespace is not None:
+        request["namespace"] = namespace
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def test_the_request_namespace_replaces_the_objects():
+    sent = review(NS, "elsewhere")
+    scoped = admission.in_request_namespace(sent)
+    assert scoped["request"]["object"]["metadata"] == {"name": "web-1", "namespace": NS,
+                                                       "labels": {"app": "web"}}
+    assert scoped["request"]["uid"] == "u-1"
+    assert sent["request"]["object"]["metadata"]["namespace"] == "elsewhere", "not mutated"
+    assert admission.in_request_namespace(review(NS, None))["request"]["object"][
+        "metadata"]["namespace"] == NS
+    cluster_scoped = review(None, None)
+    assert admission.in_request_namespace(cluster_scoped) is cluster_scoped
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -356,3 +382,24 @@ def test_webhook_configuration():
         {"key": admission.LABEL, "operator": "DoesNotExist"}]}
     assert admission.url_client_config("https://127.0.0.1:9443/") == {
         "url": "https://127.0.0.1:9443/realserver-init"}
+
+
+def test_the_webhook_hands_kopf_the_request_namespace():
+    """kopf passes handlers the posted object's metadata.namespace as `namespace`: the
+    webhook's server feeds kopf the review already scoped to the request's namespace."""
+    import asyncio
+
+    from lvs_operator.controller import webhook
+
+    seen: list[tuple[Any, dict[str, Any]]] = []
+
+    async def kopf_fn(request, **kwargs):
+        seen.append((request, kwargs))
+        return {"response": {}}
+
+    answer = asyncio.run(webhook.in_request_namespace(kopf_fn)(review(NS, "elsewhere"),
+                                                               webhook="realserver-init"))
+    assert answer == {"response": {}}
+    ((request, kwargs),) = seen
+    assert request["request"]["object"]["metadata"]["namespace"] == NS
+    assert kwargs == {"webhook": "realserver-init"}

@@ -32,26 +32,28 @@ def name(last, key=KEY) -> str:
 
 # (actual, desired, owned, timers before, now) -> (reals read as idle, timers after)
 CASES = [
-    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, set(), {},
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, {KEY}, {},
                  100.0, set(), {name(2): drain.Timer(100.0, 30)}, id="drain-starts-now"),
-    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, set(),
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, {KEY},
                  {name(2): drain.Timer(80.0, 30)}, 100.0, set(),
                  {name(2): drain.Timer(80.0, 30)}, id="running-keeps-its-start"),
-    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, set(),
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, {KEY},
                  {name(2): drain.Timer(60.0, 30)}, 100.0, {(KEY, 2)},
                  {name(2): drain.Timer(60.0, 30)}, id="expired-reads-idle"),
-    pytest.param({KEY: svc(KEY, rs(1), rs(2, inactive=1))}, {KEY: svc(KEY, rs(1))}, set(),
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, inactive=1))}, {KEY: svc(KEY, rs(1))}, {KEY},
                  {name(2): drain.Timer(70.0, 30)}, 100.0, {(KEY, 2)},
                  {name(2): drain.Timer(70.0, 30)}, id="exactly-at-the-deadline"),
-    pytest.param({KEY: svc(KEY, rs(1))}, {KEY: svc(KEY, rs(1))}, set(),
+    pytest.param({KEY: svc(KEY, rs(1))}, {KEY: svc(KEY, rs(1))}, {KEY},
                  {name(2): drain.Timer(60.0, 30)}, 100.0, set(), {}, id="gone-timer-dropped"),
-    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=1))}, {KEY: svc(KEY, rs(1), rs(2))}, set(),
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=1))}, {KEY: svc(KEY, rs(1), rs(2))}, {KEY},
                  {name(2): drain.Timer(60.0, 30)}, 100.0, set(), {}, id="wanted-again"),
     pytest.param({OTHER: svc(OTHER, rs(1, active=1))}, {}, {OTHER}, {}, 100.0, set(),
                  {name(1, OTHER): drain.Timer(100.0, drain.DEFAULT_TIMEOUT)},
                  id="withdrawn-service-default-timeout"),
     pytest.param({OTHER: svc(OTHER, rs(1, active=1))}, {}, set(), {}, 100.0, set(), {},
                  id="not-owned-untouched"),
+    pytest.param({KEY: svc(KEY, rs(1), rs(2, active=3))}, {KEY: svc(KEY, rs(1))}, set(), {},
+                 100.0, set(), {}, id="desired-but-not-owned-untouched"),
 ]
 
 
@@ -68,7 +70,7 @@ def test_expire(actual, wanted, owned, timers, now, idle, after):
 
 def test_changed_timeout_applies_to_running_drain():
     actual = {KEY: svc(KEY, rs(2, active=1))}
-    _, running = drain.expire(actual, {KEY: svc(KEY)}, owned=set(),
+    _, running = drain.expire(actual, {KEY: svc(KEY)}, owned={KEY},
                               timers={name(2): drain.Timer(50.0, 300)}, timeouts={KEY: 10},
                               now=100.0)
     assert running == {name(2): drain.Timer(50.0, 10)}

@@ -25,9 +25,9 @@ from lvs_operator.ipvs import ApplyError, IPVSError
 from lvs_operator.ipvs.fake import FakeIPVS
 from lvs_operator.kube import client, events
 from lvs_operator.kube import lease as kube_lease
-from lvs_operator.model import Protocol, ServiceKey, VirtualService
+from lvs_operator.model import Forwarding, Protocol, RealServer, ServiceKey, VirtualService
 from lvs_operator.ownership import OwnershipStore
-from lvs_operator.plan import AddService, DeleteService
+from lvs_operator.plan import AddReal, AddService, DeleteService
 
 NODE = "node-a"
 VIP = "192.0.2.20"
@@ -354,3 +354,53 @@ def test_a_service_the_agent_failed_to_add_is_not_taken_for_a_deletion(tmp_path)
         eventually(lambda: reals(agent) == {"10.0.0.1"})
         time.sleep(0.3)
         assert warning(api) is None, "added late, not restored"
+
+
+def test_a_service_something_else_made_on_our_key_is_reported_and_left_alone(tmp_path):
+    posted: list[dict[str, Any]] = []
+
+    class Recording(FakeApi):
+        def create_event(self, event):
+            posted.append(event)
+            return event
+
+    obj = virtualserver([1])
+    api = Recording([obj], echo=True)
+    ipvs = FakeIPVS()
+    # kube-proxy, keepalived or an admin's `ipvsadm -A -t 192.0.2.20:80 -s wlc` came first
+    foreign = VirtualService(KEY, scheduler="wlc").with_reals(
+        [RealServer(ip_address("10.9.9.9"), 80, Forwarding.NAT, 5)])
+    ipvs.apply([AddService(foreign), *(AddReal(KEY, r) for r in foreign.reals.values())])
+    before = ipvs.dump()
+    with running(api, ipvs, tmp_path, resync_seconds=0.1) as agent:
+        eventually(lambda: "lvs-operator did not create it" in (api.objects["shop/web"].get(
+            "status", {}).get("directors", {}).get(NODE, {}).get("error") or ""))
+        error = api.objects["shop/web"]["status"]["directors"][NODE]["error"]
+        assert error.startswith(f"{KEY} exists in this node's IPVS table but lvs-operator did "
+                                "not create it (kube-proxy in IPVS mode, a keepalived "
+                                "virtual_server or ipvsadm did): left as found"), error
+        assert f"ipvsadm -D -t {VIP}:80" in error
+        eventually(lambda: any(error in e["note"] for e in posted))
+        assert agent.registry.get_sample_value("lvs_agent_foreign_services") == 1
+        time.sleep(0.3)  # several resyncs
+        assert agent.table() == before
+        # The VirtualServer goes: the other tool's service stays.
+        del api.objects["shop/web"]
+        api.streams[client.VIRTUALSERVERS].put({"type": "DELETED", "object": obj})
+        eventually(lambda: agent.registry.get_sample_value("lvs_agent_foreign_services") == 0)
+        time.sleep(0.3)
+        assert agent.table() == before
+    assert OwnershipStore(tmp_path / "owned.json").load().services == set()
+
+
+def test_a_freed_key_is_programmed_without_a_restored_warning(tmp_path):
+    api = FakeApi([virtualserver([1])], echo=True)
+    ipvs = FakeIPVS()
+    ipvs.apply([AddService(VirtualService(KEY, scheduler="wlc"))])
+    with running(api, ipvs, tmp_path, resync_seconds=0.1) as agent:
+        eventually(lambda: agent.registry.get_sample_value("lvs_agent_foreign_services") == 1)
+        with agent._kernel:  # the admin deletes the other tool's service
+            ipvs.apply([DeleteService(KEY)])
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        eventually(lambda: not api.objects["shop/web"]["status"]["directors"][NODE]["error"])
+        assert not api.objects["shop/web"]["status"]["directors"][NODE].get("warning")

@@ -156,6 +156,7 @@ FAMILIES = {
     "lvs_agent_operations_total": ("counter", {"operation"}),
     "lvs_agent_vips_held": ("gauge", set()),
     "lvs_agent_draining_real_servers": ("gauge", set()),
+    "lvs_agent_foreign_services": ("gauge", set()),
     "lvs_agent_vrrp_instances": ("gauge", set()),
     "lvs_agent_vrrp_peers": ("gauge", set()),
     "lvs_agent_vrrp_role_changes_total": ("counter", set()),

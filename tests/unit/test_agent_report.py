@@ -76,6 +76,29 @@ def test_long_errors_are_truncated():
     assert made.error.endswith("...")
 
 
+def test_a_long_unhealthy_list_is_cut_at_the_crds_bound_with_a_note():
+    failing = [f"10.0.{n // 256}.{n % 256}:80" for n in range(report.MAX_UNHEALTHY + 5)]
+    made = report.report(role="Active", generation=1, error="", previous=None,
+                         unhealthy=failing, warning="restored")
+    assert made.unhealthy == tuple(failing[:report.MAX_UNHEALTHY])
+    assert made.warning == (f"{report.MAX_UNHEALTHY + 5} real servers fail this director's "
+                            f"health checks; unhealthy lists the first {report.MAX_UNHEALTHY} "
+                            "(the metric lvs_real_server_healthy has all); restored")
+    assert made.matches(report.entry(made, now=NOW)), "a cut list is no change to write again"
+    exact = report.report(role="Active", generation=1, error="", previous=None,
+                          unhealthy=failing[:report.MAX_UNHEALTHY])
+    assert len(exact.unhealthy) == report.MAX_UNHEALTHY and exact.warning == ""
+
+
+def test_room_for_an_entry_under_the_crds_bound():
+    entries: dict[str, object] = {f"n{i}": {} for i in range(report.MAX_DIRECTORS)}
+    full = {"status": {"directors": entries}}
+    assert report.room_for(full, "n0"), "its own entry can always be rewritten"
+    assert not report.room_for(full, "node-new")
+    assert report.room_for({"status": {"directors": {"n1": {}}}}, "node-new")
+    assert report.room_for({"metadata": {}}, "node-new")
+
+
 def test_entry_of():
     assert report.entry_of(OBJ, "node-a") == {"role": "Active", "generation": 2, "error": ""}
     assert report.entry_of(OBJ, "node-b") is None

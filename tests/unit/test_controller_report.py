@@ -101,6 +101,31 @@ def test_printer_fields_and_real_servers():
     assert result["realServers"] == [r.to_json() for r in REALS]
 
 
+def test_real_servers_are_cut_at_the_crds_bound_ready_ones_first():
+    extra = 10
+    reals = tuple(sorted(
+        (RealServerStatus(ip_address("10.0.0.0") + n, 80, 1, n >= extra * 2)
+         for n in range(report.MAX_REAL_SERVERS + extra)), key=RealServerStatus.sort_key))
+    ready = sum(r.ready for r in reals)
+    result = compute(resolution=resolve.Resolution(reals, api_conditions.RESOLVED, "many"))
+    published = result["realServers"]
+    assert len(published) == report.MAX_REAL_SERVERS
+    assert published == sorted(published, key=lambda r: int(ip_address(r["ip"])))
+    assert result["ready"] == f"{ready}/{report.MAX_REAL_SERVERS}", "every ready one is kept"
+    (resolved,) = [c for c in result["conditions"] if c["type"] == "RealServersResolved"]
+    assert resolved["message"] == (
+        f"many; only {report.MAX_REAL_SERVERS} of the {len(reals)} real servers are published "
+        f"(status.realServers holds at most {report.MAX_REAL_SERVERS}; ready ones first)")
+
+
+def test_condition_messages_are_cut_at_the_crds_bound():
+    long = resolve.Resolution(REALS, api_conditions.RESOLVED, "x" * 40000)
+    for condition in compute(resolution=long)["conditions"]:
+        assert len(condition["message"]) <= report.MAX_CONDITION_MESSAGE
+        if condition["type"] == "RealServersResolved":
+            assert condition["message"] == "x" * (report.MAX_CONDITION_MESSAGE - 1) + "…"
+
+
 @pytest.mark.parametrize(("kwargs", "has_ports"), [
     pytest.param({"conflict": CONFLICT, "resolution": None}, True, id="conflict"),
     pytest.param({"vs": INVALID, "resolution": None}, False, id="invalid"),

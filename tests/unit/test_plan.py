@@ -23,6 +23,7 @@ from lvs_operator.plan import (
     DeleteService,
     SetReal,
     SetService,
+    conflicts,
     plan,
 )
 
@@ -90,9 +91,20 @@ def test_never_touches_unowned_service():
     assert plan({}, table([foreign]), owned=lambda key: key != OTHER) == []
 
 
-def test_desired_key_is_owned_even_if_not_recorded():
-    ops = plan(table([svc(KEY, real(1))]), table([svc(KEY)]), owned=set())
-    assert ops == [AddReal(KEY, real(1))]
+def test_desired_key_not_owned_is_a_conflict_left_alone():
+    """A desired key somebody else created (kube-proxy, keepalived, ipvsadm) is not adopted:
+    no set, no real-server change, no drain; only a missing desired service is added."""
+    desired = table([svc(KEY, real(1), scheduler="wlc"), svc(OTHER, real(2))])
+    actual = table([svc(KEY, real(9, active=3))])
+    added = [AddService(svc(OTHER)), AddReal(OTHER, real(2))]
+    assert conflicts(desired, actual, owned=set()) == {KEY}
+    assert plan(desired, actual, owned=set()) == added
+    assert plan(desired, actual, owned=lambda key: False, drain=True) == added
+    # The same tables once the key is recorded as ours: converged like any other.
+    assert conflicts(desired, actual, owned={KEY}) == set()
+    assert plan(desired, actual, owned={KEY}, drain=True) == [
+        SetService(svc(KEY, scheduler="wlc")), SetReal(KEY, real(9, active=3, weight=0)),
+        AddReal(KEY, real(1)), *added]
 
 
 DRAIN_CASES = [

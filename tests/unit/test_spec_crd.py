@@ -106,3 +106,43 @@ def test_defaults(schema):
         default["healthCheck.intervalSeconds"], default["healthCheck.timeoutSeconds"],
         default["healthCheck.failureThreshold"], default["healthCheck.successThreshold"],
         default["healthCheck.http.path"], default["healthCheck.http.statusCodes"])
+
+
+def _walk(node: dict[str, Any], path: str):
+    """Yield (path, node) for `node` and every schema below it."""
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from _walk(child, f"{path}.{name}")
+    if "items" in node:
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}.<key>")
+
+
+def test_every_status_list_string_and_map_is_bounded():
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = crd["spec"]["versions"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    unbounded = [path for path, node in _walk(status, "status")
+                 if (node.get("type") == "array" and "maxItems" not in node)
+                 or (node.get("type") == "string" and "maxLength" not in node
+                     and "enum" not in node)
+                 or ("additionalProperties" in node and "maxProperties" not in node)]
+    assert unbounded == []
+
+
+def test_status_bounds_are_the_writers():
+    from lvs_operator.agent import report as agent_report
+    from lvs_operator.controller import report as controller_report
+
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = crd["spec"]["versions"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    entry = status["properties"]["directors"]["additionalProperties"]["properties"]
+    assert status["properties"]["realServers"]["maxItems"] == controller_report.MAX_REAL_SERVERS
+    assert _at(status, "conditions.[].message")["maxLength"] == \
+        controller_report.MAX_CONDITION_MESSAGE
+    assert entry["unhealthy"]["maxItems"] == agent_report.MAX_UNHEALTHY
+    assert entry["error"]["maxLength"] == entry["warning"]["maxLength"] == \
+        agent_report.MAX_MESSAGE
+    assert status["properties"]["directors"]["maxProperties"] == agent_report.MAX_DIRECTORS

@@ -77,6 +77,84 @@ def test_drain_keeps_busy_service_owned_until_deleted(ipvs, store):
     assert store.load().services == set()
 
 
+def foreign_service():
+    """What kube-proxy, keepalived or an admin's ipvsadm made on KEY: another scheduler,
+    other real servers, one of them busy."""
+    return VirtualService(key=KEY, scheduler="wlc").with_reals(
+        [RealServer(ip_address("10.9.9.9"), 80, Forwarding.NAT, 7)])
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_foreign_service_on_a_desired_key_is_left_alone(ipvs, store, drain):
+    ipvs.apply([AddService(foreign_service()),
+                *(AddReal(KEY, r) for r in foreign_service().reals.values())])
+    ipvs.set_counters(KEY, (ip_address("10.9.9.9"), 80), active=2)
+    before = ipvs.dump()
+    other = ServiceKey.inet(Protocol.UDP, VIP, 53)
+    result = syncer.sync(ipvs, {KEY: service(KEY, 1), other: service(other, 2)}, store=store,
+                         drain=drain)
+    assert result.conflicts == {KEY} and result.adopted == frozenset()
+    assert [type(op) for op in result.operations] == [AddService, AddReal]  # `other` only
+    assert ipvs.dump()[KEY] == before[KEY]
+    assert store.load().services == {other}, "a conflict is never recorded as ours"
+    # Still so on the next sync, and once the desired entry is gone.
+    assert syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store, drain=drain).conflicts == {KEY}
+    result = syncer.sync(ipvs, {}, store=store, drain=drain)
+    assert result.conflicts == frozenset()
+    assert ipvs.dump() == {KEY: before[KEY]}
+    assert store.load().services == set()
+
+
+def test_a_freed_key_is_then_created_and_ours(ipvs, store):
+    ipvs.apply([AddService(foreign_service())])
+    assert syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store).conflicts == {KEY}
+    ipvs.apply([DeleteService(KEY)])  # the admin removes the other tool's service
+    result = syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store)
+    assert result.conflicts == frozenset()
+    assert ipvs.dump() == {KEY: service(KEY, 1)}
+    assert store.load().services == {KEY}
+
+
+def test_restart_with_the_record_converges_what_it_created(ipvs, store):
+    syncer.sync(ipvs, {KEY: service(KEY, 1, 2)}, store=store)
+    restarted = OwnershipStore(store.path)  # a new agent process, the record on the hostPath
+    result = syncer.sync(ipvs, {KEY: service(KEY, 2, 3, weight=4)}, store=restarted)
+    assert result.conflicts == frozenset()
+    assert ipvs.dump() == {KEY: service(KEY, 2, 3, weight=4)}
+    syncer.sync(ipvs, {}, store=OwnershipStore(store.path))
+    assert ipvs.dump() == {}
+
+
+def test_a_lost_record_adopts_and_deletes_nothing(ipvs, store):
+    syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store)
+    store.path.unlink()  # the record is gone; the kernel still has what we made
+    result = syncer.sync(ipvs, {KEY: service(KEY, 2)}, store=store)
+    assert result.conflicts == {KEY} and result.operations == []
+    syncer.sync(ipvs, {}, store=store)
+    assert ipvs.dump() == {KEY: service(KEY, 1)}
+
+
+def test_a_corrupt_record_changes_nothing(ipvs, store):
+    syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store)
+    store.path.write_text("{not json")
+    with pytest.raises(ValueError, match="ownership record"):
+        syncer.sync(ipvs, {}, store=store)
+    assert ipvs.dump() == {KEY: service(KEY, 1)}
+
+
+def test_adopt_takes_a_foreign_service_over(ipvs, store):
+    ipvs.apply([AddService(foreign_service()),
+                *(AddReal(KEY, r) for r in foreign_service().reals.values())])
+    dry = syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store, adopt=True, dry_run=True)
+    assert dry.adopted == {KEY} and dry.operations and not store.path.exists()
+    result = syncer.sync(ipvs, {KEY: service(KEY, 1)}, store=store, adopt=True)
+    assert result.adopted == {KEY} and result.conflicts == frozenset()
+    assert ipvs.dump() == {KEY: service(KEY, 1)}
+    assert store.load().services == {KEY}
+    syncer.sync(ipvs, {}, store=store)  # ours now: withdrawn with its entry
+    assert ipvs.dump() == {}
+
+
 class FakeVips:
     def __init__(self, held=None):
         self.held: dict[str, set[Any]] = held or {}

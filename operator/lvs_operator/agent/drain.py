@@ -54,10 +54,12 @@ class Timer:
 def draining(actual: Table, desired: Table,
              owned: Collection[ServiceKey]) -> Iterator[tuple[ServiceKey, RealServer]]:
     """Yield (service key, real server) for every real server being withdrawn: in an owned
-    or desired service of `actual` but not wanted there by `desired`."""
+    service of `actual` but not wanted there by `desired`. A desired service that is not
+    owned was created by something else (`plan.conflicts`): its real servers are not ours to
+    drain."""
     for key, service in actual.items():
         want = desired.get(key)
-        if want is service or (want is None and key not in owned):
+        if want is service or key not in owned:
             continue  # exactly as desired (dump with `expect`), or not ours to drain
         for real in service.reals.values():
             if want is None or real.key not in want.reals:

@@ -25,7 +25,10 @@ its back (`ipvsadm -C`, keepalived, or kube-proxy in IPVS mode, which deletes ev
 service it does not know unless its `--ipvs-exclude-cidrs` covers the address): the sync puts
 it back, and the VirtualServer's status entry carries a `warning` saying so, for
 `RESTORED_WARNING_SECONDS` after the last time. When this node has kube-proxy's IPVS
-interface (`kube-ipvs0`), the warning names kube-proxy and the CIDR to exclude.
+interface (`kube-ipvs0`), the warning names kube-proxy and the CIDR to exclude. A service
+that something else made on a wanted key before this agent recorded it is never adopted
+(`syncer`): the VirtualServer's status entry carries an error naming it, and the gauge
+`lvs_agent_foreign_services` counts it.
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ class Agent:
         # found deleted behind this agent's back was last put back (monotonic).
         self._present: set[ServiceKey] = set()
         self._restored: dict[ServiceKey, float] = {}
+        # Desired services the last sync found created by something else: left alone.
+        self._foreign: frozenset[ServiceKey] = frozenset()
         self._store = OwnershipStore(settings.state_file)
         self._drains = drain.DrainStore(settings.drain_file)
         self._kernel = threading.Lock()
@@ -363,6 +368,11 @@ class Agent:
         for ident, program in wanted.programs.items():
             if program.problem:
                 errors[ident].insert(0, program.problem)
+        # Not a failure to retry soon: the other tool's service stays until someone acts.
+        for ident, keys in _by_owner(self._foreign, wanted).items():
+            errors[ident].append(f"{syncer.describe_conflicts(keys)}: this director then "
+                                 "creates its own")
+        self.metrics.set_foreign(len(self._foreign))
         self.metrics.observe_sync(time.monotonic() - started, operations, failed=failed)
         holding = sum(len(v) for v in owned.vips.values()) if self.keepalived is None else len(
             {p.vs.vip for p in wanted.programs.values() if p.role is role.Role.ACTIVE})
@@ -405,8 +415,8 @@ class Agent:
         operations: list[Operation] = []
         present, self._present = self._present, set()
         try:
-            operations = syncer.sync(timed, wanted.table, store=self._store,
-                                     drain=True).operations
+            result = syncer.sync(timed, wanted.table, store=self._store, drain=True)
+            operations, self._foreign = result.operations, result.conflicts
         except ApplyError as e:
             owners = wanted.owners
             for failure in e.errors:
@@ -418,7 +428,7 @@ class Agent:
         except (IPVSError, ValueError) as e:
             node_errors.append(str(e))
         else:
-            self._present = set(wanted.table)
+            self._present = set(wanted.table) - self._foreign
             self._note_restored(operations, present, wanted)
         self._blame(self._sync_vips(own, release_only=False, verify=full), wanted,
                     errors, stray)
@@ -781,6 +791,11 @@ class Agent:
             version = str((obj.get("metadata") or {}).get("resourceVersion"))
             if self._written.get(ident) == (want, version):
                 continue  # written already; the watch has not brought it back yet
+            if not report.room_for(obj, node):
+                log.warning("VirtualServer %s: status.directors has %d entries, the most "
+                            "it may have: this director does not report there", ident,
+                            report.MAX_DIRECTORS)
+                continue  # the API server would refuse it: no retry every few seconds
             ok = self._write(obj, want, previous=current) and ok
         return ok
 
@@ -855,6 +870,16 @@ def _key(operation: Operation) -> ServiceKey:
     if isinstance(operation, AddService | SetService):
         return operation.service.key
     return operation.service
+
+
+def _by_owner(keys: frozenset[ServiceKey], wanted: desired.Desired) -> dict[str, list[ServiceKey]]:
+    """Return `keys` grouped by the VirtualServer that wants each."""
+    owners = wanted.owners
+    grouped: dict[str, list[ServiceKey]] = {}
+    for key in keys:
+        if key in owners:
+            grouped.setdefault(owners[key], []).append(key)
+    return grouped
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Address | None:

@@ -18,7 +18,9 @@ Per health-checked real server (labels namespace, name, real = address:port):
 
 The agent itself: lvs_agent_sync_duration_seconds (histogram), lvs_agent_syncs_total,
 lvs_agent_sync_errors_total, lvs_agent_operations_total{operation},
-lvs_agent_vips_held, lvs_agent_draining_real_servers.
+lvs_agent_vips_held, lvs_agent_draining_real_servers, lvs_agent_foreign_services (desired
+IPVS services that something else created: left alone, reported in the VirtualServers'
+status).
 
 The Grafana dashboard (charts/lvs-operator/dashboards) queries these names and labels: they
 are an interface. `kernel_families` and `health_families` are pure (figures in, metric
@@ -193,6 +195,10 @@ class AgentMetrics:
             "lvs_agent_draining_real_servers",
             "Real servers at weight 0 waiting for their connections to end.",
             registry=registry)
+        self._foreign = prometheus_client.Gauge(
+            "lvs_agent_foreign_services",
+            "Desired IPVS services that something else created (kube-proxy, keepalived, "
+            "ipvsadm): left as they are, not programmed.", registry=registry)
         self._vrrp_instances = prometheus_client.Gauge(
             "lvs_agent_vrrp_instances", "VRRP instances this director runs (keepalived).",
             registry=registry)
@@ -220,6 +226,10 @@ class AgentMetrics:
         """Record the VIPs held and the real servers draining after a sync."""
         self._vips.set(vips)
         self._draining.set(draining)
+
+    def set_foreign(self, count: int) -> None:
+        """Record the desired services the last sync found created by something else."""
+        self._foreign.set(count)
 
     def set_vrrp(self, *, instances: int, peers: int, transitions: int) -> None:
         """Record the VRRP instances run, the peers known, and the role changes so far

@@ -43,6 +43,11 @@ HEALTH_EVENT_SECONDS = 30.0
 # stored entry is exactly the new one (a merge patch keeps keys it does not name).
 ENTRY_KEYS = ("role", "term", "generation", "syncedAt", "error", "unhealthy", "warning")
 MAX_MESSAGE = 1024  # as an Event's note (kube.events): status entries stay readable too
+# The CRD's maxItems of `unhealthy`: more real servers failing at once is an outage the first
+# thousand describe as well as all; lvs_real_server_healthy has every one of them.
+MAX_UNHEALTHY = 1000
+# The CRD's maxProperties of status.directors: the API server refuses an entry beyond it.
+MAX_DIRECTORS = 128
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ def report(*, role: str, generation: int, error: str,
     `error`: then the generation reported stays the one `previous` reported), with the
     real servers that fail its health checks, in election `term`, with `warning`."""
     failing = tuple(unhealthy)
+    if len(failing) > MAX_UNHEALTHY:
+        note = (f"{len(failing)} real servers fail this director's health checks; unhealthy "
+                f"lists the first {MAX_UNHEALTHY} (the metric lvs_real_server_healthy has all)")
+        warning = f"{note}; {warning}" if warning else note
+        failing = failing[:MAX_UNHEALTHY]
     warning = _truncate(warning)
     if not error:
         return Report(role=role, generation=generation, unhealthy=failing, term=term,
@@ -127,6 +137,13 @@ def entry_of(obj: Mapping[str, Any], node: str) -> Mapping[str, Any] | None:
     """Return the `status.directors` entry of `node` in VirtualServer `obj`, or None."""
     found = ((obj.get("status") or {}).get("directors") or {}).get(node)
     return found if isinstance(found, Mapping) else None
+
+
+def room_for(obj: Mapping[str, Any], node: str) -> bool:
+    """Return whether `node` may write its entry in VirtualServer `obj`: it has one already,
+    or `status.directors` has fewer than MAX_DIRECTORS (the API server would refuse it)."""
+    directors = (obj.get("status") or {}).get("directors") or {}
+    return node in directors or len(directors) < MAX_DIRECTORS
 
 
 def event(obj: Mapping[str, Any], *, node: str, message: str, now: datetime,

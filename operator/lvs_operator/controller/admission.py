@@ -158,8 +158,9 @@ def decide(
 
     `virtualservers` are the VirtualServers of the pod's namespace and `services` the Services
     they reference (`referenced_services`), as API objects; invalid or deleting VirtualServers
-    and missing Services are skipped (the controller reports those). `namespace` is the pod's
-    namespace when its `metadata.namespace` is not set yet; `namespace_labels` are its
+    and missing Services are skipped (the controller reports those). `namespace` is the
+    admission request's namespace: the pod's, whatever its `metadata.namespace` claims (used
+    only without it); `namespace_labels` are its
     Namespace's labels (None when unknown). `image` and `image_pull_policy` are those of the
     init containers.
 
@@ -170,7 +171,7 @@ def decide(
     meta = _mapping(pod.get("metadata"))
     pod_spec = _mapping(pod.get("spec"))
     labels = _str_mapping(meta.get("labels"))
-    namespace = str(meta.get("namespace") or namespace or "default")
+    namespace = str(namespace or meta.get("namespace") or "default")
 
     marker = labels.get(LABEL)
     if marker == INJECTED:
@@ -249,6 +250,28 @@ def decide(
     summary = "; ".join(f"{mode} {', '.join(a)}" for mode, a in chosen.items())
     return Decision(patch=tuple(ops), vips=chosen, virtualservers=names,
                     warnings=tuple(warnings), reason=f"added realserver-init ({summary})")
+
+
+def in_request_namespace(review: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return the AdmissionReview `review` with its objects' `metadata.namespace` set to the
+    request's `namespace` (a copy; `review` itself when the request names none, as for a
+    cluster-scoped object).
+
+    The API server authorized the request for `request.namespace`; what the posted object
+    says is the client's claim, and deciding on it would look up another namespace's
+    VirtualServers and Services for this pod.
+    """
+    request = review.get("request")
+    namespace = request.get("namespace") if isinstance(request, Mapping) else None
+    if not namespace or not isinstance(request, Mapping):
+        return review
+    scoped = dict(request)
+    for key in ("object", "oldObject"):
+        obj = request.get(key)
+        if isinstance(obj, Mapping):
+            scoped[key] = {**obj, "metadata": {**_mapping(obj.get("metadata")),
+                                               "namespace": namespace}}
+    return {**review, "request": scoped}
 
 
 def init_container(mode: Mode, vips: Sequence[str], *, image: str,

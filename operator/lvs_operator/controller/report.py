@@ -43,6 +43,12 @@ from lvs_operator.controller import resolve
 
 # The top-level status fields the controller owns (status.directors is the agents').
 OWNED = ("observedGeneration", "ports", "ready", "activeDirector", "conditions", "realServers")
+# Bounds of what the controller writes, as the CRD declares them (the API server refuses
+# more). status.realServers: ~100 bytes of JSON each, so 5,000 keep the object well inside
+# etcd's 1.5 MiB per object; an IPVS service with more real servers is rare, and the ready
+# ones are kept first. A condition's message: metav1.Condition's own bound.
+MAX_REAL_SERVERS = 5000
+MAX_CONDITION_MESSAGE = 32768
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,9 @@ def desired(*, generation: int, vs: spec.VirtualServer | spec.SpecError,
                                "directors do not program a VirtualServer in conflict")
     else:
         assert resolution is not None, "a valid VirtualServer without conflict is resolved"
-        reals = resolution.real_servers
+        reals, cut = _bounded(resolution.real_servers)
         resolved = Condition(REAL_SERVERS_RESOLVED, resolution.resolved, resolution.reason,
-                             resolution.message)
+                             resolution.message + cut)
         programmed = _programmed(directors, generation)
     ready = next((Condition(READY, False, c.reason, c.message)
                   for c in (resolved, programmed) if not c.status),
@@ -176,6 +182,18 @@ def _programmed(directors: Mapping[str, Any], generation: int) -> Condition:
                      + (f" and {standby} standby" if standby else ""))
 
 
+def _bounded(reals: Sequence[realservers.RealServerStatus]
+             ) -> tuple[Sequence[realservers.RealServerStatus], str]:
+    """Return at most MAX_REAL_SERVERS of `reals` (ready ones first, then in their order),
+    and a note for the condition's message when some were left out ("" when none)."""
+    if len(reals) <= MAX_REAL_SERVERS:
+        return reals, ""
+    kept = sorted(sorted(reals, key=lambda r: not r.ready)[:MAX_REAL_SERVERS],
+                  key=realservers.RealServerStatus.sort_key)
+    return kept, (f"; only {MAX_REAL_SERVERS} of the {len(reals)} real servers are published "
+                  f"(status.realServers holds at most {MAX_REAL_SERVERS}; ready ones first)")
+
+
 def _nodes(reports: Iterable[str]) -> str:
     names = sorted(reports)
     return f"director {names[0]}" if len(names) == 1 else f"{len(names)} directors"
@@ -189,6 +207,9 @@ def _stamp(condition: Condition, previous: Mapping[str, Any] | None, generation:
     since = previous.get("lastTransitionTime") if previous else None
     if not since or previous is None or previous.get("status") != value:
         since = timestamp(now)
+    message = condition.message
+    if len(message) > MAX_CONDITION_MESSAGE:
+        message = message[:MAX_CONDITION_MESSAGE - 1] + "…"
     return {"type": condition.type, "status": value, "reason": condition.reason,
-            "message": condition.message, "observedGeneration": generation,
+            "message": message, "observedGeneration": generation,
             "lastTransitionTime": since}

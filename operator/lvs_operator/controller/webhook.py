@@ -9,7 +9,8 @@ which replica leads is decided by the controller's own coordination.k8s.io Lease
 gates only status writes and Events, not admission. (Admission is served by kopf's own root
 task, which even kopf peering never pauses: a cluster test checks that a frozen replica
 answers.) Nothing here is cached or taken from the controller's reflectors: each pod creation
-reads, namespace-scoped and fresh, the VirtualServers of the pod's namespace (one LIST,
+reads, namespace-scoped and fresh, the VirtualServers of the pod's namespace (the admission
+request's `namespace`, never the posted object's `metadata.namespace`; one LIST,
 usually empty: the end of it), and only if a DirectRouting or Tunnel VirtualServer is there,
 the Services those reference and the Namespace (its Pod Security label), concurrently. The
 reads use the controller's client (`kube.client`) in threads, with a deadline: if they fail,
@@ -375,7 +376,7 @@ class RealServerWebhook(kopf.WebhookServer):
                 folder, self.ca_pem = workdir, material.ca_pem
             self.certfile, self.pkeyfile = folder / TLS_CRT, folder / TLS_KEY
             self.cafile = folder / CA_CRT if (folder / CA_CRT).exists() else None
-            async for client_config in super().__call__(fn):
+            async for client_config in super().__call__(in_request_namespace(fn)):
                 if self.options.cert_dir is not None:  # (re)started on renewed files
                     self.ca_pem = TLSMaterial.read(self.options.cert_dir).ca_pem
                 logger.info("real-server webhook serving on %s:%s", self.options.host,
@@ -488,6 +489,17 @@ class RealServerWebhook(kopf.WebhookServer):
         return admission.decide(pod, virtualservers, services, image=self.options.image,
                                 namespace=namespace, namespace_labels=labels,
                                 image_pull_policy=self.options.image_pull_policy)
+
+
+def in_request_namespace(fn: Any) -> Any:
+    """Return kopf's admission function `fn` fed each review with its objects in the
+    request's namespace (`admission.in_request_namespace`): kopf gives handlers the posted
+    object's `metadata.namespace` as `namespace`."""
+
+    async def scoped(request: Mapping[str, Any], **kwargs: Any) -> Any:
+        return await fn(admission.in_request_namespace(request), **kwargs)
+
+    return scoped
 
 
 # Which webhook each registry's handler asks: a second `configure` replaces the first.
