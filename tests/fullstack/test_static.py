@@ -69,7 +69,16 @@ def make(site: stack.Site, name: str) -> tuple[str, str, str]:
             return None
         standby = next(n for n in site.directors if n != holders[0])
         return (holders[0], standby) if status.get(standby) == "Standby" else None
-    active, standby = stack.wait_for(f"one director holding {vip}", settled, interval=0.2)
+    def steady() -> tuple[str, str] | None:
+        # A new instance starts on both directors at once: both may claim it for an
+        # advert or two before the lower priority yields.
+        first = settled()
+        if first is None:
+            return None
+        time.sleep(2.0)
+        return first if settled() == first else None
+    active, standby = stack.wait_for(f"one director holding {vip}, steady", steady,
+                                     interval=0.2)
     return vip, active, standby
 
 
