@@ -115,6 +115,7 @@ def make(ha: stack.Site, cleanup: list[str], name: str,
     ha.apply_virtual_server(name, vip, name, drain_seconds=5, health_check=health_check)
     ha.wait_reals(vip, ALL_ONE)  # on both directors: standbys program IPVS too
     ha.wait_programmed(name)
+    wait_one_active(ha, name, vip)  # before any traffic: a new VIP settles on one holder
     return vip
 
 

@@ -112,3 +112,32 @@ def test_a_replaced_fifo_is_read_again(tmp_path, monkeypatch):
         assert d.states() == {"lvs-y": "MASTER"}
     finally:
         d.stop()
+
+
+def test_a_new_instance_waits_on_the_directors_that_are_not_first(tmp_path):
+    now = [100.0]
+    woken = threading.Event()
+    plan_for = {}
+    for node in ("a", "b"):
+        d = keepalived.Driver(VRRPSettings(directory=tmp_path / node, preempt_delay_seconds=5),
+                              node=node, on_change=woken.set, check=lambda text: "",
+                              clock=lambda: now[0])
+        plan = d.plan([vrrp.Want(VIP, LABELS)], SITE, address=SITE[node].address,
+                      interface="eth0")
+        (tmp_path / node).mkdir()
+        assert d.apply(plan, SITE, {VIP: "eth0"}) == ""
+        plan_for[node] = (d, plan)
+    first = plan_for["a"][1].instances[0].ranking[0]
+    other = "b" if first == "a" else "a"
+    assert "vrrp_instance" in (tmp_path / first / "keepalived.conf").read_text()
+    assert "vrrp_instance" not in (tmp_path / other / "keepalived.conf").read_text()
+    d, plan = plan_for[other]
+    now[0] += 5
+    assert d.apply(plan, SITE, {VIP: "eth0"}) == ""
+    assert "vrrp_instance" in (tmp_path / other / "keepalived.conf").read_text()
+    # an agent that restarts keeps what the file already runs
+    again = keepalived.Driver(VRRPSettings(directory=tmp_path / other), node=other,
+                              on_change=lambda: None, check=lambda text: "",
+                              clock=lambda: now[0])
+    assert again.apply(plan, SITE, {VIP: "eth0"}) == ""
+    assert "vrrp_instance" in (tmp_path / other / "keepalived.conf").read_text()

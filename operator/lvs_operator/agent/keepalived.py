@@ -100,6 +100,9 @@ class Driver:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.transitions = 0  # role changes seen (for metrics)
+        # When each instance was first planned here (None: not yet read from disk).
+        self._first_seen: dict[str, float] | None = None
+        self._timer_pending = False
 
     # --- the notify FIFO ------------------------------------------------------------------
 
@@ -246,6 +249,7 @@ class Driver:
             vrrp.Instance(i.name, i.vrid, i.ranking,
                           tuple((vip, vips[vip]) for vip, _ in i.vips if vip in vips))
             for i in plan.instances) if i.vips]
+        instances = self._defer_new(instances)
         problem = plan.problem
         options = plan.options
         if options is not None and instances:
@@ -258,6 +262,53 @@ class Driver:
         if not problem and instances:
             problem = self._silence(instances)
         return problem
+
+    def _defer_new(self, instances: list[vrrp.Instance]) -> list[vrrp.Instance]:
+        """Return `instances` without the new ones this director is not first for, until
+        they are `preempt_delay_seconds` old here.
+
+        Why: every director adds a new instance (a new VIP's, or after a director joined)
+        when its own agent syncs and its keepalived reloads, seconds apart under load. The
+        first to run it hears nobody and takes its VIPs, and the first-ranked director
+        takes them back when it runs it too: a VIP that moves once, resetting its first
+        connections, seconds after it appeared. Deferred, the first-ranked director runs
+        it first; if it is down, the second takes the VIPs a little later.
+
+        Instances already in the configuration on disk when this agent started are not
+        new (an agent that restarts must not take anything away from keepalived)."""
+        now = self._clock()
+        if self._first_seen is None:
+            self._first_seen = {name: float("-inf") for name in self._on_disk()}
+        seen = self._first_seen
+        for inst in instances:
+            seen.setdefault(inst.name, now)
+        wanted = {i.name for i in instances}
+        for name in [n for n in seen if n not in wanted]:
+            del seen[name]  # gone: if it comes back, it is new again
+        delay = self.settings.preempt_delay_seconds
+        kept, later = [], []
+        for inst in instances:
+            if inst.ranking[0] == self.node or now - seen[inst.name] >= delay:
+                kept.append(inst)
+            else:
+                later.append(seen[inst.name] + delay - now)
+        if later and not self._timer_pending:
+            self._timer_pending = True
+
+            def due() -> None:
+                self._timer_pending = False
+                self._on_change()
+            timer = threading.Timer(min(later) + 0.05, due)
+            timer.daemon = True
+            timer.start()
+        return kept
+
+    def _on_disk(self) -> list[str]:
+        """Return the instances of the shared file as it is (an earlier run's)."""
+        try:
+            return list(vrrp.Shared.from_json(self.paths.instances.read_text()).instances)
+        except (OSError, vrrp.VRRPError):
+            return []
 
     def _render(self, instances: list[vrrp.Instance], members: Mapping[str, vrrp.Member],
                 options: vrrp.Options) -> str:
