@@ -5,6 +5,7 @@ changes or a run of renewals begins."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -70,7 +71,10 @@ def test_owners_of_a_node() -> None:
 
 def test_lease_is_owned_by_the_node_and_says_so_once(keeper) -> None:
     keeper_, api = keeper
-    eventually(lambda: api.lease())  # created before the Node is known: no owner
+    time.sleep(0.2)
+    assert api.lease() == {}  # nothing is published before the labels are known
+    keeper_.set_labels(NODE["metadata"]["labels"])
+    eventually(lambda: api.lease())  # created before the Node's uid is known: no owner
     assert owned_by(api.lease()) is None
     set_node(keeper_, NODE)
     eventually(lambda: owned_by(api.lease()) == OWNER)

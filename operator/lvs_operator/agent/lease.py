@@ -189,6 +189,12 @@ class Keeper:
         # once, not at the next renewal (which is 10 s away with keepalived).
         self._published: tuple[dict[str, str], str] | None = None
         self._renew_now = threading.Event()
+        # What the Lease publishes must be known before its first write: a Lease written
+        # without labels (or, with keepalived, without the VRRP address) would make every
+        # other director drop this one from its plans for a moment, and move VIPs.
+        self._known = threading.Event()
+        self._have_labels = False
+        self._have_address = not settings.keepalived
         self._owners: list[dict[str, str]] = []  # the Node, once seen (see `set_owner`)
         # What the Lease's ownerReferences were last written as (None: not known): a
         # renewal sends them only when they differ, or when it begins a run.
@@ -224,6 +230,7 @@ class Keeper:
         """Copy the Node's `labels` into the Lease from the next renewal on."""
         with self._lock:
             self._labels = dict(labels)
+            self._have_labels = True
             self._wake_renewer()
 
     def set_address(self, address: str) -> None:
@@ -231,10 +238,13 @@ class Keeper:
         the next renewal on, which comes at once when it changed."""
         with self._lock:
             self._address = address
+            self._have_address = True
             self._wake_renewer()
 
     def _wake_renewer(self) -> None:
         """Renew now if what the Lease publishes changed (call with the lock held)."""
+        if self._have_labels and self._have_address:
+            self._known.set()
         if self._published is not None and self._published != (self._labels, self._address):
             self._renew_now.set()
 
@@ -296,6 +306,9 @@ class Keeper:
 
     def _renew_loop(self) -> None:
         period = self.settings.renew_seconds
+        while not self._known.is_set():  # see __init__: nothing half-known is published
+            if self._stopping.wait(0.05):
+                return
         while not self._stopping.is_set():
             started = self._clock()
             with self._lock:
