@@ -10,7 +10,9 @@ from `vrrp.shared` (advert interval 0.1 s, VIP lifetime 2 s). Checked:
     container kill does): the VIPs leave that namespace within 3 s, the other takes them;
 (c) keepalived's processes SIGSTOPped: the same, by the watchdog;
 (d) forged VRRPv3 adverts with priority 254 from the stranger: no role change, and the
-    guard's counter counts them.
+    guard's counter counts them;
+(e) the whole container (supervisor and keepalived) SIGKILLed: the VIPs expire;
+and the watchdog's capture filter lets nothing but our own outgoing VRRP reach Python.
 
 Addresses are read in-process over netlink (`network.vip.list_lifetimes`) in each
 namespace: exact addresses present or absent. Measured times are printed (run with -s).
@@ -22,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -38,6 +41,7 @@ import pytest
 from netlab import Lab, Lan, Netns
 
 from lvs_operator import vrrp
+from lvs_operator.keepalived.watchdog import Capture
 from lvs_operator.network.vip import list_lifetimes
 
 pytestmark = pytest.mark.kernel
@@ -188,25 +192,34 @@ def test_the_master_holds_the_vips_with_a_refreshed_lifetime(site):
     assert names == ["lvs_operator_vrrp"]
 
 
-def _failover(master: Director, backup: Director, signum: int) -> tuple[float, float]:
-    """Freeze keepalived's two processes, then (for SIGKILL) kill them; return the seconds
-    until the VIPs left the master, and until the backup held them."""
-    pids = master.keepalived_pids()
+def _failover(master: Director, backup: Director, pids: list[int], signum: int,
+              limit: float = 30.0) -> tuple[float, float]:
+    """Freeze `pids` (keepalived's, all at once, as a container's kill or freeze does), then
+    for SIGKILL kill them; return the seconds until the VIPs left the master, and until
+    the backup held them (each sampled on its own)."""
     start = time.monotonic()
-    for pid in pids:  # both at once, as a container's kill or freeze does
+    for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     if signum == signal.SIGKILL:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-    wait_until(master.holds_none, f"the VIPs to leave {master.name}", 30, master)
-    gone = time.monotonic() - start
-    wait_until(backup.holds, f"{backup.name} to take the VIPs", TAKEOVER_TIMEOUT, backup)
-    return gone, time.monotonic() - start
+    gone = taken = None
+    while gone is None or taken is None:
+        now = time.monotonic() - start
+        if gone is None and master.holds_none():
+            gone = now
+        if taken is None and backup.holds():
+            taken = now
+        if now > max(limit, TAKEOVER_TIMEOUT):
+            raise AssertionError(f"after {now:.1f} s: VIPs gone from {master.name} at {gone}, "
+                                 f"held by {backup.name} at {taken}\n{master.output()[-3000:]}")
+        time.sleep(0.02)
+    return gone, taken
 
 
 def test_keepalived_killed_its_vips_leave_and_the_peer_takes_them(site):
     _, master, backup = site
-    gone, taken = _failover(master, backup, signal.SIGKILL)
+    gone, taken = _failover(master, backup, master.keepalived_pids(), signal.SIGKILL)
     print(f"SIGKILL: VIPs gone from {master.name} after {gone:.2f} s, held by "
           f"{backup.name} after {taken:.2f} s")
     assert gone < FAILOVER_LIMIT
@@ -220,7 +233,7 @@ def test_keepalived_killed_its_vips_leave_and_the_peer_takes_them(site):
 
 def test_keepalived_frozen_its_vips_leave_and_the_peer_takes_them(site):
     _, master, backup = site
-    gone, taken = _failover(master, backup, signal.SIGSTOP)
+    gone, taken = _failover(master, backup, master.keepalived_pids(), signal.SIGSTOP)
     print(f"SIGSTOP: VIPs gone from {master.name} after {gone:.2f} s, held by "
           f"{backup.name} after {taken:.2f} s")
     assert gone < FAILOVER_LIMIT
@@ -297,3 +310,45 @@ def test_forged_adverts_from_a_stranger_change_nothing_and_are_counted(site):
         rejected = director.metrics()["lvs_vrrp_adverts_rejected_total"]
         assert rejected >= sent, f"{director.name}'s guard dropped {rejected} of {sent}"
     print(f"forgeries: {sent} per director, all dropped by the guard, no role change")
+
+
+def test_the_whole_container_killed_its_vips_expire(site):
+    _, master, backup = site
+    wait_until(lambda: None not in master.vips().values(), "a lifetime on the VIPs", 10,
+               master)
+    assert master.proc is not None
+    # The supervisor (`ip netns exec` execs it: same pid) and keepalived, all at once.
+    # Nobody refreshes the VIPs: the kernel deletes them when their lifetime runs out (its
+    # lifetime check runs on whole seconds: up to a second more).
+    gone, taken = _failover(master, backup, [master.proc.pid, *master.keepalived_pids()],
+                            signal.SIGKILL)
+    print(f"container SIGKILL: VIPs expired on {master.name} after {gone:.2f} s "
+          f"(lifetime {LIFETIME} s), held by {backup.name} after {taken:.2f} s")
+    assert gone < LIFETIME + 1.5
+
+
+def test_the_capture_filter_passes_only_outgoing_vrrp(lab: Lab):
+    lan = lab.lan(["a", "b"])
+    host = lan["a"]
+    capture = host.call(Capture, "eth0")
+    udp = host.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw = host.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+    try:
+        for _ in range(50):
+            udp.sendto(b"client traffic", (lan.ip4("b"), 9))
+        replies = lan["b"].socket(socket.AF_INET, socket.SOCK_RAW, 112)
+        replies.sendto(vrrp3_advert(lan.ip4("b"), lan.ip4("a"), 9, 100, [str(VIP)]),
+                       (lan.ip4("a"), 0))  # incoming VRRP: a peer's, not ours
+        replies.close()
+        time.sleep(0.5)
+        readable, _, _ = select.select([capture], [], [], 0)
+        assert readable == [], "the kernel filter let something else through"
+        raw.sendto(vrrp3_advert(lan.ip4("a"), lan.ip4("b"), 7, 100, [str(VIP)]),
+                   (lan.ip4("b"), 0))
+        readable, _, _ = select.select([capture], [], [], 10)
+        assert readable == [capture]
+        assert capture.drain() == [7]
+    finally:
+        udp.close()
+        raw.close()
+        capture.close()
