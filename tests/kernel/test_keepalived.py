@@ -139,8 +139,13 @@ def site(lab: Lab, tmp_path: Path) -> Iterator[tuple[Lan, Director, Director]]:
     first = instances[0].ranking[0]
     master, backup = directors[first], directors["d2" if first == "d1" else "d1"]
     # Both start as BACKUP; whichever times out first is MASTER until the other preempts.
-    took = wait_until(lambda: master.holds() and backup.holds_none(),
-                      f"{master.name} alone to hold the VIPs", START_TIMEOUT, master)
+    # The backup's keepalived must run too (its VRRP process wrote its pid), or a failover
+    # would measure its start-up.
+    took = wait_until(lambda: backup.paths.vrrp_pid.exists() and master.holds()
+                      and backup.holds_none(), f"{master.name} alone to hold the VIPs",
+                      START_TIMEOUT, master)
+    time.sleep(1.0)  # ten adverts: the backup has heard the master
+    assert master.holds() and backup.holds_none()
     print(f"\n{master.name} holds the VIPs {took:.1f} s after the lab started them")
     yield lan, master, backup
     for director in directors.values():
