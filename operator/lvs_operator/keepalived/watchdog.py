@@ -22,6 +22,10 @@ While the capture cannot run (say the interface is missing) nothing is deleted: 
 adverts to see, every VIP would look dead; lifetimes are still refreshed so that the
 container's death still takes the VIPs with it.
 
+A refresh that races with keepalived dropping the VIP (it turned BACKUP between our listing
+and our request) re-creates it, as rtnetlink replaces by creating: that copy's instance no
+longer advertises, so the next pass deletes it (and its lifetime would anyway).
+
 Only addresses listed in instances.json are ever touched. If the agent dies, nothing here
 changes. vip_lifetime_seconds 0 turns the watchdog's address work off (adverts are still
 counted).
