@@ -12,6 +12,7 @@ from `vrrp.shared` (advert interval 0.1 s, VIP lifetime 2 s). Checked:
 (d) forged VRRPv3 adverts with priority 254 from the stranger: no role change, and the
     guard's counter counts them;
 (e) the whole container (supervisor and keepalived) SIGKILLed: the VIPs expire;
+(f) a new keepalived.conf: one reload (SIGHUP), no role change;
 and the watchdog's capture filter lets nothing but our own outgoing VRRP reach Python.
 
 Addresses are read in-process over netlink (`network.vip.list_lifetimes`) in each
@@ -357,3 +358,30 @@ def test_the_capture_filter_passes_only_outgoing_vrrp(lab: Lab):
         udp.close()
         raw.close()
         capture.close()
+
+
+def test_a_new_configuration_is_loaded_without_a_flap(site):
+    _, master, backup = site
+    fifo = os.open(master.paths.fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        _drain(fifo)
+        config = master.paths.config.read_text()
+        # A new stamp, as the agent writes to make keepalived report its states again.
+        vrrp.write_atomically(master.paths.config, config.replace("#\n", "# stamp 2\n", 1))
+        start = time.monotonic()
+        while master.metrics()["lvs_keepalived_reloads_total"] < 1:
+            assert time.monotonic() - start < 30, "no reload within 30 s"
+            assert master.holds() and backup.holds_none(), "the VIPs moved on a reload"
+            time.sleep(0.05)
+        took = time.monotonic() - start
+        for _ in range(20):  # keepalived reloads after the SIGHUP: watch it for a second
+            assert master.holds() and backup.holds_none(), "the VIPs moved on a reload"
+            time.sleep(0.05)
+        lines = _drain(fifo)
+    finally:
+        os.close(fifo)
+    # A master that stays master writes nothing on reload (as notes/keepalived Q5 saw).
+    assert [n for n in map(vrrp.parse_notification, lines.splitlines()) if n] == []
+    assert master.proc is not None and master.proc.poll() is None
+    assert master.metrics()["lvs_keepalived_reloads_total"] == 1
+    print(f"reload: SIGHUP sent {took:.2f} s after the change, no flap")
