@@ -443,11 +443,7 @@ def _keepalived(args: argparse.Namespace) -> int:
                                             metrics_address=args.metrics_address)
     except supervisor.SettingsError as error:
         return _fail(str(error), status=EXIT_USAGE)
-    try:
-        return supervisor.run(settings)
-    except OSError as error:
-        host, port = settings.metrics or ("", 0)
-        return _fail(f"cannot serve metrics at {host}:{port}: {error.strerror}")
+    return supervisor.run(settings)
 
 
 def _fail(message: str, *, status: int = EXIT_FAILED) -> int:

@@ -26,7 +26,13 @@ from lvs_operator.network.errors import (
 from lvs_operator.network.inetconf import get_inet_conf, set_inet_conf
 from lvs_operator.network.links import ensure_link, get_link, interface_exists, set_up
 from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
-from lvs_operator.network.vip import add_vip, list_vips, remove_vip
+from lvs_operator.network.vip import (
+    add_vip,
+    list_lifetimes,
+    list_vips,
+    remove_vip,
+    set_lifetime,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -82,6 +88,28 @@ def test_vip_add_and_remove_are_idempotent(lab):
     assert node_address in shown
     assert "192.0.2.10" not in shown and "2001:db8::10" not in shown
     assert host.call(list_vips, "eth0") == []
+
+
+def test_a_vip_lifetime_is_set_refreshed_and_expires(lab):
+    host = lab.lan(["host"])["host"]
+    v4, v6 = ip_address("192.0.2.30"), ip_address("2001:db8::30")
+    host.call(add_vip, "eth0", v4)
+    host.call(add_vip, "eth0", v6)
+    assert host.call(list_lifetimes, "eth0") == {v4: None, v6: None}  # forever
+
+    host.call(set_lifetime, "eth0", [v4, v6], 30)
+    shown = addresses(host, "eth0")
+    for vip in ("192.0.2.30", "2001:db8::30"):
+        assert 28 <= shown[vip]["valid_life_time"] <= 30
+        assert 28 <= shown[vip]["preferred_life_time"] <= 30
+    assert shown["2001:db8::30"].get("nodad") is True
+    assert shown["10.200.0.10"]["valid_life_time"] == 2**32 - 1  # the node's own: untouched
+    lifetimes = host.call(list_lifetimes, "eth0")
+    assert lifetimes.keys() == {v4, v6} and all(28 <= s <= 30 for s in lifetimes.values() if s)
+
+    host.call(set_lifetime, "eth0", [v4, v6], 1)  # not refreshed again: the kernel deletes
+    wait_until(lambda: host.call(list_vips, "eth0") == [], "the VIPs to expire", timeout=10)
+    assert host.call(list_lifetimes, "eth0") == {}
 
 
 def test_vips_on_lo_leave_the_loopback_addresses_out(lab):

@@ -224,6 +224,21 @@ def test_keepalived_exiting_0_on_its_own_still_fails(tmp_path):
     assert rig.finish() == 1
 
 
+def test_a_keepalived_that_cannot_start_fails_and_cleans_up(tmp_path, caplog):
+    rig = Rig(tmp_path)
+
+    def missing(argv):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    rig.supervisor._spawn = missing
+    rig.write()
+    rig.kernel.held["eth0"].add(VIP)  # an earlier keepalived's, never refreshed again
+    assert rig.finish() == 1
+    assert "cannot start keepalived: [Errno 2] No such file or directory: 'keepalived' (is " \
+        "keepalived installed?" in caplog.text
+    assert rig.kernel.held["eth0"] == set()
+
+
 def test_a_guard_that_cannot_be_installed_is_fatal(tmp_path, caplog):
     rig = Rig(tmp_path, guard=FakeGuard(fail=True))
     rig.write()

@@ -4,6 +4,7 @@ parsing."""
 
 from __future__ import annotations
 
+import os
 from ipaddress import IPv4Address, ip_address
 
 import pytest
@@ -58,16 +59,28 @@ class FakeAddresses:
 
 
 class FakeCapture:
-    def __init__(self, interface, on_advert) -> None:
+    """A capture whose queued adverts a test puts in `queued`."""
+
+    def __init__(self, interface) -> None:
         self.interface = interface
-        self.on_advert = on_advert
         self.alive = True
+        self.queued: list[int] = []
+        self._never, self._unused = os.pipe()  # nothing is ever written: never readable
+
+    def fileno(self) -> int:
+        return self._never
+
+    def drain(self) -> list[int]:
+        queued, self.queued = self.queued, []
+        return queued
 
     def close(self) -> None:
         self.alive = False
+        os.close(self._never)
+        os.close(self._unused)
 
 
-def failing_capture(interface, on_advert):
+def failing_capture(interface):
     raise OSError(19, "No such device")
 
 
@@ -118,6 +131,23 @@ def test_adverts_stopping_delete_the_vips_at_once_and_only_the_listed_ones():
     assert metrics.value("lvs_vrrp_vips_deleted_total", reason="no_adverts") == 2
 
 
+def test_adverts_queued_while_the_watchdog_was_starved_count_before_it_judges():
+    made: list[FakeCapture] = []
+
+    def capture(interface):
+        made.append(FakeCapture(interface))
+        return made[-1]
+
+    dog, kernel, clock, _ = make({"eth0": {VIP}, "eth1": set()}, capture=capture)
+    dog.tick()
+    clock.now += 5  # no CPU for us for 5 s; keepalived advertised all along
+    made[-1].queued += [51] * 50
+    assert dog.tick().delete == []
+    assert kernel.removed == []
+    clock.now += 0.6  # and now it is silent
+    assert [a for _, a, _ in dog.tick().delete] == [VIP]
+
+
 def test_a_vip_that_just_appeared_gets_a_window_before_silence_counts():
     dog, kernel, clock, _ = make({"eth0": set(), "eth1": set()})
     clock.now += 5
@@ -158,8 +188,8 @@ def test_without_a_capture_nothing_is_deleted_but_lifetimes_are_kept():
 def test_a_dead_capture_is_restarted_and_given_a_window():
     made: list[FakeCapture] = []
 
-    def capture(interface, on_advert):
-        made.append(FakeCapture(interface, on_advert))
+    def capture(interface):
+        made.append(FakeCapture(interface))
         return made[-1]
 
     dog, _, clock, _ = make({"eth0": {VIP}, "eth1": set()}, capture=capture)
@@ -169,7 +199,7 @@ def test_a_dead_capture_is_restarted_and_given_a_window():
     clock.now += 5
     assert dog.tick().delete == []  # the new capture has seen nothing yet
     assert len(made) == 2
-    made[-1].on_advert(51)
+    made[-1].queued.append(51)
     clock.now += 0.3
     assert dog.tick().delete == []
 
@@ -177,8 +207,8 @@ def test_a_dead_capture_is_restarted_and_given_a_window():
 def test_the_capture_follows_the_interface():
     made: list[FakeCapture] = []
 
-    def capture(interface, on_advert):
-        made.append(FakeCapture(interface, on_advert))
+    def capture(interface):
+        made.append(FakeCapture(interface))
         return made[-1]
 
     dog, _, _, _ = make({"eth0": set(), "eth1": set()}, capture=capture)

@@ -261,7 +261,12 @@ class Supervisor:
             stale.unlink(missing_ok=True)
         argv = command(self.settings.binary, self.paths)
         log.info("starting %s", " ".join(argv))
-        child = self._spawn(argv)
+        try:
+            child = self._spawn(argv)
+        except OSError as e:
+            self._failed = f"cannot start {argv[0]}: {e} (is keepalived installed? " \
+                "--keepalived or LVS_KEEPALIVED_BINARY names it)"
+            return EXIT_FAILED
         self._child = child
         self._metrics.set_up(True)
         if self._stop_signal is not None:  # asked to stop while starting it
@@ -361,17 +366,19 @@ def _describe(status: int) -> str:
 
 def run(settings: Settings) -> int:
     """Run the keepalived container's program until keepalived exits; return the exit
-    status (see `Supervisor.run`).
-
-    Raises:
-        OSError: when the metrics address cannot be bound.
-    """
+    status (see `Supervisor.run`; 1 when the metrics address cannot be served)."""
     guard = Guard(nft=settings.nft) if settings.guard else None
     if guard is None:
         log.warning("LVS_VRRP_GUARD=false: no VRRP guard; forged adverts from non-peers "
                     "reach keepalived")
     metrics = Metrics(rejected=guard.rejected if guard is not None else None)
-    server = serve(*settings.metrics, metrics) if settings.metrics else None
+    try:
+        server = serve(*settings.metrics, metrics) if settings.metrics else None
+    except OSError as e:
+        host, port = settings.metrics or ("", 0)
+        log.error("cannot serve metrics at %s:%d: %s (LVS_KEEPALIVED_METRICS_ADDRESS)",
+                  host, port, e.strerror)
+        return EXIT_FAILED
     supervisor = Supervisor(
         settings, metrics=metrics, watchdog=Watchdog(metrics), guard=guard,
         spawn=subprocess.Popen,

@@ -22,6 +22,10 @@ While the capture cannot run (say the interface is missing) nothing is deleted: 
 adverts to see, every VIP would look dead; lifetimes are still refreshed so that the
 container's death still takes the VIPs with it.
 
+A refresh that races with keepalived dropping the VIP (it turned BACKUP between our listing
+and our request) re-creates it, as rtnetlink replaces by creating: that copy's instance no
+longer advertises, so the next pass deletes it (and its lifetime would anyway).
+
 Only addresses listed in instances.json are ever touched. If the agent dies, nothing here
 changes. vip_lifetime_seconds 0 turns the watchdog's address work off (adverts are still
 counted).
@@ -34,9 +38,12 @@ which must never reach Python.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -166,18 +173,21 @@ def advert_vrid(packet: bytes) -> int | None:
 
 
 class Capture:
-    """keepalived's outgoing adverts on one interface, passed to `on_advert(vrid)` from a
-    thread of its own; `close` it.
+    """A socket that receives keepalived's outgoing adverts on one interface; `close` it.
+
+    It has no thread of its own: the watchdog's thread waits on it (`fileno`) and reads
+    what is queued (`drain`) before each judgement, so an advert keepalived sent is never
+    missed for want of CPU on our side (under load a separate reader could lag behind the
+    judge and make a live keepalived look silent).
 
     Raises (from the constructor):
         OSError: when the socket cannot be made (EPERM: CAP_NET_RAW is missing; ENODEV:
             no such interface).
     """
 
-    def __init__(self, interface: str, on_advert: Callable[[int], None]) -> None:
+    def __init__(self, interface: str) -> None:
         self.interface = interface
-        self._on_advert = on_advert
-        self._closed = False
+        self.alive = True
         # Protocol 0: the socket receives nothing until it is bound, so no unfiltered
         # packet can queue up before the filter is attached.
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
@@ -188,39 +198,39 @@ class Capture:
             fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))  # sock_fprog
             self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
             self._sock.bind((interface, ETH_P_ALL))
-            # Wakes the thread now and then to see whether it was closed.
-            self._sock.settimeout(PERIOD)
+            self._sock.setblocking(False)
         except BaseException:
             self._sock.close()
             raise
-        self._thread = threading.Thread(target=self._receive, name=f"adverts:{interface}",
-                                        daemon=True)
-        self._thread.start()
 
-    @property
-    def alive(self) -> bool:
-        """Return whether the capture still runs (a socket error ends it)."""
-        return self._thread.is_alive()
+    def fileno(self) -> int:
+        """Return the socket's descriptor (readable when adverts are queued)."""
+        return self._sock.fileno()
 
-    def _receive(self) -> None:
-        while not self._closed:
+    def drain(self) -> list[int]:
+        """Return the VRIDs of the adverts queued since the last call (without waiting).
+
+        A socket error (the interface went away) is logged and ends the capture: `alive`
+        turns False.
+        """
+        vrids: list[int] = []
+        while self.alive:
             try:
                 packet, address = self._sock.recvfrom(SNAPLEN)
-            except TimeoutError:
-                continue
+            except BlockingIOError:
+                break
             except OSError as e:
-                if not self._closed:
-                    log.error("capturing keepalived's adverts on %s failed: %s",
-                              self.interface, e)
-                return
+                log.error("capturing keepalived's adverts on %s failed: %s", self.interface, e)
+                self.alive = False
+                break
             vrid = advert_vrid(packet)
             if vrid is not None and address[2] == PACKET_OUTGOING:
-                self._on_advert(vrid)
+                vrids.append(vrid)
+        return vrids
 
     def close(self) -> None:
-        """Stop the thread and close the socket."""
-        self._closed = True
-        self._thread.join()
+        """Close the socket."""
+        self.alive = False
         self._sock.close()
 
 
@@ -241,9 +251,11 @@ class CaptureLike(Protocol):
     """What the watchdog needs of a `Capture`."""
 
     interface: str
+    alive: bool
 
-    @property
-    def alive(self) -> bool: ...
+    def fileno(self) -> int: ...
+
+    def drain(self) -> list[int]: ...
 
     def close(self) -> None: ...
 
@@ -260,7 +272,7 @@ class Watchdog:
     """
 
     def __init__(self, metrics: Metrics, *, addresses: Addresses = vip,
-                 capture: Callable[[str, Callable[[int], None]], CaptureLike] = Capture,
+                 capture: Callable[[str], CaptureLike] = Capture,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._metrics = metrics
         self._addresses = addresses
@@ -274,8 +286,10 @@ class Watchdog:
         self._capture: CaptureLike | None = None
         self._capture_since = 0.0
         self._capture_error = ""
-        self._wake = threading.Event()
+        # Written to wake the thread (a new instances.json, stop) out of its select().
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def update(self, shared: vrrp.Shared) -> None:
@@ -283,14 +297,20 @@ class Watchdog:
         with self._lock:
             self._shared = shared
             self._changed = self._clock()
-        self._wake.set()
+        self._wake()
 
     def advert(self, vrid: int) -> None:
-        """Record that keepalived sent an advert for `vrid` now (the capture calls it)."""
+        """Record that keepalived sent an advert for `vrid` now."""
         now = self._clock()
         with self._lock:
             self._adverts[vrid] = now
         self._metrics.advert(vrid)
+
+    def _wake(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(BlockingIOError):  # full: it is awake already
+            os.write(self._wake_write, b"!")
 
     def start(self) -> None:
         """Run passes every PERIOD in a thread until `stop`."""
@@ -300,21 +320,40 @@ class Watchdog:
     def stop(self) -> None:
         """Stop the thread and the capture; return once they are stopped."""
         self._stopping = True
-        self._wake.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join()
         if self._capture is not None:
             self._capture.close()
             self._capture = None
+        self._closed = True
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
     def _run(self) -> None:
+        due = self._clock()
         while not self._stopping:
-            try:
-                self.tick()
-            except Exception:  # one failed pass must not end the watchdog
-                log.exception("watchdog pass failed")
-            self._wake.wait(PERIOD)
-            self._wake.clear()
+            if self._clock() >= due:
+                try:
+                    self.tick()
+                except Exception:  # one failed pass must not end the watchdog
+                    log.exception("watchdog pass failed")
+                due = self._clock() + PERIOD
+            if self._wait(due):
+                due = self._clock()
+
+    def _wait(self, due: float) -> bool:
+        """Record adverts as they come until `due`; return True when woken before."""
+        capture = self._capture
+        waiting = [self._wake_read] + ([capture.fileno()] if capture is not None else [])
+        ready, _, _ = select.select(waiting, [], [], max(0.0, due - self._clock()))
+        if capture is not None and capture.fileno() in ready:
+            self._record(capture)
+        if self._wake_read not in ready:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, 4096)
+        return True
 
     def tick(self) -> Verdict:
         """Run one pass: refresh or delete the listed VIPs the kernel holds.
@@ -323,10 +362,14 @@ class Watchdog:
             What it decided (errors acting on it are logged, not raised).
         """
         with self._lock:
-            shared, changed, adverts = self._shared, self._changed, dict(self._adverts)
+            shared = self._shared
         if shared is None:
             return Verdict()
         self._keep_capture(shared.interface)
+        if self._capture is not None:
+            self._record(self._capture)  # what keepalived sent up to now counts
+        with self._lock:
+            changed, adverts = self._changed, dict(self._adverts)
         if shared.vip_lifetime_seconds <= 0:
             self._first_seen.clear()
             return Verdict()
@@ -397,7 +440,7 @@ class Watchdog:
             capture.close()
             self._capture = None
         try:
-            self._capture = self._make_capture(interface, self.advert)
+            self._capture = self._make_capture(interface)
         except OSError as e:
             hint = {errno.EPERM: "; the container needs CAP_NET_RAW",
                     errno.ENODEV: "; is the VRRP interface right?"}.get(e.errno or 0, "")
@@ -410,6 +453,11 @@ class Watchdog:
         if self._capture_error:
             log.info("capturing keepalived's adverts on %r again", interface)
         self._capture_error = ""
+
+
+    def _record(self, capture: CaptureLike) -> None:
+        for vrid in capture.drain():
+            self.advert(vrid)
 
 
 def _names(addresses: Sequence[IPAddress]) -> str:
