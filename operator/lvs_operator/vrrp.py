@@ -288,9 +288,9 @@ def render(instances: Sequence[Instance], members: Mapping[str, Member], *, me: 
            options: Options, paths: Paths, stamp: str = "") -> str:
     """Return keepalived.conf for this director.
 
-    `stamp` goes into a comment: a new one makes the keepalived container reload, which
-    makes keepalived write every instance's state to the FIFO again (an agent that starts
-    learns the roles that way)."""
+    `stamp` goes into a comment: a new one makes the keepalived container reload, after
+    which keepalived writes the state of its backup instances to the FIFO again (not of
+    its masters: an agent that starts takes those from the kernel)."""
     advert = _seconds(options.advert_seconds)
     lines = [
         "# Written by lvs-operator's agent: changes are overwritten.",

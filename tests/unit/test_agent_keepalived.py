@@ -141,3 +141,11 @@ def test_a_new_instance_waits_on_the_directors_that_are_not_first(tmp_path):
                               clock=lambda: now[0])
     assert again.apply(plan, SITE, {VIP: "eth0"}) == ""
     assert "vrrp_instance" in (tmp_path / other / "keepalived.conf").read_text()
+
+
+def test_assumed_states_give_way_to_keepalived(tmp_path):
+    d, _ = driver(tmp_path)
+    d.assume({"lvs-a": "MASTER", "lvs-b": "BACKUP"})
+    d._note('INSTANCE "lvs-b" MASTER 250')
+    d.assume({"lvs-b": "BACKUP"})
+    assert d.states() == {"lvs-a": "MASTER", "lvs-b": "MASTER"}

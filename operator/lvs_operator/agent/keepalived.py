@@ -16,7 +16,9 @@ directors' own network, whether or not the API server is there. So:
   wakes the sync loop on every change; a VirtualServer is Active here while its VIP's
   instance is MASTER. The first configuration an agent writes carries a new stamp, so
   keepalived reloads and writes every instance's state again (fifo_write_vrrp_states_on_
-  reload): an agent that restarts learns the roles without touching them.
+  reload; it re-reports backups only, so an instance still unreported is taken as MASTER
+  when its VIPs are on this director's interface, BACKUP otherwise): an agent that restarts
+  learns the roles without touching them.
 - keepalived not answering (no state for an instance 10 s after the configuration that
   made it was written) is an error in status: the keepalived container is missing, or
   down.
@@ -145,9 +147,17 @@ class Driver:
             self._thread.join(timeout=2)
 
     def states(self) -> dict[str, str]:
-        """Return each instance's last reported state."""
+        """Return each instance's last reported (or assumed) state."""
         with self._lock:
             return dict(self._states)
+
+    def assume(self, states: Mapping[str, str]) -> None:
+        """Take `states` for instances keepalived has said nothing about (an agent that
+        started while keepalived ran: on a reload keepalived reports the backups' states
+        again, not the masters'); a report from keepalived wins."""
+        with self._lock:
+            for name, state in states.items():
+                self._states.setdefault(name, state)
 
     def _read_loop(self, fd: int) -> None:
         buffer = b""

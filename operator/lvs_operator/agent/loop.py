@@ -328,6 +328,7 @@ class Agent:
                 self._fallback = fallback
                 plan = self._vrrp_plan(objects, labels, view, fallback, full=full)
                 self._alone = set(plan.alone)
+                self._assume_states(plan)
                 decide = role.vrrp_states(plan.instance_of, plan.alone,
                                           self.keepalived.states())
             else:
@@ -607,6 +608,28 @@ class Agent:
         # The director's own address comes first; VIPs (added later) come after it.
         own = [a for a in found if a not in self._managed and a not in self._held()]
         return own[0] if own else None
+
+    def _assume_states(self, plan: keepalived.Plan) -> None:
+        """For the instances keepalived has reported nothing about since this agent
+        started, take the kernel's word: MASTER where one of their VIPs is on this
+        director, BACKUP elsewhere (read once per instance)."""
+        assert self.keepalived is not None
+        known = self.keepalived.states()
+        unknown = [i for i in plan.instances if i.name not in known]
+        if not unknown or plan.options is None:
+            return
+        interfaces = {self._fallback, self.settings.ha.vrrp.interface} | {
+            (obj.get("spec") or {}).get("directors", {}).get("interface")
+            for obj in self.virtualservers.snapshot().values()}
+        present: set[IPAddress] = set()
+        for name in sorted(i for i in interfaces if isinstance(i, str) and i):
+            try:
+                present |= {a for a, _ in list_addresses(name)}
+            except NetworkError:
+                continue
+        self.keepalived.assume({
+            i.name: vrrp.MASTER if any(v in present for v, _ in i.vips) else vrrp.BACKUP
+            for i in unknown})
 
     def _own_vips(self, wanted: desired.Desired) -> dict[str, set[IPAddress]]:
         """Return the VIPs this agent holds itself, by interface: all of them without
