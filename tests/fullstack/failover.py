@@ -376,6 +376,8 @@ def forge_adverts(ns: Netns, source: str, targets: Sequence[str], vrid: int,
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, VRRP_PROTOCOL) as s:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)  # VRRP drops any other TTL
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+            # The client has no default route: say where the multicast goes out.
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source))
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 for target in [*targets, VRRP_GROUP]:

@@ -14,11 +14,11 @@ directors' own network, whether or not the API server is there. So:
   and every VirtualServer it would have served reports the error.
 - A reader thread follows keepalived's notify FIFO (`INSTANCE "lvs-..." MASTER 250`) and
   wakes the sync loop on every change; a VirtualServer is Active here while its VIP's
-  instance is MASTER. The first configuration an agent writes carries a new stamp, so
-  keepalived reloads and writes every instance's state again (fifo_write_vrrp_states_on_
-  reload; it re-reports backups only, so an instance still unreported is taken as MASTER
-  when its VIPs are on this director's interface, BACKUP otherwise): an agent that restarts
-  learns the roles without touching them.
+  instance is MASTER. An agent that restarts writes the same configuration as before (no
+  reload: a reload would restart keepalived's preempt delays) and takes the state of the
+  instances keepalived has not reported since from the kernel: MASTER where their VIPs are
+  on this director's interface, BACKUP otherwise. It learns the roles without touching
+  them.
 - keepalived not answering (no state for an instance 10 s after the configuration that
   made it was written) is an error in status: the keepalived container is missing, or
   down.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import secrets
 import select
 import stat
 import subprocess
@@ -96,7 +95,6 @@ class Driver:
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, str] = {}
-        self._stamp = secrets.token_hex(6)  # a new agent: keepalived reports every state
         self._written_at: float | None = None  # when the configuration last changed
         self._checked: tuple[str, str] | None = None  # (text, verdict) of the last check
         self._stopping = threading.Event()
@@ -323,7 +321,7 @@ class Driver:
     def _render(self, instances: list[vrrp.Instance], members: Mapping[str, vrrp.Member],
                 options: vrrp.Options) -> str:
         return vrrp.render(instances, members, me=self.node, options=options,
-                           paths=self.paths, stamp=self._stamp)
+                           paths=self.paths)
 
     def _verdict(self, text: str) -> str:
         """Return keepalived's objection to `text` ("" when none), checked once per text."""
