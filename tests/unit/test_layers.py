@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "plan": {"model"},
     "vrrp": {"model"},
+    "exposition": set(),
     "ownership": {"model", "files"},
     "syncer": CORE | {"ipvs"},
     "ipvs": {"model", "plan"},
@@ -30,8 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"model"},
     "kube": {"api"},
     "controller": {"api", "kube", "model"},
-    "agent": CORE | KERNEL | {"api", "kube"},
-    "keepalived": {"model", "vrrp", "network", "files"},
+    "agent": CORE | KERNEL | {"api", "kube", "exposition"},
+    "keepalived": {"model", "vrrp", "network", "files", "exposition"},
 }
 
 

@@ -33,18 +33,15 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
-import socketserver
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from wsgiref import simple_server
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lvs_operator import exposition
 from lvs_operator.agent import health
 from lvs_operator.model import ServiceKey, Stats, Table, format_endpoint
 from lvs_operator.plan import Operation
@@ -249,7 +246,8 @@ class AgentMetrics:
 
 def serve(host: str, port: int, registry: prometheus_client.CollectorRegistry
           ) -> simple_server.WSGIServer:
-    """Serve `registry` at http://host:port/metrics (and `ok` at /healthz) from a thread.
+    """Serve `registry` at http://host:port/metrics (and `ok` at /healthz) from a thread
+    (`exposition.serve`).
 
     Returns:
         The running server; `shutdown()` and `server_close()` it to stop.
@@ -257,43 +255,4 @@ def serve(host: str, port: int, registry: prometheus_client.CollectorRegistry
     Raises:
         OSError: when the address cannot be bound.
     """
-
-    class Server(socketserver.ThreadingMixIn, simple_server.WSGIServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        daemon_threads = True
-
-    server = simple_server.make_server(
-        host, port, _app(prometheus_client.make_wsgi_app(registry)), Server, _Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
-
-
-def _app(metrics_app: WSGIApplication) -> WSGIApplication:
-    """Return a WSGI app that hands /metrics to `metrics_app`, answers /healthz, and 404s
-    the rest (the library's app would serve the metrics at any path)."""
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            try:
-                return list(metrics_app(environ, start_response))
-            except Exception as e:  # a failed scrape answers why, instead of wsgiref's 500
-                log.exception("metrics collection failed")
-                return _answer(start_response, "500 Internal Server Error",
-                               f"collecting metrics failed: {e}\n")
-        if path == "/healthz":
-            return _answer(start_response, "200 OK", "ok\n")
-        return _answer(start_response, "404 Not Found", "not found: try /metrics\n")
-
-    return app
-
-
-def _answer(start_response: StartResponse, status: str, text: str) -> list[bytes]:
-    body = text.encode()
-    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-
-
-class _Handler(simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("metrics: " + format, *args)
+    return exposition.serve(host, port, registry)

@@ -18,16 +18,14 @@ runs, 503 before it starts and after it died) from a thread.
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from wsgiref import simple_server
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+from lvs_operator import exposition
 
 # No `_created` series: they would double every counter's series for nothing a dashboard
 # reads. The library has only this process-wide switch; this process serves nothing else.
@@ -113,7 +111,8 @@ class Metrics:
 
 
 def serve(host: str, port: int, metrics: Metrics) -> simple_server.WSGIServer:
-    """Serve `metrics` at http://host:port/metrics and the health at /healthz, from a thread.
+    """Serve `metrics` at http://host:port/metrics and the health at /healthz (503 while
+    keepalived does not run), from a thread (`exposition.serve`).
 
     Returns:
         The running server; `shutdown()` and `server_close()` it to stop.
@@ -121,39 +120,5 @@ def serve(host: str, port: int, metrics: Metrics) -> simple_server.WSGIServer:
     Raises:
         OSError: when the address cannot be bound.
     """
-    class Server(ThreadingWSGIServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-    server = simple_server.make_server(
-        host, port, app(prometheus_client.make_wsgi_app(metrics.registry), metrics),
-        Server, _Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
-
-
-def app(metrics_app: WSGIApplication, metrics: Metrics) -> WSGIApplication:
-    """Return a WSGI app that hands /metrics to `metrics_app`, answers /healthz from
-    `metrics.up`, and 404s the rest."""
-
-    def answer(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return list(metrics_app(environ, start_response))
-        if path == "/healthz":
-            if metrics.up:
-                return _text(start_response, "200 OK", "ok\n")
-            return _text(start_response, "503 Service Unavailable", "keepalived is not running\n")
-        return _text(start_response, "404 Not Found", "not found: try /metrics\n")
-
-    return answer
-
-
-def _text(start_response: StartResponse, status: str, text: str) -> list[bytes]:
-    body = text.encode()
-    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-
-
-class _Handler(simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("metrics: " + format, *args)
+    return exposition.serve(host, port, metrics.registry, health=lambda: (
+        "" if metrics.up else "keepalived is not running"))
