@@ -538,6 +538,10 @@ class Site:
                 ka.start()
             if not agent.alive():
                 agent.start()
+            # Back means keepalived runs again (its preempt delay counts from there); under
+            # emulation the container takes seconds to get there.
+            wait_for(f"keepalived to run again on {node}",
+                     lambda: (ka.dir / "keepalived.pid").exists(), timeout, interval=0.1)
             return
         if not agent.alive():
             agent.start()

@@ -17,6 +17,7 @@ from lvs_operator.network.errors import InterfaceNotFound
 
 VIP, VIP6, OTHER = ip_address("10.0.0.50"), ip_address("fd00::50"), ip_address("10.0.0.51")
 FOREIGN = ip_address("10.0.0.99")  # a /32 on the interface that instances.json never lists
+W = watchdog.window(0.1)  # the silence that condemns an instance advertising every 0.1 s
 
 
 def shared(*, lifetime=2, advert=0.1, interface="eth0") -> vrrp.Shared:
@@ -94,8 +95,8 @@ def make(held, *, capture=FakeCapture, data=None):
 
 
 def test_window_is_four_adverts_but_never_under_half_a_second():
-    assert watchdog.window(0.05) == 0.5
-    assert watchdog.window(0.1) == 0.5
+    assert watchdog.window(0.05) == 1.5
+    assert watchdog.window(0.1) == 1.5
     assert watchdog.window(1) == 4
 
 
@@ -119,12 +120,12 @@ def test_adverts_stopping_delete_the_vips_at_once_and_only_the_listed_ones():
     dog.advert(52)
     dog.tick()
     kernel.lifetimes.clear()
-    clock.now += 0.4
+    clock.now += W - 0.1
     dog.advert(52)  # instance b still advertises, a went silent
     clock.now += 0.2
     verdict = dog.tick()
     assert [(i, a) for i, a, _ in verdict.delete] == [("eth0", VIP), ("eth0", VIP6)]
-    assert "lvs-a (VRID 51) has sent no advert for 0.60 s" in verdict.delete[0][2]
+    assert f"lvs-a (VRID 51) has sent no advert for {W + 0.1:.2f} s" in verdict.delete[0][2]
     assert kernel.removed == [("eth0", VIP), ("eth0", VIP6)]
     assert kernel.held == {"eth0": {FOREIGN}, "eth1": {OTHER}}
     assert kernel.lifetimes == [("eth1", (OTHER,), 2)]
@@ -144,7 +145,7 @@ def test_adverts_queued_while_the_watchdog_was_starved_count_before_it_judges():
     made[-1].queued += [51] * 50
     assert dog.tick().delete == []
     assert kernel.removed == []
-    clock.now += 0.6  # and now it is silent
+    clock.now += W + 0.1  # and now it is silent
     assert [a for _, a, _ in dog.tick().delete] == [VIP]
 
 
@@ -154,7 +155,7 @@ def test_a_vip_that_just_appeared_gets_a_window_before_silence_counts():
     dog.tick()
     kernel.held["eth0"].add(VIP)  # a new master adds its VIPs, then advertises
     dog.tick()
-    clock.now += 0.4
+    clock.now += W - 0.1
     dog.tick()
     assert kernel.removed == []
     assert [a for _, a, _ in kernel.lifetimes] == [(VIP,), (VIP,)]
@@ -172,7 +173,7 @@ def test_a_new_instances_json_gets_a_window_too():
                         vip_lifetime_seconds=2, instances={"lvs-c": (77, ((VIP, None),))})
     dog.update(moved)  # keepalived has not reloaded yet: VRID 77 is silent
     assert dog.tick().delete == []
-    clock.now += 0.6
+    clock.now += W + 0.1
     assert [a for _, a, _ in dog.tick().delete] == [VIP]
 
 
