@@ -540,8 +540,10 @@ class Site:
                 agent.start()
             # Back means keepalived runs again (its preempt delay counts from there); under
             # emulation the container takes seconds to get there.
+            # (Its metrics, not its pid file: a SIGKILLed keepalived leaves that behind.)
             wait_for(f"keepalived to run again on {node}",
-                     lambda: (ka.dir / "keepalived.pid").exists(), timeout, interval=0.1)
+                     lambda: ka.metrics().get("lvs_keepalived_up") == 1, timeout,
+                     interval=0.2)
             return
         if not agent.alive():
             agent.start()
