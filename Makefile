@@ -1,7 +1,8 @@
 # lvs-operator: developer and CI entry points. `make help` lists the targets.
 #
 # Everything runs as root on a fresh Debian machine with only the package registries as
-# network (that is what CI does: .ci/run -> `make test`, with CI=true and no stdin).
+# network (that is what CI does: .ci/run -> `make test`, then `make test-node`, with CI=true
+# and no stdin).
 # The kernel tier and the benchmarks run inside a qemu VM (tests/vm/run): the host kernel has
 # no IPVS. The cluster tier runs a real control plane (etcd, kube-apiserver,
 # kube-controller-manager) on 127.0.0.1, from binaries tests/cluster/build-k8s builds and caches.
@@ -56,7 +57,7 @@ help:
 	@echo "make demo         the whole product on this machine in a few minutes (root)"
 	@echo "make test         provision venv lint test-unit test-cluster test-kernel test-fullstack"
 	@echo "                  test-image (the image built here, its commands run as the chart runs them)"
-	@echo "                  (what CI runs)"
+	@echo "                  (CI's .ci/run runs it, then test-node)"
 	@echo "make bench        benchmarks: tests/bench/kernel inside the VM (booted once),"
 	@echo "                  tests/bench/fullstack with the agents in the VM (failover: two"
 	@echo "                  directors) and the control plane + controller on the host"
@@ -67,8 +68,10 @@ help:
 	@echo "make image        build the one image of every component ($(IMAGE)) with docker,"
 	@echo "                  podman or buildah (tests/image/build)"
 	@echo "make test-image   run the image's commands in a container as the chart runs them"
-	@echo "make test-node    a kubelet + containerd node in the VM, the chart by helm, pods,"
-	@echo "                  the webhook's init container, DR traffic (tests/node; not in test)"
+	@echo "make test-node    a kubelet + containerd node in the VM, the chart by helm: the pods"
+	@echo "                  (the agent's two containers), the webhook's init container, DR and"
+	@echo "                  Tunnel traffic, helm upgrade with 0 failed requests, uninstall"
+	@echo "                  (tests/node; not in test: .ci/run runs it after test; ~30 min)"
 	@echo "make e2e-kind     the chart on a kind cluster: DR, Tunnel and NAT traffic, failover,"
 	@echo "                  uninstall (tests/e2e_kind; needs Docker, kind and ip_vs; not in test)"
 	@echo "make clean        remove build output and caches (distclean: the venv too)"
@@ -230,8 +233,10 @@ _test-image: image
 
 # The node tier: a real kubelet + containerd node in the kernel VM joined to a control plane on
 # the host, the image and the pause image built here (never pulled), `helm install` of the
-# chart, the webhook's init container, DR traffic, `kubectl exec`, `helm uninstall`
-# (tests/node/host.py; see tests/node/nodelab.py). Not part of `make test` (see README).
+# chart, the agent pod's two containers, the webhook's init container, DR and Tunnel traffic,
+# `kubectl exec`, `helm upgrade` under traffic, `helm uninstall` (tests/node/host.py; see
+# tests/node/nodelab.py). Not part of `make test`: it takes more than the 15 minutes a tier
+# may add there, so .ci/run calls it after `make test` (see README).
 test-node: provision venv
 	@$(MAKE) _test-node
 _test-node:

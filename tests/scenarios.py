@@ -56,14 +56,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
-# The client: GET url `count` times, a new connection each, `interval` seconds apart; prints
-# JSON [[seconds since start, HTTP status or null, body or null, error or null], ...].
+# The client: GET url `count` times (0: until its stdin reaches its end), a new connection
+# each, `interval` seconds apart; prints JSON
+# [[seconds since start, HTTP status or null, body or null, error or null], ...].
 CLIENT_SCRIPT = """
-import json, sys, time, urllib.error, urllib.request
+import itertools, json, sys, threading, time, urllib.error, urllib.request
 url, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+closed = threading.Event()
+if count == 0:
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
 start, results = time.monotonic(), []
-for _ in range(count):
+for _ in range(count) if count else itertools.takewhile(lambda _: not closed.is_set(),
+                                                        itertools.count()):
     at = time.monotonic() - start
     try:
         with opener.open(url, timeout=2) as answer:
@@ -427,13 +432,194 @@ def kernel_service(cluster: Cluster, site: Site) -> dict[str, Any]:
 def direct_routing(cluster: Cluster, site: Site) -> dict[str, int]:
     """DR: every real server answers (round robin), the kernel forwards by Route, and the
     director sends nothing back (replies go straight to the client). Returns the answers."""
+    return _direct_return(cluster, site, forwarding="Route")
+
+
+def tunnel(cluster: Cluster, site: Site) -> dict[str, int]:
+    """Tunnel: every real server was prepared by the injected `realserver-init --mode
+    tunnel` for the site's VIP (exit code 0), answers (round robin), the kernel forwards by
+    Tunnel (ipip), and the director sends nothing back. Returns the answers."""
+    for pod in pods(cluster, site):
+        injected_init(pod)
+        commands = [c.get("command") for c in pod["spec"]["initContainers"]
+                    if c["name"].startswith(INIT_PREFIX)]
+        assert commands == [["lvs-operator", "realserver-init", "--mode", "tunnel",
+                             "--vip", site.vip]], f"{pod['metadata']['name']}: {commands}"
+    return _direct_return(cluster, site, forwarding="Tunnel")
+
+
+def _direct_return(cluster: Cluster, site: Site, *, forwarding: str) -> dict[str, int]:
+    """The checks of DR and Tunnel: every pod answers, every real server is forwarded to by
+    `forwarding` ("Route" or "Tunnel"), and the director sent no packet back."""
     counts = traffic(cluster, site)
     assert set(counts) == {p["metadata"]["name"] for p in pods(cluster, site)}, counts
     service = kernel_service(cluster, site)
-    assert [r["forwarding"] for r in service["realServers"]] == ["Route"] * site.replicas
+    assert [r["forwarding"] for r in service["realServers"]] == [forwarding] * site.replicas
     assert service["stats"]["conns"] >= REQUESTS
-    assert service["stats"]["outPackets"] == 0, "DR: the real server answers the client directly"
+    assert service["stats"]["outPackets"] == 0, \
+        f"{site.mode}: the real server answers the client directly"
     return counts
+
+
+# --- the agent pod's keepalived container ----------------------------------------------------
+
+KEEPALIVED_CONTAINER = "keepalived"
+KEEPALIVED_METRICS_PORT = 9641  # the chart's agent.keepalived.metricsPort
+PROBLEM_LEVELS = ("ERROR", "CRITICAL")
+
+
+def problem_lines(log: str) -> list[str]:
+    """Return the lines of a container's log that the product wrote at level ERROR or
+    CRITICAL (its format: "DATE TIME LEVEL logger: message") and the first lines of Python
+    tracebacks."""
+    return [line for line in log.splitlines()
+            if [*line.split(" ", 3), "", "", ""][2] in PROBLEM_LEVELS
+            or line == "Traceback (most recent call last):"]
+
+
+def container_log(cluster: Cluster, pod: str, container: str) -> str:
+    """Return the log of `container` of the release's pod `pod`."""
+    return cluster.kubectl("logs", "-n", RELEASE_NAMESPACE, pod, "-c", container)
+
+
+AGENT_CONTAINERS = ["agent", KEEPALIVED_CONTAINER]
+
+
+def agent_containers(cluster: Cluster, node: str) -> list[str]:
+    """Check the agent pod of `node`: exactly the containers agent and keepalived, each
+    Running and ready with 0 restarts; no ERROR, CRITICAL or traceback in the keepalived
+    container's log; its metrics answering with lvs_keepalived_up 1 (keepalived runs, with
+    or without VRRP instances). Returns a line per container and the metric, to print."""
+    pod = agent_pod(cluster, node)
+    assert pod, f"no ready agent pod on {node}"
+    spec = get(cluster, "pod", "-n", RELEASE_NAMESPACE, pod)
+    statuses = {s["name"]: s for s in spec["status"].get("containerStatuses") or []}
+    assert [c["name"] for c in spec["spec"]["containers"]] == AGENT_CONTAINERS, spec["spec"]
+    lines = []
+    for name in AGENT_CONTAINERS:
+        status = statuses[name]
+        lines.append(f"{pod} container {name}: {', '.join(status['state'])}, ready "
+                     f"{status['ready']}, restarts {status['restartCount']}")
+        assert list(status["state"]) == ["running"], f"{pod} {name}: {status}"
+        assert status["ready"] is True and status["restartCount"] == 0, f"{pod} {name}: {status}"
+    log = container_log(cluster, pod, KEEPALIVED_CONTAINER)
+    assert problem_lines(log) == [], f"{pod} {KEEPALIVED_CONTAINER}:\n{log}"
+    up = keepalived_metrics(cluster, node).get("lvs_keepalived_up")
+    lines.append(f"{pod} container {KEEPALIVED_CONTAINER}: lvs_keepalived_up {up}, "
+                 f"{len(log.splitlines())} log lines, none at ERROR or CRITICAL")
+    assert up == 1.0, f"{pod}: lvs_keepalived_up is {up}:\n{log}"
+    return lines
+
+
+def keepalived_metrics(cluster: Cluster, node: str) -> dict[str, float]:
+    """Return the samples (name{labels} -> value) of the keepalived container's /metrics on
+    `node`, fetched inside that container (hostNetwork: the node's loopback)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pod = agent_pod(cluster, node)
+    assert pod, f"no ready agent pod on {node}"
+    text = cluster.kubectl(
+        "exec", "-n", RELEASE_NAMESPACE, pod, "-c", KEEPALIVED_CONTAINER, "--", "python", "-c",
+        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+        f"'http://127.0.0.1:{KEEPALIVED_METRICS_PORT}/metrics', timeout=10).read().decode())")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+# --- helm upgrade ----------------------------------------------------------------------------
+
+AGENT_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=agent"
+LEASE_PREFIX, TERM_ANNOTATION = "lvs-director-", "lvs.dev/term"
+UPGRADE_PROBE_INTERVAL = 0.2  # seconds between the client's requests during an upgrade
+# Traffic goes on this long after every new agent has renewed its Lease in a new term: its
+# first syncs (where a new agent that touched the kernel state would show it) are inside.
+UPGRADE_SETTLE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What `upgrade_agents` saw: the agent pods before and after (node -> pod name) and,
+    per site, every answer of the client that ran throughout."""
+
+    before: Mapping[str, str]
+    after: Mapping[str, str]
+    answers: Mapping[str, list[Answer]]
+
+
+def director_term(cluster: Cluster, node: str) -> str:
+    """Return the term of `node`'s director Lease ("" while it has none)."""
+    lease = get(cluster, "lease", "-n", RELEASE_NAMESPACE, f"{LEASE_PREFIX}{node}")
+    return str((lease["metadata"].get("annotations") or {}).get(TERM_ANNOTATION, ""))
+
+
+def upgrade_agents(cluster: Cluster, sites: Iterable[Site], *, values: Sequence[str],
+                   timeout: float) -> Upgrade:
+    """`helm upgrade --reuse-values --set VALUES` (a change to the agent's pod template) with
+    a client sending a request to each site's VIP every UPGRADE_PROBE_INTERVAL seconds from
+    before the upgrade until UPGRADE_SETTLE_SECONDS after every director runs a new agent
+    pod whose agent renewed its Lease in a new term. Asserts that every agent pod was
+    replaced and that no request failed (an agent that stops leaves the kernel as it is; a
+    new one adopts it). Returns what it saw."""
+    sites = list(sites)
+    before: dict[str, str] = {}
+    for node in cluster.directors:
+        pod = agent_pod(cluster, node)
+        assert pod, f"no ready agent pod on {node} before the upgrade"
+        before[node] = pod
+    terms = {node: director_term(cluster, node) for node in cluster.directors}
+    probes = {site.mode: subprocess.Popen(
+        cluster.client_command(site.vip, site.port, count=0, interval=UPGRADE_PROBE_INTERVAL),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for site in sites}
+    after: dict[str, str] = {}
+    try:
+        time.sleep(2)  # the client's first requests go before the upgrade
+        say(f"helm upgrade {RELEASE} --reuse-values --set {' --set '.join(values)}, with "
+            f"requests to {', '.join(f'{s.vip}:{s.port}' for s in sites)} every "
+            f"{UPGRADE_PROBE_INTERVAL} s throughout")
+        cluster.helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+                     "--reuse-values", *(a for v in values for a in ("--set", v)),
+                     "--wait", "--timeout", f"{timeout:.0f}s", timeout=timeout + 60)
+        for node in cluster.directors:
+            after[node] = wait_for(
+                f"a new ready agent pod on {node} (the old one: {before[node]})",
+                functools.partial(_new_agent_pod, cluster, node, old=before[node]),
+                timeout=timeout, interval=2, diagnose=cluster.diagnose)
+            wait_for(f"the new agent on {node} to renew its Lease in a new term",
+                     functools.partial(_new_term, cluster, node, old=terms[node]),
+                     timeout=timeout, interval=2, diagnose=cluster.diagnose)
+        time.sleep(UPGRADE_SETTLE_SECONDS)
+    finally:
+        # The clients stop when their stdin ends; what they answered is read below.
+        outputs = {mode: probe.communicate("", timeout=120) for mode, probe in probes.items()}
+    answers = {}
+    for site in sites:
+        out, err = outputs[site.mode]
+        assert probes[site.mode].returncode == 0, f"the client of {site.mode} failed: {err}"
+        outcome = [Answer(float(at), status, pod, error)
+                   for at, status, pod, error in json.loads(out)]
+        failed = [a for a in outcome if a.status != 200]
+        say(f"helm upgrade, {site.mode} {site.vip}:{site.port}: {len(outcome)} requests "
+            f"over {outcome[-1].at:.0f} s, {len(failed)} failed")
+        assert not failed, (f"{site.mode}: {len(failed)} of {len(outcome)} requests failed "
+                            f"during the upgrade: {failed[:3]} ... {failed[-3:]}")
+        answers[site.mode] = outcome
+    return Upgrade(before=before, after=after, answers=answers)
+
+
+def _new_agent_pod(cluster: Cluster, node: str, *, old: str) -> str | None:
+    """Return the ready agent pod of `node` if it is not `old`, else None."""
+    pod = agent_pod(cluster, node)
+    return pod if pod != old else None
+
+
+def _new_term(cluster: Cluster, node: str, *, old: str) -> bool:
+    """Return whether `node`'s director Lease is in a term other than `old` (and any)."""
+    return director_term(cluster, node) not in ("", old)
 
 
 def uninstall(cluster: Cluster, sites: Mapping[str, Site], *, timeout: float = 180) -> None:

@@ -291,7 +291,8 @@ class Lab:
 
     def client_command(self, vip: str, port: int, *, count: int,
                        interval: float = 0.0) -> list[str]:
-        return [_need("docker"), "exec", CLIENT, "python", "-c", scenarios.CLIENT_SCRIPT,
+        # -i: a client asked to run until its stdin ends (count 0) sees ours end.
+        return [_need("docker"), "exec", "-i", CLIENT, "python", "-c", scenarios.CLIENT_SCRIPT,
                 f"http://{vip}:{port}/", str(count), str(interval)]
 
     def run_client(self, argv: Sequence[str], *, timeout: float) -> str:

@@ -4,9 +4,12 @@ The scenarios are tests/scenarios.py's, shared with the node tier (tests/node). 
 crds/examples/{dr,tunnel,nat}.yaml are applied, adapted to the lab (kindlab:
 VIPs from kind's Docker network, round robin, real servers on the control-plane node); a
 client container on that network sends HTTP requests to each VIP, a new connection each.
-Then the agent pod of the director holding the VIPs is deleted and traffic must continue
-through the other director; finally `helm uninstall` removes every workload and keeps the
-CRD and the VirtualServers. The tests run in this order (pytest keeps the file's order).
+Each agent pod runs its two containers (agent, keepalived) with the keepalived container's
+metrics answering. `helm upgrade` with a changed value rolls the agent pods while the client
+sends requests to every VIP: none may fail. Then the agent pod of the director holding the
+VIPs is deleted and traffic must continue through the other director; finally
+`helm uninstall` removes every workload and keeps the CRD and the VirtualServers. The tests
+run in this order (pytest keeps the file's order).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def test_agents_run_on_both_directors(lab: Lab) -> None:
         kindlab.wait_for(f"a ready agent pod on {node}",
                          functools.partial(scenarios.agent_pod, lab, node),
                          timeout=120, diagnose=lab.diagnose)
+        for line in scenarios.agent_containers(lab, node):
+            say(line)
 
 
 def test_direct_routing(lab: Lab, sites: dict[str, Site]) -> None:
@@ -53,15 +58,7 @@ def test_direct_routing(lab: Lab, sites: dict[str, Site]) -> None:
 def test_tunnel(lab: Lab, sites: dict[str, Site]) -> None:
     if "tunnel" not in sites:
         pytest.skip(f"Tunnel: {kindlab.ipip_missing()}")
-    site = sites["tunnel"]
-    pods = scenarios.pods(lab, site)
-    for pod in pods:
-        scenarios.injected_init(pod)
-    assert set(scenarios.traffic(lab, site)) == {p["metadata"]["name"] for p in pods}, \
-        "round robin reaches every real server"
-    service = scenarios.kernel_service(lab, site)
-    assert {r["forwarding"] for r in service["realServers"]} == {"Tunnel"}
-    assert service["stats"]["outPackets"] == 0, "Tunnel: replies bypass the director"
+    scenarios.tunnel(lab, sites["tunnel"])
 
 
 def test_nat(lab: Lab, sites: dict[str, Site]) -> None:
@@ -72,6 +69,16 @@ def test_nat(lab: Lab, sites: dict[str, Site]) -> None:
     service = scenarios.kernel_service(lab, site)
     assert {(r["forwarding"], r["port"]) for r in service["realServers"]} == {("Masq", PORT)}
     assert service["stats"]["outPackets"] > 0, "NAT: replies pass through the director"
+
+
+def test_helm_upgrade_rolls_the_agents_without_a_failed_request(
+        lab: Lab, sites: dict[str, Site]) -> None:
+    upgrade = scenarios.upgrade_agents(lab, sites.values(), values=["agent.logLevel=info"],
+                                       timeout=READY_TIMEOUT)
+    say(f"helm upgrade: agent pods {dict(upgrade.before)} -> {dict(upgrade.after)}")
+    for node in lab.directors:
+        for line in scenarios.agent_containers(lab, node):
+            say(line)
 
 
 def test_failover(lab: Lab, sites: dict[str, Site]) -> None:
@@ -88,8 +95,9 @@ def test_failover(lab: Lab, sites: dict[str, Site]) -> None:
     count = int((FAILOVER_TIMEOUT + 5) / 0.1)
     probes = {s.mode: subprocess.Popen(lab.client_command(s.vip, s.port, count=count,
                                                           interval=0.1),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True) for s in sites.values()}
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+              for s in sites.values()}
     try:
         say(f"delete the agent pod {pod} on {active}, the active director of "
             f"{[s.name for s in moving]}")

@@ -16,8 +16,9 @@ How the pieces talk::
 
     node-1 (the VM's root namespace): containerd + runc, kubelet, kube-proxy (iptables), the
     bridge CNI (cni0 10.244.0.1/24, pods from .10), labelled lvs.dev/director=true; a client
-    namespace on cni0 (10.244.0.250); the DR VIP 10.244.0.200 is held on cni0 by the agent,
-    so the real-server pods are on the director's L2 segment, as DR needs.
+    namespace on cni0 (10.244.0.250); the DR VIP 10.244.0.200 and the Tunnel VIP
+    10.244.0.201 are held on cni0 by the agent, so the real-server pods are on the
+    director's L2 segment, as DR needs (Tunnel would cross a routed network too).
 
 qemu's user network lets nothing into the VM but the hostfwd rule, so the API server reaches
 the cluster network the way Kubernetes has for control planes outside it: an egress selector
@@ -54,6 +55,7 @@ BRIDGE_SUBNET = "10.244.0.0/24"
 BRIDGE_IP = "10.244.0.1"
 CLIENT_IP = "10.244.0.250"  # the client namespace, on cni0 (outside the pods' range)
 DR_VIP = "10.244.0.200"
+TUNNEL_VIP = "10.244.0.201"
 PAUSE_IMAGE = "localhost/lvs-operator/pause:test"
 DIRECTOR_LABEL = "lvs.dev/director"
 RELEASE, RELEASE_NAMESPACE = "lvs", "lvs-system"

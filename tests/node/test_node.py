@@ -2,12 +2,15 @@
 
 In order (pytest keeps the file's order): `helm install` of charts/lvs-operator; the
 controller pod Running and holding its Lease; the agent DaemonSet pod Running on the director
-node with only NET_ADMIN and NET_RAW; the DR example with ordinary pods as real servers, which
-the webhook (served from the controller pod) prepares with the realserver-init init container;
-HTTP traffic from the client namespace through the VIP; `lvs-operator ipvs show --stats` by
-`kubectl exec` in the agent pod; the VirtualServer deleted and `helm uninstall` leaving no IPVS
-service and no VIP. The scenario functions are tests/scenarios.py's, shared with the kind
-suite.
+node, its two containers (agent, keepalived) with only NET_ADMIN and NET_RAW, the keepalived
+container's metrics answering; the DR example with ordinary pods as real servers, which the
+webhook (served from the controller pod) prepares with the realserver-init init container;
+HTTP traffic from the client namespace through the VIP; the Tunnel example the same way
+(`realserver-init --mode tunnel`, ipip to the pods); `lvs-operator ipvs show --stats` by
+`kubectl exec` in the agent pod; `helm upgrade` with a changed value rolling the agent pod
+while a client sends requests to both VIPs, none failing; the VirtualServers deleted and
+`helm uninstall` leaving no IPVS service and no VIP. The scenario functions are
+tests/scenarios.py's, shared with the kind suite.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import nodelab
 import pytest
-from nodelab import DR_VIP, NODE, RELEASE, RELEASE_NAMESPACE, NodeLab
+from nodelab import DR_VIP, NODE, RELEASE, RELEASE_NAMESPACE, TUNNEL_VIP, NodeLab
 
 import scenarios
 from conftest import REPORT
@@ -40,9 +43,11 @@ def _component(pod: dict[str, Any]) -> str:
 
 
 def _describe(pod: dict[str, Any]) -> str:
-    restarts = sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
-    return (f"{pod['metadata']['name']}: phase {pod['status'].get('phase')}, restarts "
-            f"{restarts}, node {pod['spec'].get('nodeName')}")
+    restarts = {s["name"]: s.get("restartCount", 0)
+                for s in pod["status"].get("containerStatuses", [])}
+    return (f"{pod['metadata']['name']}: phase {pod['status'].get('phase')}, containers "
+            f"{[c['name'] for c in pod['spec']['containers']]}, restarts {restarts}, node "
+            f"{pod['spec'].get('nodeName')}")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,7 @@ def installed(lab: NodeLab) -> NodeLab:
     """The director prerequisites on node-1 (the user guide's step 3: an administrator's, the
     agent is not privileged), then `helm install` with the image built here."""
     nodelab.run(["modprobe", "ip_vs"])
+    nodelab.run(["modprobe", "ipip"])  # Tunnel real servers' tunl0 (the README's step 3)
     for name, value in scenarios.DIRECTOR_SYSCTLS.items():
         with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
             f.write(value)
@@ -82,6 +88,14 @@ def test_release_pods_run(installed: NodeLab) -> None:
     assert agent["spec"]["hostNetwork"] is True
 
 
+def test_agent_pod_runs_agent_and_keepalived(installed: NodeLab) -> None:
+    """Both containers of the agent pod run, the keepalived container without an error in
+    its log and with lvs_keepalived_up 1 (one director: keepalived runs with no instance,
+    the agent holds the VIPs itself)."""
+    lines = scenarios.agent_containers(installed, NODE)
+    REPORT.extend(lines)
+
+
 def test_controller_holds_its_lease(installed: NodeLab) -> None:
     (controller,) = [p for p in _release_pods(installed) if _component(p) == "controller"]
     name = controller["metadata"]["name"]
@@ -99,16 +113,17 @@ def test_controller_holds_its_lease(installed: NodeLab) -> None:
     REPORT.append(f"controller {holder} holds the Lease {lease_name}")
 
 
-def test_agent_has_only_net_admin_and_net_raw(installed: NodeLab) -> None:
-    """The agent's process (PID 1 of its container) has exactly the chart's capabilities."""
+@pytest.mark.parametrize("container", scenarios.AGENT_CONTAINERS)
+def test_agent_has_only_net_admin_and_net_raw(installed: NodeLab, container: str) -> None:
+    """Each container's process (its PID 1) has exactly the chart's capabilities."""
     pod = scenarios.agent_pod(installed, NODE)
     assert pod
-    status = installed.kubectl("exec", "-n", RELEASE_NAMESPACE, pod, "--", "cat",
-                               "/proc/1/status")
+    status = installed.kubectl("exec", "-n", RELEASE_NAMESPACE, pod, "-c", container, "--",
+                               "cat", "/proc/1/status")
     effective = int(next(line.split()[1] for line in status.splitlines()
                          if line.startswith("CapEff:")), 16)
     assert effective == (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW), hex(effective)
-    REPORT.append(f"agent {pod}: CapEff {effective:#x} (NET_ADMIN, NET_RAW)")
+    REPORT.append(f"{pod} container {container}: CapEff {effective:#x} (NET_ADMIN, NET_RAW)")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +132,15 @@ def dr(installed: NodeLab) -> Site:
     sites = scenarios.apply_sites(installed, {"dr": DR_VIP}, timeout=TIMEOUT,
                                   replicas={"dr": 2})
     return sites["dr"]
+
+
+@pytest.fixture(scope="module")
+def tunnel(installed: NodeLab, dr: Site) -> Site:
+    """The Tunnel example on the bridge: two ordinary pods as real servers, reached by ipip
+    (the director encapsulates to the pod IP; the pods answer the client directly)."""
+    sites = scenarios.apply_sites(installed, {"tunnel": TUNNEL_VIP}, timeout=TIMEOUT,
+                                  replicas={"tunnel": 2})
+    return sites["tunnel"]
 
 
 def test_webhook_prepares_the_real_servers(installed: NodeLab, dr: Site) -> None:
@@ -142,6 +166,24 @@ def test_direct_routing_traffic(installed: NodeLab, dr: Site) -> None:
     assert installed.vips_on_bridge() == {DR_VIP}
 
 
+def test_tunnel_traffic(installed: NodeLab, tunnel: Site) -> None:
+    counts = scenarios.tunnel(installed, tunnel)
+    for pod in scenarios.pods(installed, tunnel):
+        name = pod["metadata"]["name"]
+        codes = {s["name"]: s["state"]["terminated"]["exitCode"]
+                 for s in scenarios.injected_init(pod)}
+        restarts = sum(s["restartCount"] for s in pod["status"]["containerStatuses"])
+        REPORT.append(f"{name}: phase {pod['status']['phase']}, restarts {restarts}, "
+                      f"init {codes}")
+        assert restarts == 0
+        tunl0 = installed.kubectl("exec", "-n", scenarios.NAMESPACE, name, "-c", "http",
+                                  "--", "ip", "-4", "-o", "addr", "show", "dev", "tunl0")
+        assert f" {TUNNEL_VIP}/32 " in tunl0, tunl0
+    REPORT.append(f"Tunnel {tunnel.vip}:{tunnel.port}: {scenarios.REQUESTS} requests, "
+                  f"HTTP 200 from {counts}")
+    assert installed.vips_on_bridge() == {DR_VIP, TUNNEL_VIP}
+
+
 def test_ipvs_show_stats_in_the_agent_pod(installed: NodeLab, dr: Site) -> None:
     text = scenarios.ipvs_show(installed, NODE, "--stats")
     print(text)
@@ -152,14 +194,37 @@ def test_ipvs_show_stats_in_the_agent_pod(installed: NodeLab, dr: Site) -> None:
     assert f"{DR_VIP}:{dr.port}" in text
 
 
-def test_uninstall_leaves_no_ipvs_service_or_vip(installed: NodeLab, dr: Site) -> None:
-    scenarios.say(f"delete the VirtualServer {dr.name}, then helm uninstall {RELEASE}")
-    installed.kubectl("delete", "virtualserver", "-n", scenarios.NAMESPACE, dr.name,
+def test_helm_upgrade_rolls_the_agent_without_a_failed_request(
+        installed: NodeLab, dr: Site, tunnel: Site) -> None:
+    """A changed value (agent.logLevel) replaces the agent pod; one director holds the VIPs
+    itself, so the old agent leaves them and IPVS in the kernel and the new one adopts
+    them: not one request of the client fails meanwhile."""
+    upgrade = scenarios.upgrade_agents(installed, [dr, tunnel],
+                                       values=["agent.logLevel=info"], timeout=TIMEOUT)
+    for mode, answers in upgrade.answers.items():
+        failed = sum(a.status != 200 for a in answers)
+        REPORT.append(f"helm upgrade ({upgrade.before[NODE]} -> {upgrade.after[NODE]}): "
+                      f"{mode} {len(answers)} requests, {failed} failed")
+    REPORT.extend(scenarios.agent_containers(installed, NODE))
+    assert installed.vips_on_bridge() == {DR_VIP, TUNNEL_VIP}
+
+
+def test_uninstall_leaves_no_ipvs_service_or_vip(installed: NodeLab, dr: Site,
+                                                 tunnel: Site) -> None:
+    names = [dr.name, tunnel.name]
+    scenarios.say(f"delete the VirtualServers {names}, then helm uninstall {RELEASE}")
+    installed.kubectl("delete", "virtualserver", "-n", scenarios.NAMESPACE, *names,
                       "--wait=true", timeout=TIMEOUT)
-    scenarios.wait_for("the agent to remove the IPVS service and the VIP",
-                       lambda: DR_VIP not in installed.kernel_services()
+    scenarios.wait_for("the agent to remove the IPVS services and the VIPs",
+                       lambda: not {DR_VIP, TUNNEL_VIP} & _ipvs_addresses(installed)
                        and not installed.vips_on_bridge(), timeout=120, interval=2,
                        diagnose=installed.diagnose)
     scenarios.uninstall(installed, {}, timeout=TIMEOUT)
-    assert DR_VIP not in installed.kernel_services()
+    assert not {DR_VIP, TUNNEL_VIP} & _ipvs_addresses(installed)
     assert not installed.vips_on_bridge()
+
+
+def _ipvs_addresses(lab: NodeLab) -> set[str]:
+    """Return the addresses of the node's IPVS services (`ipvsadm -Ln`: "TCP  VIP:PORT rr")."""
+    return {line.split()[1].rsplit(":", 1)[0] for line in lab.kernel_services().splitlines()
+            if line.split()[:1] in (["TCP"], ["UDP"], ["SCTP"])}
