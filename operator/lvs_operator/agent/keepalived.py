@@ -259,14 +259,18 @@ class Driver:
             for i in plan.instances) if i.vips]
         instances = self._defer_new(instances)
         problem = plan.problem
-        options = plan.options
-        if options is not None and instances:
-            verdict = self._verdict(self._render(instances, members, options))
+        # Without options (no VRRP address) the file still says "no instance": keepalived
+        # must let go of what an earlier configuration gave it.
+        options = plan.options or vrrp.Options(interface="", address=ipaddress.IPv4Address(0))
+        text = self._render(instances, members, options)
+        if plan.options is not None and instances:
+            verdict = self._verdict(text)
             if verdict:
                 problem = f"keepalived refuses the configuration: {verdict}"
-        if problem or options is None:
+        if (problem or plan.options is None) and instances:
             instances = []
-        self._write(instances, members, options)
+            text = self._render(instances, members, options)
+        self._write(instances, members, options, text)
         if not problem and instances:
             problem = self._silence(instances)
         return problem
@@ -330,11 +334,8 @@ class Driver:
         return self._checked[1]
 
     def _write(self, instances: list[vrrp.Instance], members: Mapping[str, vrrp.Member],
-               options: vrrp.Options | None) -> None:
-        # Without options (no VRRP address) the file still says "no instance": keepalived
-        # must let go of what an earlier configuration gave it.
-        options = options or vrrp.Options(interface="", address=ipaddress.IPv4Address(0))
-        text = self._render(instances, members, options)
+               options: vrrp.Options, text: str) -> None:
+        """Write instances.json for `instances`, then `text` (their keepalived.conf)."""
         shared = vrrp.shared(instances, members, me=self.node, options=options,
                              vip_lifetime_seconds=self.settings.vip_lifetime_seconds)
         try:
