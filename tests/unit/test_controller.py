@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from ipaddress import ip_address
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+import scenarios
+from lvs_operator.api import claims
 from lvs_operator.controller import objects, report
 from lvs_operator.controller import reconciler as controller
 from lvs_operator.controller.leader import Leader
@@ -59,9 +62,15 @@ class Fake(Controller):
     def __init__(self, *bodies: dict[str, Any]) -> None:
         super().__init__(Settings(identity="test"))
         self.leading = True
-        self.cached = {kind: Cache() for kind in ("services", "endpointslices")}
+        self.cached = {kind: Cache() for kind in ("services", "endpointslices", "vippools",
+                                                  "vipclaims", "namespaces")}
         self.caches = {kind: {"": cache}  # type: ignore[dict-item]
                        for kind, cache in self.cached.items()}
+        # Deny by default: the open pool of the tests, as every tier has it.
+        self.cached["vippools"].items[Key("", "open")] = objects.compact_pool(
+            scenarios.open_pool())
+        self.cached["namespaces"].items[Key("", NS)] = {}
+        self.claim_writes: list[tuple[str, str, str]] = []  # (action, address, namespace)
         self._synced.set()
         self.stored: dict[Key, dict[str, Any]] = {}
         self.applied: list[tuple[str, dict[str, Any]]] = []
@@ -92,6 +101,30 @@ class Fake(Controller):
             self.conflicts_to_raise -= 1
             raise client.ApiError(409, "conflict")
         self.applied.append((entry.name, dict(wanted)))
+
+    async def _write_claim(self, action: str, claim: claims.Claim) -> claims.Claim | None:
+        """The API server's part: a name is created once; a replace or delete needs the
+        stored resourceVersion."""
+        stored = self.cached["vipclaims"].items
+        key = Key("", claim.name)
+        self.claim_writes.append((action, str(claim.address), claim.namespace))
+        if action == "create":
+            if key in stored:
+                raise client.ApiError(409, "already exists")
+            stored[key] = dataclasses.replace(claim, resource_version=f"c{len(self.claim_writes)}")
+            return stored[key]  # type: ignore[no-any-return]
+        if key not in stored:
+            raise client.ApiError(404, "not found")
+        if stored[key].resource_version != claim.resource_version:
+            raise client.ApiError(409, "conflict")
+        if action == "delete":
+            del stored[key]
+            return None
+        stored[key] = dataclasses.replace(claim, resource_version=f"c{len(self.claim_writes)}")
+        return stored[key]  # type: ignore[no-any-return]
+
+    async def _read_claim(self, vip: Any) -> claims.Claim | None:
+        return self.cached["vipclaims"].items.get(Key("", claims.name_of(vip)))  # type: ignore[no-any-return]
 
     async def _fetch(self, key: Key) -> Entry | None:
         return self.parser.entry(self.stored[key])
@@ -402,7 +435,10 @@ def test_forgetting_a_virtual_server_forgets_its_pod_check():
     fake = Fake(body("web"))
     fake._pods_checked[Key(NS, "web")] = 1
     old = fake.remove("web")
-    fake.virtualserver_changed(Key(NS, "web"), old, None)
+
+    async def go() -> None:
+        fake.virtualserver_changed(Key(NS, "web"), old, None)
+    run(go())
     assert fake._pods_checked == {}
 
 

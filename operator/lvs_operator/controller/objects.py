@@ -2,7 +2,8 @@
 
 A VirtualServer is kept as an `Entry` (its spec parsed once per generation, by `Parser`);
 Services and EndpointSlices as the few fields `resolve` and the webhook read
-(`compact_service`, `compact_slice`): a cluster's worth of EndpointSlices stays small.
+(`compact_service`, `compact_slice`): a cluster's worth of EndpointSlices stays small;
+VIPPools and VIPClaims parsed (`compact_pool`, `compact_claim`); Namespaces as their labels.
 Every object given here is fresh from JSON and never changed afterwards, so parts of it are
 kept, not copied.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lvs_operator.api import spec
+from lvs_operator.api import claims, conditions, pools, spec
 from lvs_operator.api.conflicts import Claimant
 from lvs_operator.controller import resolve
 from lvs_operator.kube import watch
@@ -49,6 +50,15 @@ class Entry:
         if vs is None or self.deleting:
             return None
         return Claimant.of(vs, created=self.created)
+
+    @property
+    def refused_before(self) -> bool:
+        """Return whether its stored Ready condition says another namespace owned its VIP
+        (sticky: see `claims`)."""
+        for condition in self.status.get("conditions") or []:
+            if isinstance(condition, Mapping) and condition.get("type") == conditions.READY:
+                return condition.get("reason") == claims.VIP_IN_USE
+        return False
 
 
 class Parser:
@@ -110,3 +120,24 @@ def compact_slice(body: Mapping[str, Any]) -> dict[str, Any]:
         })
     return {"service": resolve.service_of(body), "addressType": body.get("addressType"),
             "ports": body.get("ports") or [], "endpoints": endpoints}
+
+
+def compact_pool(body: Mapping[str, Any]) -> pools.Pool | spec.SpecError:
+    """Return a VIPPool parsed, or why it is invalid (an invalid pool admits nothing)."""
+    try:
+        return pools.parse(body)
+    except spec.SpecError as error:
+        return error
+
+
+def compact_claim(body: Mapping[str, Any]) -> claims.Claim | None:
+    """Return a VIPClaim parsed, or None when it is not one the controller can read."""
+    try:
+        return claims.Claim.from_object(body)
+    except ValueError:
+        return None
+
+
+def namespace_labels(body: Mapping[str, Any]) -> dict[str, str]:
+    """Return a Namespace's labels."""
+    return dict((body.get("metadata") or {}).get("labels") or {})
