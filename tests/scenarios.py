@@ -52,6 +52,15 @@ def open_pool() -> dict[str, Any]:
     }
 
 
+def pool_values(vips: Iterable[str], interface: str) -> list[str]:
+    """Return the `helm install` arguments of the chart's default VIPPool for a lab whose
+    VirtualServers (`adapt`) use `vips` in NAMESPACE: those addresses, for that namespace
+    only, held by the director nodes on `interface` (what an admin would give)."""
+    pool = {"addresses": sorted(vips), "namespaces": [NAMESPACE], "namespaceSelector": None,
+            "directors": {"nodeSelector": {DIRECTOR_LABEL: "true"}, "interface": interface}}
+    return ["--set-json", f"defaultPool={json.dumps(pool)}"]
+
+
 # The director settings the chart's NOTES ask for on every director node.
 DIRECTOR_SYSCTLS = {
     "net.ipv4.vs.conntrack": "1",  # NAT: the MASQUERADE of replies needs conntrack entries
