@@ -135,8 +135,13 @@ def test_pool_directors_are_inherited_and_may_be_narrowed_only():
     iface = pools.admit(vs(directors={"interface": "eth0"}), [p], {})
     assert iface.reason == pools.DIRECTORS_NOT_ALLOWED and iface.field == \
         "spec.directors.interface"
-    # A pool that says nothing of directors pins the default interface too.
-    assert not pools.admit(vs(directors={"interface": "eth0"}), [pool()], {}).allowed
+    # What the pool leaves out, the VirtualServer chooses.
+    chosen = pools.admit(vs(directors={"interface": "eth0"}), [pool()], {})
+    assert chosen.vs is not None and chosen.vs.directors.interface == "eth0"
+    labels_only = pool(directors={"nodeSelector": {"lvs.dev/director": "edge"}})
+    mixed = pools.admit(vs(directors={"interface": "eth0"}), [labels_only], {})
+    assert mixed.vs is not None
+    assert mixed.vs.directors == spec.Directors({"lvs.dev/director": "edge"}, "eth0")
     free = pool(directors={"allowOverride": True})
     assert pools.admit(vs(directors={"interface": "eth0"}), [free], {}).allowed
 

@@ -8,10 +8,11 @@ VirtualServers using it get:
   (`10.0.0.10-10.0.0.20`); IPv4 and IPv6 may mix;
 - `spec.namespaces` (names) and/or `spec.namespaceSelector` (a label selector over
   Namespaces; `{}` selects every namespace): who may use the pool. Neither: nobody.
-- `spec.directors`: the `nodeSelector` and `interface` its VIPs are held with (absent:
-  every director, on its default interface). A VirtualServer in the pool inherits them; it
-  may narrow the node selector (add labels) but not change the pool's labels, and may not
-  name an interface, unless `spec.directors.allowOverride` is true;
+- `spec.directors`: the `nodeSelector` and `interface` its VIPs are held with. What the
+  pool sets, a VirtualServer in it inherits and may not change (it may add labels to the
+  node selector: fewer nodes), unless `spec.directors.allowOverride` is true; what the pool
+  leaves out, the VirtualServer chooses. An admin who wants the VIPs (and the IPVS sync
+  daemons that follow them) on one segment sets `interface`;
 - `spec.forwarding`: the forwarding modes allowed (default: all three);
 - `spec.backendAddresses`: the ranges static `spec.backend.addresses` (and so the
   directors' health checks of them) may point at. Absent: no static addresses at all (a
@@ -244,12 +245,8 @@ def _terms(vs: spec.VirtualServer, pool: Pool) -> Verdict:
                        message=f"spec.directors.interface: VIP pool {pool.name} holds its "
                                f"VIPs on {directors.interface}, not {mine.interface}: leave "
                                "the field out")
-    if directors.interface is None and mine.interface is not None:
-        return Verdict(None, reason=DIRECTORS_NOT_ALLOWED, field="spec.directors.interface",
-                       message=f"spec.directors.interface: VIP pool {pool.name} sets the "
-                               "directors' interface (their default): leave the field out")
     effective = spec.Directors(node_selector={**mine.node_selector, **directors.node_selector},
-                               interface=directors.interface)
+                               interface=directors.interface or mine.interface)
     if effective == mine:
         return Verdict(vs, pool=pool.name)
     return Verdict(replace(vs, directors=effective), pool=pool.name)
