@@ -4,9 +4,11 @@ namespace may have (deny by default)."""
 from __future__ import annotations
 
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lvs_operator.api import pools, spec
 
@@ -153,3 +155,15 @@ def test_the_first_pool_that_allows_everything_decides():
     assert verdict.allowed and verdict.pool == "b"
     refused = pools.admit(vs(), [strict], {})
     assert refused.reason == pools.FORWARDING_NOT_ALLOWED
+
+
+def test_the_example_pool_admits_every_example_in_shop():
+    root = Path(__file__).resolve().parents[2] / "crds" / "examples"
+    example = pools.parse(yaml.safe_load((root / "pool.yaml").read_text()))
+    for path in sorted(root.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "VirtualServer":
+                verdict = pools.admit(spec.parse(doc, default_namespace="shop"), [example], {})
+                assert verdict.allowed, f"{path.name}: {verdict.message}"
+                assert not pools.admit(spec.parse(doc, default_namespace="bank"), [example],
+                                       {}).allowed
