@@ -372,11 +372,16 @@ class Controller:
         """A VIPClaim changed: queue the VirtualServers of its VIP; settle a claim nobody
         asks for (a VIPClaim deleted by hand is made again for its rightful owner by the
         reconcile of its VirtualServers)."""
-        for claim in (old, new):
-            if claim is not None:
-                self._claims_written.pop(claim.address, None)  # the watch has the last word
-                for other in list(self.by_vip.get(claim.address, ())):
-                    self.enqueue(other)
+        either = new or old
+        if either is None:
+            return  # not a claim this controller can read
+        address = either.address
+        # The watch has the last word; the echo of this controller's own write changes
+        # nothing it has not acted on already.
+        echo = address in self._claims_written and self._claims_written.pop(address) == new
+        if not echo:
+            for other in list(self.by_vip.get(address, ())):
+                self.enqueue(other)
         if new is not None and not self.by_vip.get(new.address):
             self._settle_soon(new.address)
 
