@@ -254,3 +254,16 @@ def test_the_webhook_reads_nothing_for_what_it_does_not_check() -> None:
     refusal = validate(api, "CREATE", vs(ports=[]))
     assert (refusal.allowed, refusal.code) == (False, validation.INVALID)
     assert api.asked == []
+
+
+def test_a_refusal_is_not_logged_as_an_error() -> None:
+    import logging
+
+    refusal = webhook._RefusalIsNoError()
+    record = logging.LogRecord("kopf.objects", logging.ERROR, "", 0,
+                               "Webhook 'virtualservers' failed permanently: spec.vip: ...",
+                               None, None)
+    assert not refusal.filter(record)
+    other = logging.LogRecord("kopf.objects", logging.ERROR, "", 0,
+                              "Webhook 'realserver-init' failed permanently: boom", None, None)
+    assert refusal.filter(other)

@@ -639,9 +639,23 @@ def configure(
     return server
 
 
+class _RefusalIsNoError(logging.Filter):
+    """Drops kopf's ERROR "Webhook 'virtualservers' failed permanently: ..." for a refusal:
+    refusing is the webhook's job, not a failure, and the handler logs it (INFO) already."""
+
+    PREFIX = f"Webhook {validation.HANDLER_ID!r} failed permanently: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for that record (dropped), True for every other."""
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIX))
+
+
 def _register(registry: kopf.OperatorRegistry) -> None:
     """Register both handlers in `registry`; they ask `_webhooks[registry]`."""
     registry_ref = weakref.ref(registry)
+    objects_logger = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _RefusalIsNoError) for f in objects_logger.filters):
+        objects_logger.addFilter(_RefusalIsNoError())
 
     @kopf.on.mutate("v1", "pods", id=admission.HANDLER_ID, operations=["CREATE"],
                     persistent=True, ignore_failures=True, registry=registry)
@@ -701,6 +715,7 @@ def _register(registry: kopf.OperatorRegistry) -> None:
                                          vs_namespace)
         where = f"VirtualServer {vs_namespace}/{meta.get('name', '')}"
         if not decision.allowed:
-            logger.info(f"{where}: {operation} refused ({decision.reason}): {decision.message}")
+            log = logger.warning if decision.code == validation.LOOKUP_FAILED else logger.info
+            log(f"{where}: {operation} refused ({decision.reason}): {decision.message}")
             raise kopf.AdmissionError(decision.message, code=decision.code)
         logger.debug(f"{where}: {operation} allowed: {decision.reason}")
