@@ -21,6 +21,7 @@ The namespaces are labelled `lvs.dev/test-closed=true`, so the tests' open pool
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Site:
     c: str
     pools: dict[str, dict[str, Any]]  # by role: restricted, open, b
     controller: Controller
+    cluster: ControlPlane
 
     def expected(self, document: dict[str, Any], namespace: str) -> str:
         """Return the API server's message for `document`, refused in `namespace` as
@@ -147,7 +149,7 @@ def site(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
                          "--ignore-not-found")
         cleanup.callback(controller.stop)
         site = Site(kube, tenant(cluster, a, role), tenant(cluster, c, role), a, b, c, pools,
-                    controller)
+                    controller, cluster)
         wait_for_the_webhook(site)
         yield site
 
@@ -181,6 +183,12 @@ def test_a_vip_in_no_pool_of_the_namespace_is_refused_naming_its_pools(site: Sit
     for role in ("restricted", "open"):
         assert pool_description(site.pools[role]) in refused.message
     assert site.pools["b"]["metadata"]["name"] not in refused.message  # B's: not A's concern
+    assert json.loads(refused.body)["reason"] == "Forbidden"
+    # kubectl apply says so too (as the cluster admin here: the pools bind everyone).
+    applied = site.cluster.kubectl("apply", "-f", "-", input=json.dumps(document), check=False)
+    assert applied.returncode != 0
+    assert f"Error from server (Forbidden): error when creating \"STDIN\": " \
+           f"{refused.message}" in applied.stderr, applied.stderr
     # A namespace that no pool serves may have no VIP at all.
     document = vs(site.c, "anything", "203.0.113.33")
     refused = refusal(site.lonely, site.c, document)

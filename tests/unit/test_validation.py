@@ -267,3 +267,11 @@ def test_a_refusal_is_not_logged_as_an_error() -> None:
     other = logging.LogRecord("kopf.objects", logging.ERROR, "", 0,
                               "Webhook 'realserver-init' failed permanently: boom", None, None)
     assert refusal.filter(other)
+
+
+def test_a_refusal_has_the_reason_of_its_code() -> None:
+    refused = {"response": {"allowed": False, "status": {"message": "m", "code": 403}}}
+    assert webhook.with_reason(refused)["response"]["status"] == {
+        "message": "m", "code": 403, "reason": "Forbidden"}
+    allowed = {"response": {"allowed": True}}
+    assert webhook.with_reason(allowed) == {"response": {"allowed": True}}

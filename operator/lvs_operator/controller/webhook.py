@@ -558,12 +558,30 @@ class Webhooks(kopf.WebhookServer):
 def in_request_namespace(fn: Any) -> Any:
     """Return kopf's admission function `fn` fed each review with its objects in the
     request's namespace (`admission.in_request_namespace`): kopf gives handlers the posted
-    object's `metadata.namespace` as `namespace`."""
+    object's `metadata.namespace` as `namespace`. Its answers get a refusal's `reason`
+    (`with_reason`)."""
 
     async def scoped(request: Mapping[str, Any], **kwargs: Any) -> Any:
-        return await fn(admission.in_request_namespace(request), **kwargs)
+        return with_reason(await fn(admission.in_request_namespace(request), **kwargs))
 
     return scoped
+
+
+# The Status reasons of the refusal codes, as the API server's own errors name them.
+_REASONS = {validation.FORBIDDEN: "Forbidden", validation.INVALID: "Invalid",
+            validation.LOOKUP_FAILED: "InternalError"}
+
+
+def with_reason(response: Any) -> Any:
+    """Return kopf's AdmissionReview `response`, its refusal's `status` given the `reason`
+    of its code (kopf sets only the message and code), so that kubectl says "Error from
+    server (Forbidden)" like for the API server's own refusals."""
+    if not isinstance(response, dict):
+        return response
+    status = (response.get("response") or {}).get("status")
+    if isinstance(status, dict) and "reason" not in status and status.get("code") in _REASONS:
+        status["reason"] = _REASONS[status["code"]]
+    return response
 
 
 # Which webhook each registry's handler asks: a second `configure` replaces the first.
