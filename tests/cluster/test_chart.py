@@ -11,11 +11,11 @@ of the release exists and the pods of the controller pass admission. Then the RB
 by use: `lvs-operator controller`, run with the chart's arguments and a token of the chart's
 controller ServiceAccount (not the admin), takes its Lease, generates the webhook Secret, sets
 the caBundle of both webhook configurations, answers the VirtualServer webhook (its reads of
-the pools, the Namespace and a VIPClaim: an allowed VirtualServer, and one refused for another
-namespace's VIP) and resolves a VirtualServer; the agent's calls (list and watch VirtualServers
-and its Node, its status entry, an Event) are made with a token of the agent's
-ServiceAccount, which then reports the VirtualServer programmed, so it becomes Ready. Finally
-`helm uninstall` leaves no workload behind (the CRD stays, as Helm does).
+the pools, the Namespace and a VIPClaim: an allowed VirtualServer, and one refused for the VIP
+it claimed for another namespace) and resolves a VirtualServer; the agent's calls (list and
+watch VirtualServers and its Node, its status entry, an Event) are made with a token of the
+agent's ServiceAccount, which then reports the VirtualServer programmed, so it becomes Ready.
+Finally `helm uninstall` leaves no workload behind (the CRD stays, as Helm does).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from crd_support import CRD_NAME, CRD_NAMES, ROOT, install_crd, module_namespace
 
 from lvs_operator.agent import lease as agent_lease
 from lvs_operator.agent import report as agent_report
-from lvs_operator.api import claims
-from lvs_operator.api import spec as vs_spec
 from lvs_operator.controller import admission, validation
 from lvs_operator.kube import client as agent_kube
 from lvs_operator.kube import events as kube_events
@@ -413,17 +411,23 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
                 ns, "web", vip="198.51.100.201",
                 addresses=[{"ip": "10.0.9.1"}, {"ip": "10.0.9.2"}],
                 directors={"nodeSelector": {"lvs.dev/director": "true"}})), timeout=30)
-        # Another namespace's VIP: the webhook read the claim (with the chart's RBAC; a
-        # failed read would refuse with 500, not 403).
-        owned = claims.Claim(vs_spec.parse_address("198.51.100.202", "vip"), "elsewhere")
-        kube.create(CLAIMS, owned.document())
+        # Another namespace's VIP: the controller claims it for its first user (a VIPClaim
+        # written with the chart's RBAC), and the webhook, reading that claim, refuses it to
+        # this namespace (a failed read would refuse with 500, not 403).
+        other = f"{ns}-owner"
+        cluster.kubectl("create", "namespace", other)
         try:
+            kube.create(vs_path(other), virtual_server(other, "owner", vip="198.51.100.202",
+                                                       addresses=[{"ip": "10.0.9.3"}]))
+            claim = wait_for("the controller's VIPClaim", lambda: kube.get(
+                f"{CLAIMS}/198.51.100.202"), timeout=30)
+            assert claim["spec"]["namespace"] == other, claim
             with pytest.raises(ApiError) as squatting:
                 kube.create(vs_path(ns), virtual_server(ns, "squatter", vip="198.51.100.202",
                                                         service="web"))
             assert squatting.value.status == validation.FORBIDDEN, squatting.value
         finally:
-            kube.delete(f"{CLAIMS}/{owned.name}")
+            cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
         vs = wait_for("status.realServers", lambda: kube.get(vs_path(ns, "web")).get(
             "status", {}).get("realServers") and kube.get(vs_path(ns, "web")))
         assert [r["ip"] for r in vs["status"]["realServers"]] == ["10.0.9.1", "10.0.9.2"]
