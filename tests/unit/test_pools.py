@@ -146,6 +146,16 @@ def test_pool_directors_are_inherited_and_may_be_narrowed_only():
     assert mixed.vs.directors == spec.Directors({"lvs.dev/director": "edge"}, "eth0")
     free = pool(directors={"allowOverride": True})
     assert pools.admit(vs(directors={"interface": "eth0"}), [free], {}).allowed
+    # With allowOverride the pool's directors are defaults.
+    defaults = pool(directors={"nodeSelector": {"lvs.dev/director": "edge"},
+                               "interface": "eth1", "allowOverride": True})
+    taken = pools.admit(vs(), [defaults], {}).vs
+    assert taken is not None
+    assert taken.directors == spec.Directors({"lvs.dev/director": "edge"}, "eth1")
+    chosen = pools.admit(vs(directors={"nodeSelector": {"lvs.dev/director": "core"},
+                                       "interface": "eth0"}), [defaults], {}).vs
+    assert chosen is not None
+    assert chosen.directors == spec.Directors({"lvs.dev/director": "core"}, "eth0")
 
 
 def test_the_first_pool_that_allows_everything_decides():

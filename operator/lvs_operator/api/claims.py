@@ -109,7 +109,9 @@ class Claim:
         if not isinstance(namespace, str) or not namespace:
             raise ValueError("spec.namespace: missing")
         raw = body.get("directors") or {}
-        selector = raw.get("nodeSelector") or {}
+        selector = raw.get("nodeSelector") or {} if isinstance(raw, Mapping) else None
+        if not isinstance(raw, Mapping) or not isinstance(selector, Mapping):
+            raise ValueError("spec.directors: not an object with a nodeSelector map")
         return cls(address=address, namespace=namespace,
                    sharing_key=str(body.get("sharingKey") or ""),
                    directors=spec.Directors(node_selector=dict(selector),
@@ -173,12 +175,11 @@ def check(vs: spec.VirtualServer, claim: Claim | None, *, refused_before: bool =
         return (f"spec.vip: {vs.vip} belonged to another namespace when this VirtualServer "
                 "was refused it; it is free now, but a refused VirtualServer never takes an "
                 "address over: delete and re-create this VirtualServer to claim it")
-    how = ("set the same spec.sharingKey on both sides" if not vs.sharing_key
-           or vs.sharing_key != claim.sharing_key else
-           "the sharing keys match, but the directors differ: use the same "
-           "spec.directors (node selector and interface) on both sides")
+    # One message whatever the reason: a tenant must not learn whether it guessed the
+    # other namespace's sharing key.
     return (f"spec.vip: {vs.vip} belongs to another namespace: use another address, or, "
-            f"to share it on other ports, {how}")
+            "to share it on other ports, agree with its owner on the same spec.sharingKey "
+            "and the same directors (node selector and interface) on both sides")
 
 
 def settle(address: IPAddress, claim: Claim | None, users: Iterable[User]

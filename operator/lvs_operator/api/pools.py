@@ -229,9 +229,13 @@ def _terms(vs: spec.VirtualServer, pool: Pool) -> Verdict:
                                        "Service backend, or ask a cluster admin to add the "
                                        "range to the pool's spec.backendAddresses")
     directors = pool.directors
-    if pool.allow_override:
-        return Verdict(vs, pool=pool.name)
     mine = vs.directors
+    if pool.allow_override:  # the pool's directors are only defaults
+        effective = spec.Directors(
+            node_selector={**directors.node_selector, **mine.node_selector},
+            interface=mine.interface or directors.interface)
+        return Verdict(vs if effective == mine else replace(vs, directors=effective),
+                       pool=pool.name)
     for key, value in directors.node_selector.items():
         if key in mine.node_selector and mine.node_selector[key] != value:
             return Verdict(None, reason=DIRECTORS_NOT_ALLOWED,
