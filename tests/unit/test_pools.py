@@ -152,10 +152,10 @@ def test_pool_directors_are_inherited_and_may_be_narrowed_only():
     taken = pools.admit(vs(), [defaults], {}).vs
     assert taken is not None
     assert taken.directors == spec.Directors({"lvs.dev/director": "edge"}, "eth1")
-    chosen = pools.admit(vs(directors={"nodeSelector": {"lvs.dev/director": "core"},
+    picked = pools.admit(vs(directors={"nodeSelector": {"lvs.dev/director": "core"},
                                        "interface": "eth0"}), [defaults], {}).vs
-    assert chosen is not None
-    assert chosen.directors == spec.Directors({"lvs.dev/director": "core"}, "eth0")
+    assert picked is not None
+    assert picked.directors == spec.Directors({"lvs.dev/director": "core"}, "eth0")
 
 
 def test_the_first_pool_that_allows_everything_decides():
