@@ -1,12 +1,13 @@
 """`make demo`: lvs-operator end to end on one machine, no cluster needed (run as root).
 
 On the host: a local control plane (etcd, kube-apiserver, kube-controller-manager on
-127.0.0.1), the VirtualServer CRD, a Node for the director, and `lvs-operator controller`.
+127.0.0.1), the CRDs, a Node for the director, and `lvs-operator controller`.
 In the kernel VM (qemu, a Debian kernel with IPVS): three real servers (small HTTP servers,
 each in a network namespace, set up with `lvs-operator realserver-init --mode dr`), a client
 namespace, and a director namespace where `lvs-operator agent` runs, reaching the host's API
-server through qemu's user network at 10.0.2.2. The demo applies a Direct Routing
-VirtualServer backed by a selector-less Service and its EndpointSlice, sends traffic, shows
+server through qemu's user network at 10.0.2.2. The demo applies a VIPPool (as a cluster
+admin would), a Direct Routing VirtualServer backed by a selector-less Service and its
+EndpointSlice, sends traffic, shows
 `kubectl get lvs` and the director's live IPVS table, and tears everything down.
 
 The orchestration is the full-stack tier's (tests/fullstack/stack.py). Usage:
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: fullstac
 from fullstack import stack  # after the path above
 
 VIP = "10.200.0.100"
+POOL = "demo"
 NAME = "web"
 REQUESTS = 60
 
@@ -37,6 +39,14 @@ def guest() -> int:
     """The VM's half: namespaces, agent, VirtualServer, traffic, tables."""
     t0 = time.monotonic()
     with stack.site([VIP]) as site:
+        step(f"apply (cluster admin): VIPPool {POOL}: {VIP} for namespace {stack.NAMESPACE}, "
+             "held by the director nodes on eth0 (no pool, no VIP: deny by default)")
+        site.request("POST", "/apis/lvs.dev/v1alpha1/vippools", body={
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool", "metadata": {"name": POOL},
+            "spec": {"addresses": [VIP], "namespaces": [stack.NAMESPACE],
+                     "directors": {"nodeSelector": {stack.DIRECTOR_LABEL: "true"},
+                                   "interface": "eth0"}}})
+
         step(f"apply: Service {NAME} (no selector) + EndpointSlice [rs1 rs2 rs3] + "
              f"VirtualServer {NAME} (vip {VIP}, DirectRouting, rr)")
         site.apply_backend(NAME, {"rs1": True, "rs2": True, "rs3": True})
@@ -52,8 +62,9 @@ def guest() -> int:
         print("answered by: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items())),
               flush=True)
 
-        step(f"kubectl get lvs -n {stack.NAMESPACE}")
+        step(f"kubectl get lvs -n {stack.NAMESPACE}; kubectl get vippools,vipclaims")
         print(site.kubectl("get", "lvs", "-n", stack.NAMESPACE), end="", flush=True)
+        print(site.kubectl("get", "vippools,vipclaims"), end="", flush=True)
 
         step("lvs-operator ipvs show --stats   (in the director's namespace; like "
              "ipvsadm -L -n --stats)")
@@ -82,7 +93,7 @@ def host() -> int:
     t0 = time.monotonic()
     step("host: control plane + CRD + Node + controller (tests/fullstack/stack.py)")
     try:
-        with stack.HostStack.running("demo") as host_stack:
+        with stack.HostStack.running("demo", open_pool=False) as host_stack:
             step("VM: boot a Debian kernel with IPVS under qemu (TCG: slow but real)")
             rc = host_stack.run_vm([sys.executable, str(Path(__file__).resolve()), "--guest"])
             if rc != 0:

@@ -146,6 +146,7 @@ class HostStack:
     controller: subprocess.Popen[bytes] | None = None
     guest_kubeconfig: Path = field(default_factory=Path)
     failed: bool = False
+    open_pool: bool = True  # the tests' VIPPool for every address (False: the caller's own)
 
     @property
     def controller_log(self) -> Path:
@@ -166,9 +167,12 @@ class HostStack:
         cp.kubectl("apply", "-f", str(REPO / "crds"))  # the CRDs (not examples/: no -R)
         for crd in ("virtualservers.lvs.dev", "vippools.lvs.dev", "vipclaims.lvs.dev"):
             cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
-        # Deny by default: the site's VIPs must lie in a pool (every address, here).
-        cp.kubectl("apply", "-f", "-", input=json.dumps(scenarios.open_pool()))
-        say("CRDs installed; VIPPool lvs-test-open (every address, every namespace)")
+        if self.open_pool:
+            # Deny by default: the site's VIPs must lie in a pool (every address, here).
+            cp.kubectl("apply", "-f", "-", input=json.dumps(scenarios.open_pool()))
+            say("CRDs installed; VIPPool lvs-test-open (every address, every namespace)")
+        else:
+            say("CRDs installed; no VIPPool yet (deny by default)")
         cp.kubectl("create", "namespace", NAMESPACE)
         # Where the agents keep their Leases (LVS_NAMESPACE's default, as the chart's).
         cp.kubectl("create", "namespace", LEASE_NAMESPACE)
@@ -238,8 +242,10 @@ class HostStack:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, name: str, nodes: Sequence[str] = ("director-1",)) -> Iterator[HostStack]:
-        stack = cls(REPO / "build" / "fullstack" / f"{name}-{secrets.token_hex(3)}", nodes)
+    def running(cls, name: str, nodes: Sequence[str] = ("director-1",), *,
+                open_pool: bool = True) -> Iterator[HostStack]:
+        stack = cls(REPO / "build" / "fullstack" / f"{name}-{secrets.token_hex(3)}", nodes,
+                    open_pool=open_pool)
         try:
             stack.start()
             yield stack
