@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import scenarios
 from lvs_operator.agent import desired
 from lvs_operator.agent.role import Role
 from lvs_operator.api import spec
@@ -15,6 +16,8 @@ from lvs_operator.model import Forwarding, Protocol, ServiceKey
 
 NODE = "node-a"
 LABELS = {"lvs.dev/director": "true", "zone": "a"}
+# The tests' open pool: every address, for namespace "shop" (unlabelled).
+OPEN = desired.Gate.of([scenarios.open_pool()], {"shop": {}})
 
 
 def vs(name="web", *, vip="192.0.2.10", ports=({"port": 80},), selector=None, reals=None,
@@ -79,13 +82,14 @@ def test_selects(selector, labels, expected):
     pytest.param([real(1), {"ip": "bogus"}], {"10.0.0.1": 1}, id="bad-entry-skipped"),
 ])
 def test_real_servers_from_status(reals, expected):
-    result = desired.build([vs(reals=reals)], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([vs(reals=reals)], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface=None)
     assert weights(result) == expected
 
 
 def test_bad_entry_is_reported_as_a_problem():
     result = desired.build([vs(reals=[real(1), {"ip": "bogus"}])], node=NODE, labels=LABELS,
-                           default_interface=None)
+                           gate=OPEN, default_interface=None)
     assert "status.realServers[1] skipped" in result.programs["shop/web"].problem
 
 
@@ -98,7 +102,8 @@ def test_bad_entry_is_reported_as_a_problem():
                  id="invalid-spec"),
 ])
 def test_withdrawn(document, why):
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth0")
     assert result.programs == {}
     assert why in result.withdrawn["shop/web"]
     assert result.table == {}
@@ -108,7 +113,8 @@ def test_withdrawn(document, why):
 def test_programmed_despite_other_ready_reasons():
     document = vs(reals=[real(1, ready=False, weight=0)],
                   ready=("False", "NoReadyEndpoints", "none ready"))
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth0")
     assert set(result.programs) == {"shop/web"}
     assert result.vips == {"eth0": {ip_address("192.0.2.10")}}
 
@@ -116,7 +122,7 @@ def test_programmed_despite_other_ready_reasons():
 def test_not_selected_and_invalid_are_simply_absent():
     documents = [vs("other", selector={"zone": "b"}, reals=[real(1)]),
                  vs("broken", vip="not-an-ip", reals=[real(1)])]
-    result = desired.build(documents, node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface="eth0")
     assert result.programs == {}
     assert result.withdrawn == {}
 
@@ -124,7 +130,8 @@ def test_not_selected_and_invalid_are_simply_absent():
 def test_program_fields():
     document = vs(reals=[real(1)], ports=({"port": 80}, {"port": 53, "protocol": "UDP"}),
                   drain={"timeoutSeconds": 30}, generation=7)
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth9")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth9")
     program = result.programs["shop/web"]
     assert (program.generation, program.role, program.interface) == (7, Role.ACTIVE, "eth0")
     assert set(result.table) == {key(), key(port=53, protocol=Protocol.UDP)}
@@ -142,7 +149,7 @@ def test_program_fields():
 ])
 def test_vip_interface(interface, default, held, problem):
     result = desired.build([vs(reals=[real(1)], interface=interface)], node=NODE,
-                           labels=LABELS, default_interface=default)
+                           labels=LABELS, gate=OPEN, default_interface=default)
     assert set(result.vips) == held
     assert problem in result.programs["shop/web"].problem
     assert set(result.table) == {key()}, "IPVS is programmed either way"
@@ -150,7 +157,7 @@ def test_vip_interface(interface, default, held, problem):
 
 def test_nat_asks_for_forwarding():
     document = vs(reals=[real(1)], forwarding="NAT", ports=({"port": 80, "targetPort": 8080},))
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None)
     assert result.nat
     assert next(iter(result.table[key()].reals.values())).port == 8080
 
@@ -159,7 +166,8 @@ def test_older_virtualserver_wins_a_shared_key():
     older = vs("older", reals=[real(1)], created="2025-01-01T00:00:00Z")
     newer = vs("newer", reals=[real(2)], created="2025-01-02T00:00:00Z")
     for documents in ([older, newer], [newer, older]):
-        result = desired.build(documents, node=NODE, labels=LABELS, default_interface=None)
+        result = desired.build(documents, node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None)
         assert set(result.programs) == {"shop/older"}
         assert "shop/older" in result.withdrawn["shop/newer"]
         assert weights(result) == {"10.0.0.1": 1}
@@ -184,9 +192,9 @@ def test_relevant_ignores_other_directors_bookkeeping_but_not_their_roles():
     assert desired.relevant(base, node=NODE) != desired.relevant(changed, node=NODE)
 
 
-def test_node_labels():
-    assert desired.node_labels({"metadata": {"name": "n", "labels": LABELS}}) == LABELS
-    assert desired.node_labels({"metadata": {"name": "n"}}) == {}
+def test_labels_of():
+    assert desired.labels_of({"metadata": {"name": "n", "labels": LABELS}}) == LABELS
+    assert desired.labels_of({"metadata": {"name": "n"}}) == {}
 
 
 # --- director-side health checks ------------------------------------------------------------
@@ -199,7 +207,7 @@ def test_health_targets_are_the_real_servers_of_checked_virtualservers():
                  ports=({"port": 80}, {"port": 443}))
     unchecked = vs("plain", vip="192.0.2.11", reals=[real(3)])
     result = desired.build([checked, unchecked], node=NODE, labels=LABELS,
-                           default_interface=None)
+                           gate=OPEN, default_interface=None)
     targets = result.health_targets
     assert sorted((t.vs, str(t.address), t.port) for t in targets) == [
         ("shop/web", "10.0.0.1", 80), ("shop/web", "10.0.0.1", 443),
@@ -213,7 +221,7 @@ def test_health_targets_once_per_real_server_port():
     document = vs(forwarding="NAT", ports=({"port": 80, "targetPort": 8080},
                                            {"port": 81, "targetPort": 8080}),
                   reals=[real(1)], healthCheck={"http": {"path": "/healthz"}})
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None)
     (target,) = result.health_targets
     assert (str(target.address), target.port, target.check.path) == ("10.0.0.1", 8080,
                                                                      "/healthz")
@@ -223,12 +231,13 @@ def test_unhealthy_real_server_gets_weight_0_and_is_kept():
     document = vs(reals=[real(1, weight=3), real(2), real(3, ready=False, weight=0)],
                   healthCheck=TCP_CHECK)
     failing = {("shop/web", ip_address("10.0.0.1"), 80)}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert weights(result) == {"10.0.0.1": 0, "10.0.0.2": 1}, "kept at weight 0, not drained"
     assert result.programs["shop/web"].unhealthy == ("10.0.0.1:80",)
 
-    recovered = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    recovered = desired.build([document], node=NODE, labels=LABELS,
+                              gate=OPEN, default_interface=None,
                               unhealthy=set())
     assert weights(recovered) == {"10.0.0.1": 3, "10.0.0.2": 1}, "its weight back"
     assert recovered.programs["shop/web"].unhealthy == ()
@@ -237,7 +246,7 @@ def test_unhealthy_real_server_gets_weight_0_and_is_kept():
 def test_readiness_still_applies_on_top_of_health():
     # Not ready (weight 0 from the controller): left out to drain whatever the checks say.
     document = vs(reals=[real(1, ready=False, weight=0), real(2)], healthCheck=TCP_CHECK)
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=set())
     assert weights(result) == {"10.0.0.2": 1}
 
@@ -248,7 +257,7 @@ def test_unhealthy_sorted_over_ports_and_families():
                   healthCheck=TCP_CHECK)
     failing = {("shop/web", ip_address(a), p) for a, p in
                [("2001:db8::7", 80), ("10.0.0.10", 443), ("10.0.0.9", 80), ("10.0.0.10", 80)]}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert result.programs["shop/web"].unhealthy == (
         "10.0.0.9:80", "10.0.0.10:80", "10.0.0.10:443", "[2001:db8::7]:80")
@@ -261,13 +270,13 @@ def test_without_health_check_unaffected():
     # A stale result for a VirtualServer without checks, or one of another VirtualServer.
     failing = {("shop/web", ip_address("10.0.0.1"), 80),
                ("shop/other", ip_address("10.0.0.2"), 80)}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert weights(result) == {"10.0.0.1": 1, "10.0.0.2": 1}
     assert result.programs["shop/web"].unhealthy == ()
     assert result.health_targets == []
     checked = desired.build([vs(reals=[real(1), real(2)], healthCheck=TCP_CHECK)], node=NODE,
-                            labels=LABELS, default_interface=None, unhealthy=failing)
+                            labels=LABELS, gate=OPEN, default_interface=None, unhealthy=failing)
     assert weights(checked) == {"10.0.0.1": 0, "10.0.0.2": 1}, "another VirtualServer's " \
         "result does not count"
 
@@ -299,7 +308,8 @@ def parses(monkeypatch) -> list[str]:
 def build(documents, cache, **kwargs) -> desired.Desired:
     """Return `desired.build` of `documents` with `cache`, after checking it against a build
     without one (the cache must never change the answer)."""
-    kwargs = {"node": NODE, "labels": LABELS, "default_interface": None, **kwargs}
+    kwargs = {"node": NODE, "labels": LABELS, "gate": OPEN, "default_interface": None,
+              **kwargs}
     uncached = desired.build(documents, **kwargs)
     result = desired.build(documents, cache=cache, **kwargs)
     assert result == uncached
@@ -310,17 +320,17 @@ def test_cache_does_not_parse_unchanged_virtualservers_again(parses):
     documents = [at(vs(f"web{i}", vip=f"192.0.2.{10 + i}", reals=[real(i)]), "1", uid=f"u{i}")
                  for i in range(3)]
     cache = desired.Cache()
-    first = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+    first = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                           cache=cache)
     assert sorted(parses) == ["shop/web0", "shop/web1", "shop/web2"]
     parses.clear()
-    again = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+    again = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                           cache=cache)
     assert parses == []
     assert again == first and len(again.programs) == 3
     # The same objects as a new list brings (a relist): the same versions, still no parse.
     relisted = [copy.deepcopy(d) for d in documents]
-    assert desired.build(relisted, node=NODE, labels=LABELS, default_interface=None,
+    assert desired.build(relisted, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                          cache=cache) == first
     assert parses == []
 
@@ -376,7 +386,7 @@ def test_cache_forgets_deleted_virtualservers(parses):
     assert len(cache) == 0
     parses.clear()
     # Back at the same version (a watch replayed): parsed again, since it was forgotten.
-    desired.build([web], node=NODE, labels=LABELS, default_interface=None, cache=cache)
+    desired.build([web], node=NODE, labels=LABELS, gate=OPEN, default_interface=None, cache=cache)
     assert parses == ["shop/web"]
 
 
@@ -384,7 +394,8 @@ def test_cache_keeps_invalid_virtualservers_invalid(parses):
     invalid = at(vs(vip="not-an-address", reals=[real(1)]), "1")
     cache = desired.Cache()
     for _ in range(2):
-        result = desired.build([invalid], node=NODE, labels=LABELS, default_interface=None,
+        result = desired.build([invalid], node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None,
                                cache=cache)
         assert result.programs == {} and result.withdrawn == {}
     assert parses == ["shop/web"], "the error is kept too"
@@ -397,7 +408,8 @@ def test_cache_keeps_what_cannot_be_programmed(parses):
     document = at(vs(reals=[real(1, port=8080)]), "1")
     cache = desired.Cache()
     for _ in range(2):
-        result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+        result = desired.build([document], node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None,
                                cache=cache)
         assert result.programs == {}
         assert result.withdrawn["shop/web"].startswith("cannot program its real servers")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import scenarios
 from lvs_operator.agent import loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
@@ -96,10 +97,13 @@ def merge(target: Any, patch: Any) -> Any:
 
 
 class FakeApi:
-    """An API server in memory: one VirtualServer collection, one Node, and Leases (which
-    several agents may share: status patches are echoed with `echo`)."""
+    """An API server in memory: one VirtualServer collection, one Node, VIP pools (the
+    tests' open pool unless told), Namespaces (those of the VirtualServers, unlabelled,
+    and `namespaces`) and Leases (which several agents may share: status patches are echoed
+    with `echo`)."""
 
-    def __init__(self, objects=(), *, node=True, echo=False, nodes=None):
+    def __init__(self, objects=(), *, node=True, echo=False, nodes=None, pools=None,
+                 namespaces=None):
         self.objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o
                         for o in objects}
         self.node = {"metadata": {"name": NODE, "labels": {}}} if node else None
@@ -107,8 +111,12 @@ class FakeApi:
         self.gate = threading.Event()
         self.gate.set()
         self.changed = threading.Condition()
+        self.pools = {p["metadata"]["name"]: p
+                      for p in ([scenarios.open_pool()] if pools is None else pools)}
+        self.namespaces = dict(namespaces or {})  # name -> labels
         self.streams: dict[str, Log] = {client.VIRTUALSERVERS: Log(self), client.NODES: Log(self),
-                                        "leases": Log(self)}
+                                        "leases": Log(self), client.VIPPOOLS: Log(self),
+                                        client.NAMESPACES: Log(self)}
         self.patches: list[Any] = []
         self.leases: dict[str, dict[str, Any]] = {}
         self.lease_writes: list[tuple[str, str]] = []  # (method, lease name)
@@ -130,6 +138,13 @@ class FakeApi:
                     return [copy.deepcopy(o) for o in self.objects.values()], version
                 if path.startswith(kube_lease.PATH):
                     return [copy.deepcopy(o) for o in self.leases.values()], version
+                if path == client.VIPPOOLS:
+                    return [copy.deepcopy(o) for o in self.pools.values()], version
+                if path == client.NAMESPACES:
+                    names = {o["metadata"]["namespace"] for o in self.objects.values()}
+                    labels = {**{name: {} for name in names}, **self.namespaces}
+                    return [{"metadata": {"name": n, "labels": dict(v)}}
+                            for n, v in sorted(labels.items())], version
                 if self.nodes is not None:
                     name = dict(query).get("fieldSelector", "").partition("=")[2]
                     return [copy.deepcopy(self.nodes[name])], version
@@ -190,6 +205,25 @@ class FakeApi:
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.version + 1)
         self.streams[client.VIRTUALSERVERS].put({"type": "MODIFIED", "object": obj})
+
+    def put_pool(self, pool):
+        """Create or replace a VIPPool."""
+        pool = copy.deepcopy(pool)
+        name = pool["metadata"]["name"]
+        kind = "MODIFIED" if name in self.pools else "ADDED"
+        pool["metadata"]["resourceVersion"] = str(self.version + 1)
+        self.pools[name] = pool
+        self.streams[client.VIPPOOLS].put({"type": kind, "object": copy.deepcopy(pool)})
+
+    def delete_pool(self, name):
+        pool = self.pools.pop(name)
+        self.streams[client.VIPPOOLS].put({"type": "DELETED", "object": pool})
+
+    def label_namespace(self, name, labels):
+        self.namespaces[name] = dict(labels)
+        self.streams[client.NAMESPACES].put({"type": "MODIFIED", "object": {
+            "metadata": {"name": name, "labels": dict(labels),
+                         "resourceVersion": str(self.version + 1)}}})
 
 
 class FakeVips:
