@@ -11,7 +11,7 @@ import pytest
 import scenarios
 from lvs_operator.agent import desired
 from lvs_operator.agent.role import Role
-from lvs_operator.api import spec
+from lvs_operator.api import claims, pools, spec
 from lvs_operator.model import Forwarding, Protocol, ServiceKey
 
 NODE = "node-a"
@@ -460,3 +460,185 @@ def test_cache_follows_conflicts_between_virtualservers():
     # ...or is no longer selected here: its claim counts only where it is programmed.
     away = at(older, "4", spec={**older["spec"], "directors": {"nodeSelector": {"zone": "b"}}})
     assert set(build([away, newer], cache).programs) == {"shop/newer"}
+
+
+# --- the VIP pools (the gate): deny by default, the pool's directors --------------------------
+
+
+def pool(name="shop-pool", addresses=("192.0.2.0/24",), *, version="1",
+         **fields) -> dict[str, Any]:
+    """A VIPPool for namespace "shop" (unless `fields` say otherwise)."""
+    return {"apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool",
+            "metadata": {"name": name, "resourceVersion": version},
+            "spec": {"addresses": list(addresses), "namespaces": ["shop"], **fields}}
+
+
+def in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {**document, "metadata": {**document["metadata"], "namespace": namespace}}
+
+
+def gated(documents, gate, **kwargs) -> desired.Desired:
+    return desired.build(documents, **{"node": NODE, "labels": LABELS, "gate": gate,
+                                       "default_interface": None, **kwargs})
+
+
+@pytest.fixture
+def admits(monkeypatch) -> list[str]:
+    """The namespace/name of every VirtualServer `pools.admit` is asked about, in order."""
+    calls: list[str] = []
+    admit = pools.admit
+
+    def counting(vs, *args, **kwargs):
+        calls.append(vs.id)
+        return admit(vs, *args, **kwargs)
+
+    monkeypatch.setattr(pools, "admit", counting)
+    return calls
+
+
+@pytest.mark.parametrize("gate", [
+    pytest.param(desired.Gate(), id="no-pool-at-all"),
+    pytest.param(desired.Gate.of([pool(addresses=["198.51.100.0/24"])], {"shop": {}}),
+                 id="vip-outside-the-pool"),
+    pytest.param(desired.Gate.of([pool(namespaces=["other"])], {"shop": {}}),
+                 id="pool-of-another-namespace"),
+    pytest.param(desired.Gate.of([scenarios.open_pool()], {}), id="namespace-labels-unknown"),
+    pytest.param(desired.Gate.of([scenarios.open_pool()],
+                                 {"shop": {scenarios.CLOSED_LABEL: "true"}}),
+                 id="namespace-not-selected"),
+])
+def test_a_vip_in_no_pool_is_withdrawn_whatever_its_status_says(gate):
+    # The status says Ready with real servers (forged, or stale): the pools decide.
+    document = vs(reals=[real(1)], ready=("True", "Ready", ""))
+    result = gated([document], gate, default_interface="eth0")
+    assert result.programs == {} and result.table == {} and result.vips == {}
+    verdict = pools.admit(spec.parse(document), gate.pools, gate.labels("shop"))
+    assert result.withdrawn == {"shop/web": f"VIPNotAllowed: {verdict.message}"}
+    assert result.refused == {"shop/web": verdict}, "its status contradicts the refusal"
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"forwarding": ["NAT"]}, pools.FORWARDING_NOT_ALLOWED),
+    ({"directors": {"interface": "bond0"}}, pools.DIRECTORS_NOT_ALLOWED),  # vs() names eth0
+])
+def test_a_pool_that_does_not_allow_the_rest_refuses(fields, reason):
+    result = gated([vs(reals=[real(1)])], desired.Gate.of([pool(**fields)], {"shop": {}}))
+    assert result.programs == {}
+    assert result.withdrawn["shop/web"].startswith(f"{reason}: ")
+
+
+def test_a_refusal_the_controller_made_too_is_no_contradiction():
+    # What the controller writes for it: Ready=False with the pool's reason, no real servers.
+    document = vs(ready=("False", pools.VIP_NOT_ALLOWED, "spec.vip: not in a pool"))
+    result = gated([document], desired.Gate())
+    assert "shop/web" in result.withdrawn and result.refused == {}
+
+
+def test_a_refused_virtualserver_that_selects_another_node_is_not_reported_here():
+    document = vs(reals=[real(1)], selector={"zone": "b"})
+    result = gated([document], desired.Gate())
+    assert result.withdrawn == {} and result.refused == {}
+
+
+@pytest.mark.parametrize("reason", [*pools.REASONS, claims.VIP_IN_USE])
+def test_the_controllers_refusals_withdraw(reason):
+    # Even with real servers still published (a stale status): the controller said no.
+    result = gated([vs(reals=[real(1)], ready=("False", reason, "no"))], OPEN)
+    assert result.withdrawn == {"shop/web": f"{reason}: no"}
+    assert result.refused == {}, "the pools (open here) admit it: the controller refused"
+
+
+def test_the_pools_directors_are_inherited():
+    gate = desired.Gate.of([pool(directors={"nodeSelector": {"zone": "a"},
+                                            "interface": "bond0"})], {"shop": {}})
+    document = vs(reals=[real(1)], interface=None)  # no directors of its own
+    result = gated([document], gate, default_interface="eth9")
+    program = result.programs["shop/web"]
+    assert program.interface == "bond0", "the pool's interface holds the VIP"
+    assert program.vs.directors == spec.Directors(node_selector={"zone": "a"},
+                                                  interface="bond0")
+    assert result.vips == {"bond0": {ip_address("192.0.2.10")}}
+    # The pool's node selector narrows the directors: a node in zone b serves nothing.
+    assert gated([document], gate, labels={"zone": "b"}) == desired.Desired({}, {})
+    # A VirtualServer may narrow it further (add labels), not change it.
+    narrowed = vs(reals=[real(1)], interface=None, selector={"lvs.dev/director": "true"})
+    assert set(gated([narrowed], gate).programs) == {"shop/web"}
+    assert gated([narrowed], gate, labels={"zone": "a"}).programs == {}
+    changed = vs(reals=[real(1)], interface=None, selector={"zone": "b"})
+    refused = gated([changed], gate, labels={"zone": "b"})
+    assert refused.withdrawn["shop/web"].startswith(pools.DIRECTORS_NOT_ALLOWED)
+
+
+def test_an_invalid_pool_admits_nothing():
+    gate = desired.Gate.of([pool(addresses=["192.0.2.1/24"], version="7")], {"shop": {}})
+    assert gate.pools == ()
+    (invalid,) = gate.invalid
+    assert (invalid.name, invalid.version) == ("shop-pool", "7")
+    assert "spec.addresses[0]" in invalid.message
+    assert gated([vs(reals=[real(1)])], gate).withdrawn["shop/web"].startswith(
+        pools.VIP_NOT_ALLOWED)
+
+
+def test_a_new_gate_keeps_what_did_not_change():
+    labels = {"team": "a"}
+    first = desired.Gate.of([pool()], {"shop": labels, "other": {}})
+    same = desired.Gate.of([pool(version="2")], {"shop": dict(labels), "other": {"x": "y"}},
+                           previous=first)
+    assert same.pools is first.pools, "equal pools: the same object"
+    assert same.labels("shop") is first.labels("shop")
+    assert same.labels("other") == {"x": "y"}
+    assert same.labels("gone") is None
+    moved = desired.Gate.of([pool(addresses=["198.51.100.0/24"])], {}, previous=same)
+    assert moved.pools is not same.pools
+
+
+def test_verdicts_are_kept_until_the_pools_or_the_namespace_labels_change(parses, admits):
+    shop = at(vs(reals=[real(1)]), "1", uid="u1")
+    other = at(in_namespace(vs("api", vip="192.0.2.11", reals=[real(2)]), "other"), "1",
+               uid="u2")
+    documents = [shop, other]
+    open_pool = scenarios.open_pool()
+    # The gates, one after the other (parsing a pool parses a VirtualServer: not counted).
+    gate = desired.Gate.of([open_pool], {"shop": {}, "other": {}})
+    again = desired.Gate.of([copy.deepcopy(open_pool)], {"shop": {}, "other": {}},
+                            previous=gate)
+    closed = desired.Gate.of([open_pool], {"shop": {}, "other": {scenarios.CLOSED_LABEL: "1"}},
+                             previous=again)
+    narrow = desired.Gate.of([pool(addresses=["192.0.2.11/32"], namespaces=["shop", "other"],
+                                   directors={"allowOverride": True})],
+                             {"shop": {}, "other": {}}, previous=closed)
+    parses.clear()
+    cache = desired.Cache()
+    assert set(gated(documents, gate, cache=cache).programs) == {"shop/web", "other/api"}
+    assert sorted(admits) == ["other/api", "shop/web"]
+    admits.clear()
+    parses.clear()
+    # Nothing changed (a resync): nothing parsed or admitted again, also under a gate made
+    # anew from equal pools and labels.
+    assert set(gated(documents, gate, cache=cache).programs) == {"shop/web", "other/api"}
+    assert set(gated(documents, again, cache=cache).programs) == {"shop/web", "other/api"}
+    assert admits == [] and parses == []
+    # Namespace "other" is closed: only its VirtualServer is admitted again, and refused.
+    result = gated(documents, closed, cache=cache)
+    assert set(result.programs) == {"shop/web"} and set(result.withdrawn) == {"other/api"}
+    assert admits == ["other/api"] and parses == []
+    admits.clear()
+    # The pools change: everything is admitted again; the cache never changes the answer.
+    result = gated(documents, narrow, cache=cache)
+    assert result == gated(documents, narrow)
+    assert set(result.programs) == {"other/api"} and set(result.withdrawn) == {"shop/web"}
+    assert sorted(admits) == ["other/api", "other/api", "shop/web", "shop/web"]
+    assert parses == ["shop/web", "other/api"], "only the build without a cache parsed"
+
+
+def test_real_servers_outside_the_static_addresses_are_skipped():
+    backend = {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}
+    document = vs(reals=[real(1), real(9), real(2)], backend=backend, interface=None)
+    gate = desired.Gate.of([pool(backendAddresses=["10.0.0.0/24"])], {"shop": {}})
+    result = gated([document], gate, default_interface="eth0")
+    assert weights(result) == {"10.0.0.1": 1, "10.0.0.2": 1}
+    assert result.programs["shop/web"].problem == (
+        "status.realServers[1] skipped: 10.0.0.9 is not among spec.backend.addresses (the "
+        "controller publishes only those)")
+    # A Service backend's endpoints are the controller's to resolve: not checked here.
+    assert weights(gated([vs(reals=[real(9)], interface=None)], gate)) == {"10.0.0.9": 1}

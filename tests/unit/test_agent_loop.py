@@ -1,6 +1,6 @@
 """agent.loop: the sync loop's timing rules against an in-memory API and the fake kernel:
 no sync before the lists, bursts coalesced, drift repaired by the periodic resync, nothing
-done while the Node is missing."""
+done while the Node is missing; the VIP pools admit before anything is programmed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import scenarios
-from lvs_operator.agent import loop
+from lvs_operator.agent import desired, election, loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
     HASettings,
@@ -438,3 +438,123 @@ def test_a_freed_key_is_programmed_without_a_restored_warning(tmp_path):
         eventually(lambda: reals(agent) == {"10.0.0.1"})
         eventually(lambda: not api.objects["shop/web"]["status"]["directors"][NODE]["error"])
         assert not api.objects["shop/web"]["status"]["directors"][NODE].get("warning")
+
+
+# --- the VIP pools: every agent admits by them before it programs anything ---------------------
+
+
+class RecordingApi(FakeApi):
+    """FakeApi recording the Events posted, whose VIPPool list waits for `pools_listed`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events: list[dict[str, Any]] = []
+        self.pools_listed = threading.Event()
+        self.pools_listed.set()
+
+    def create_event(self, event):
+        self.events.append(event)
+        return event
+
+    def lister(self, path, *, query=()):
+        inner = super().lister(path, query=query)
+        if path != client.VIPPOOLS:
+            return inner
+
+        def gated():
+            assert self.pools_listed.wait(30)
+            return inner()
+        return gated
+
+
+def shop_pool(**fields):
+    return {"apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool", "metadata": {"name": "shop"},
+            "spec": {"addresses": [f"{VIP}/32"], "namespaces": ["shop"],
+                     "directors": {"allowOverride": True}, **fields}}
+
+
+def test_deny_by_default_then_a_pool_admits_and_its_deletion_withdraws(tmp_path, stale_kernel,
+                                                                       caplog):
+    # A forged (or stale) status: real servers published, Ready. No pool: nothing programmed.
+    obj = virtualserver([1])
+    obj["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "Ready"}]
+    api = RecordingApi([obj], pools=[])
+    api.pools_listed.clear()
+    with running(api, stale_kernel, tmp_path) as agent:
+        time.sleep(0.3)
+        assert agent.metrics.syncs == 0, "no sync before the pools are listed"
+        assert set(stale_kernel.dump()) == {STALE}
+        api.pools_listed.set()
+        eventually(lambda: agent.metrics.syncs >= 1 and agent.table() == {})
+        (event,) = api.events
+        assert event["reason"] == "VIPNotAllowed" and event["type"] == "Warning"
+        assert event["regarding"]["name"] == "web"
+        assert "namespace shop may use no VIP pool" in event["note"]
+        assert api.patches == [], "no status entry for what it does not program"
+        # A pool that admits it: programmed.
+        api.put_pool(shop_pool())
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        # Another pool's change is no change for it, and nothing is told twice.
+        api.put_pool({**shop_pool(), "metadata": {"name": "other"},
+                      "spec": {"addresses": ["198.51.100.0/24"], "namespaces": ["x"]}})
+        # An invalid change of its pool: an invalid pool admits nothing.
+        api.put_pool(shop_pool(addresses=[f"{VIP}/24"]))
+        eventually(lambda: agent.table() == {})
+        # Another pool changes meanwhile: the gate is made again, the invalid pool is not
+        # logged again (once per resourceVersion).
+        api.put_pool({**shop_pool(), "metadata": {"name": "other"},
+                      "spec": {"addresses": ["198.51.100.0/25"], "namespaces": ["x"]}})
+        eventually(lambda: [str(r) for p in agent._gate.pools for r in p.addresses]
+                   == ["198.51.100.0/25"])
+        invalid = [r for r in caplog.records if "is invalid and admits nothing" in r.message]
+        assert len(invalid) == 1 and "spec.addresses[0]" in invalid[0].message
+        api.put_pool(shop_pool())
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        api.delete_pool("shop")
+        eventually(lambda: agent.table() == {})
+        assert len(api.events) == 3, [e["note"] for e in api.events]
+
+
+def test_a_namespace_label_change_admits_again(tmp_path):
+    api = FakeApi([virtualserver([1])])
+    with running(api, FakeIPVS(), tmp_path) as agent:
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        # The tests' open pool serves every namespace not labelled closed.
+        api.label_namespace("shop", {scenarios.CLOSED_LABEL: "true"})
+        eventually(lambda: agent.table() == {})
+        api.label_namespace("shop", {"team": "web"})
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+
+
+def test_the_pools_directors_hold_the_vip_and_narrow_the_vrrp_table(tmp_path):
+    api = FakeApi()
+    settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
+                        director=DirectorSettings(sysctls=None),
+                        ha=HASettings(vrrp=VRRPSettings(directory=tmp_path / "keepalived",
+                                                        address="10.1.0.1")))
+    agent = loop.Agent(settings, api=api, ipvs=FakeIPVS(), vips=FakeVips(),
+                       sysctls=lambda s: [], default_interface=lambda: "eth0")
+    objects = {"shop/web": virtualserver([1]),
+               "shop/out": {**virtualserver([2]), "metadata": {
+                   "name": "out", "namespace": "shop", "resourceVersion": "1"},
+                   "spec": {**virtualserver([2])["spec"], "vip": "198.51.100.9"}}}
+    for obj in objects.values():
+        obj["spec"]["directors"] = {}  # the pool's directors apply
+    pool = shop_pool(directors={"nodeSelector": {"rack": "r1"}, "interface": "bond0"})
+    gate = desired.Gate.of([pool], {"shop": {}})
+    peers = {name: election.Peer(live=True, settled=True, labels=labels, address=address)
+             for name, labels, address in (("node-b", {"rack": "r1"}, "10.1.0.2"),
+                                           ("node-c", {"rack": "r2"}, "10.1.0.3"))}
+    view = election.View(me=NODE, fenced=False, ready=True, fresh=True, settled=True,
+                         peers=peers)
+    plan = agent._vrrp_plan(objects, {"rack": "r1"}, gate, view, "eth0")
+    # Only the admitted VIP, held by the directors of the pool's racks: node-c is no candidate.
+    (instance,) = plan.instances
+    assert [str(vip) for vip, _ in instance.vips] == [VIP]
+    assert sorted(instance.ranking) == [NODE, "node-b"]
+    assert plan.alone == {}
+    wanted = desired.build(objects.values(), node=NODE, labels={"rack": "r1"}, gate=gate,
+                           default_interface="eth0")
+    assert set(wanted.programs) == {"shop/web"}
+    assert wanted.programs["shop/web"].interface == "bond0"
+    assert set(wanted.withdrawn) == {"shop/out"}
