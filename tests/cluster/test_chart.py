@@ -35,7 +35,7 @@ import pytest
 import yaml
 from controller_support import Kube, condition, virtual_server, vs_path, wait_for
 from controlplane import ControlPlane
-from crd_support import CRD_NAME, ROOT, install_crd, module_namespace
+from crd_support import CRD_NAME, CRD_NAMES, ROOT, install_crd, module_namespace
 
 from lvs_operator.agent import lease as agent_lease
 from lvs_operator.agent import report as agent_report
@@ -125,8 +125,9 @@ def test_crd_copy_equals_crds(cluster: ControlPlane) -> None:
         assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
             f"charts/lvs-operator/crds/{name} differs from crds/{name}: "
             f"cp crds/{name} charts/lvs-operator/crds/")
-    crd = find(render(cluster), "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == CRD_NAME
+    crds = [o["metadata"]["name"] for o in render(cluster)
+            if o["kind"] == "CustomResourceDefinition"]
+    assert sorted(crds) == sorted(CRD_NAMES)
 
 
 def test_agent_is_not_privileged(cluster: ControlPlane) -> None:
