@@ -129,11 +129,9 @@ def test_crd_copy_equals_crds(cluster: ControlPlane) -> None:
         assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
             f"charts/lvs-operator/crds/{name} differs from crds/{name}: "
             f"cp crds/{name} charts/lvs-operator/crds/")
-    rendered = render(cluster)
-    for name in CRD_NAMES:
-        find(rendered, "CustomResourceDefinition", name)
-    assert len([o for o in rendered if o["kind"] == "CustomResourceDefinition"]) == \
-        len(CRD_NAMES)
+    crds = [o["metadata"]["name"] for o in render(cluster)
+            if o["kind"] == "CustomResourceDefinition"]
+    assert sorted(crds) == sorted(CRD_NAMES)
 
 
 def test_agent_is_not_privileged(cluster: ControlPlane) -> None:
@@ -464,6 +462,13 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
         mine = [("fieldSelector", "metadata.name=chart-node")]
         _, node_version = api.lister(agent_kube.NODES, query=mine)()
         api.watcher(agent_kube.NODES, query=mine, timeout_seconds=1)(node_version).close()
+        # The VIP pools and the Namespaces' labels (every agent admits by the pools itself).
+        for path in (agent_kube.VIPPOOLS, agent_kube.NAMESPACES):
+            _, version = api.lister(path)()
+            api.watcher(path, timeout_seconds=1)(version).close()
+        pools = api.lister(agent_kube.VIPPOOLS)()[0]
+        assert pools, "install_crd made the tests' open pool"
+        api.request("GET", f"{agent_kube.VIPPOOLS}/{pools[0]['metadata']['name']}")
         api.patch_status(namespace, name, {"status": {"directors": {"chart-node": {
             "role": "Active", "generation": generation, "error": "",
             "syncedAt": "2024-05-01T10:00:00Z"}}}})
@@ -508,6 +513,11 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
     ("agent", "patch", "nodes"),
     ("agent", "create", "leases.coordination.k8s.io/another-namespace"),
     ("agent", "create", "events"),  # core/v1: it posts events.k8s.io Events
+    ("agent", "create", "vippools.lvs.dev"),
+    ("agent", "update", "vippools.lvs.dev"),
+    ("agent", "get", "vipclaims.lvs.dev"),
+    ("agent", "get", "namespaces"),  # list and watch: the labels of all, not one by name
+    ("agent", "patch", "namespaces"),
 ])
 def test_rbac_grants_nothing_more(cluster: ControlPlane, release: Release, account: str,
                                   verb: str, resource: str) -> None:
