@@ -102,6 +102,8 @@ class LoadBalancers:
         if self.served(old) and not self.served(new):
             self._warned.pop(key, None)
             self._waiting.discard(key)
+        if self.served(old):
+            # It may no longer want an address it had (gone, another family or address).
             for address in self._addresses(key.namespace, key.name, _sharing(old)):
                 self.c._settle_soon(address)
 

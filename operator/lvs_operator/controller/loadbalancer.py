@@ -320,6 +320,8 @@ def chosen(req: Request, family: int, found: Iterable[claims.Claim]) -> IPAddres
     the lowest address of its own (two allocators racing may each have made one; the other
     is released).
     """
+    if family not in req.families:
+        return None
     wanted = req.addresses.get(family)
     mine = []
     for claim in found:
