@@ -92,9 +92,11 @@ def ingress(kube: Kube, namespace: str, name: str) -> list[str]:
 
 def wait_ingress(kube: Kube, namespace: str, name: str, count: int = 1,
                  timeout: float = 20.0) -> list[str]:
-    return wait_for(f"{namespace}/{name}: {count} address(es) in status.loadBalancer",
-                    lambda: (found := ingress(kube, namespace, name)) and len(found) == count
-                    and found, timeout=timeout)
+    def probe() -> list[str] | None:
+        found = ingress(kube, namespace, name)
+        return found if len(found) == count else None
+    return wait_for(f"{namespace}/{name}: {count} address(es) in status.loadBalancer", probe,
+                    timeout=timeout)
 
 
 def service_events(kube: Kube, namespace: str, name: str) -> list[tuple[str, str, str]]:

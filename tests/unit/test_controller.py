@@ -126,7 +126,7 @@ class Fake(Controller):
         return stored[key]  # type: ignore[no-any-return]
 
     async def _read_claim(self, vip: Any) -> claims.Claim | None:
-        return self.cached["vipclaims"].items.get(Key("", claims.name_of(vip)))  # type: ignore[no-any-return]
+        return self.cached["vipclaims"].items.get(Key("", claims.name_of(vip)))
 
     async def _fetch(self, key: Key) -> Entry | None:
         return self.parser.entry(self.stored[key])
