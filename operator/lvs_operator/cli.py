@@ -127,6 +127,16 @@ def _parser() -> argparse.ArgumentParser:
                             "$POD_NAME or the host name, and a random suffix)")
     controller.add_argument("--log-level", default="info",
                             choices=("debug", "info", "warning", "error"))
+    balancer = controller.add_argument_group(
+        "LoadBalancer Services",
+        "The controller serves Services of type LoadBalancer whose spec.loadBalancerClass is "
+        "its class: an address from a VIPPool, a VirtualServer per IP family, "
+        "status.loadBalancer.")
+    balancer.add_argument("--load-balancer-class", default="lvs.dev/ipvs", metavar="CLASS",
+                          help="the spec.loadBalancerClass served (default: %(default)s)")
+    balancer.add_argument("--load-balancer-default", action="store_true",
+                          help="serve LoadBalancer Services without a class too (off by "
+                          "default, so another implementation may serve them)")
     hook = controller.add_argument_group(
         "webhooks",
         "With --webhook every replica serves a mutating admission webhook that adds the "
@@ -384,7 +394,9 @@ def _controller(args: argparse.Namespace) -> int:
             lease_namespace=args.lease_namespace, lease_name=args.lease_name,
             identity=args.identity or controller_settings.default_identity(),
             lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
-            retry_period=args.lease_duration * 2 / 15)
+            retry_period=args.lease_duration * 2 / 15,
+            load_balancer_class=args.load_balancer_class,
+            load_balancer_default=args.load_balancer_default)
     except ValueError as error:
         return _fail(str(error), status=EXIT_USAGE)
     asyncio.run(handlers.run(settings))

@@ -495,8 +495,12 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
 
 @pytest.mark.parametrize(("account", "verb", "resource"), [
     ("controller", "create", "pods"),
-    ("controller", "delete", "virtualservers.lvs.dev"),
-    ("controller", "update", "virtualservers.lvs.dev"),
+    # It creates, replaces and deletes the VirtualServers of LoadBalancer Services, and
+    # writes only their status.loadBalancer of Services.
+    ("controller", "patch", "virtualservers.lvs.dev"),
+    ("controller", "update", "services"),
+    ("controller", "patch", "services"),
+    ("controller", "update", "services/status"),
     ("controller", "list", "secrets"),
     ("controller", "get", "secrets/another"),
     ("controller", "update", "mutatingwebhookconfigurations/another"),

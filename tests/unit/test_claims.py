@@ -82,3 +82,13 @@ def test_check_sharing_needs_both_keys_and_the_same_directors():
     # Unclaimed: allowed (the controller grants first), unless refused before.
     assert claims.check(vs("b"), None) == ""
     assert "delete and re-create" in claims.check(vs("b"), None, refused_before=True)
+
+
+def test_a_load_balancer_claim_round_trips_and_stays_while_its_service_wants_it():
+    claim = claims.Claim(VIP, "shop", "k", pool="p", resource_version="4", service="web")
+    document = claim.document()
+    assert document["spec"]["service"] == "web"
+    assert claims.Claim.from_object(document) == claim
+    # Made before any VirtualServer uses it: kept while a Service has the address.
+    assert claims.settle(VIP, claim, [], wanted=True) == ("", None)
+    assert claims.settle(VIP, claim, []) == ("delete", claim)

@@ -13,6 +13,9 @@ Rules (`settle` decides what to write, `check` what a VirtualServer may have):
   stays refused once the owner lets go: it must be deleted and re-created to claim the
   address, so an owner that deletes and re-creates its VirtualServer keeps its address);
 - while any VirtualServer of the owning namespace uses the VIP, the claim stays;
+- a claim made for a LoadBalancer Service (`service` set: the controller allocated the
+  address to it, before any VirtualServer uses it) also stays while that Service, or one
+  sharing the address with it, still has the address (`settle`'s `wanted`);
 - VirtualServers of another namespace may share the VIP only when both sides opted in with
   the same non-empty `spec.sharingKey` and are held by the same directors (node selector
   and interface, after the pool's are applied): otherwise they are refused with
@@ -59,6 +62,8 @@ class Claim:
         directors: the directors the VIP is held by (the owner's, after its pool's).
         pool: the VIPPool that admitted the owner.
         resource_version: of the stored object ("" for one not yet written).
+        service: the LoadBalancer Service of `namespace` the address was allocated to
+            ("" when a VirtualServer asked for it).
     """
 
     address: IPAddress
@@ -67,6 +72,7 @@ class Claim:
     directors: spec.Directors = field(default_factory=spec.Directors)
     pool: str = ""
     resource_version: str = ""
+    service: str = ""
 
     @property
     def name(self) -> str:
@@ -79,6 +85,8 @@ class Claim:
                                 "pool": self.pool}
         if self.sharing_key:
             body["sharingKey"] = self.sharing_key
+        if self.service:
+            body["service"] = self.service
         directors: dict[str, Any] = {}
         if self.directors.node_selector:
             directors["nodeSelector"] = dict(self.directors.node_selector)
@@ -117,7 +125,8 @@ class Claim:
                    directors=spec.Directors(node_selector=dict(selector),
                                             interface=raw.get("interface") or None),
                    pool=str(body.get("pool") or ""),
-                   resource_version=str(meta.get("resourceVersion") or ""))
+                   resource_version=str(meta.get("resourceVersion") or ""),
+                   service=str(body.get("service") or ""))
 
 
 @dataclass(frozen=True)
@@ -182,11 +191,13 @@ def check(vs: spec.VirtualServer, claim: Claim | None, *, refused_before: bool =
             "and the same directors (node selector and interface) on both sides")
 
 
-def settle(address: IPAddress, claim: Claim | None, users: Iterable[User]
-           ) -> tuple[str, Claim | None]:
+def settle(address: IPAddress, claim: Claim | None, users: Iterable[User], *,
+           wanted: bool = False) -> tuple[str, Claim | None]:
     """Return what to write so that `address` is claimed as the rules say.
 
-    `users` are every valid VirtualServer with this VIP that is not being deleted.
+    `users` are every valid VirtualServer with this VIP that is not being deleted; `wanted`
+    says a served LoadBalancer Service of the claim's namespace has the address (see
+    `Claim.service`): the claim stays even while no VirtualServer uses it yet.
 
     Returns:
         ("", None) to write nothing; ("create", claim) or ("replace", claim) to write the
@@ -200,7 +211,7 @@ def settle(address: IPAddress, claim: Claim | None, users: Iterable[User]
             return "", None
         return "create", Claim(address, owner.vs.namespace, owner.vs.sharing_key,
                                owner.vs.directors, owner.pool)
-    if any(u.vs.namespace == claim.namespace for u in users):
+    if wanted or any(u.vs.namespace == claim.namespace for u in users):
         return "", None
     heir = next((u for u in users if u.eligible and shares(u.vs, claim)), None)
     if heir is None:

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from lvs_operator.api import API_VERSION, KIND, PLURAL, claims, conditions, conflicts, pools, spec
 from lvs_operator.api.conflicts import Claimant
 from lvs_operator.controller import admission, report, resolve
+from lvs_operator.controller.balancers import LoadBalancers, ServiceRef
 from lvs_operator.controller.leader import Leader
 from lvs_operator.controller.objects import (
     Entry,
@@ -58,6 +59,7 @@ from lvs_operator.controller.objects import (
     compact_slice,
     namespace_labels,
 )
+from lvs_operator.controller.objects import update_index as _update
 from lvs_operator.controller.settings import Settings
 from lvs_operator.kube import client, events, watch
 from lvs_operator.model import IPAddress, ServiceKey
@@ -87,16 +89,6 @@ def watch_paths(prefix: str, plural: str, namespaces: Iterable[str]) -> dict[str
     return paths or {"": f"{prefix}/{plural}"}
 
 
-def _update(index: dict[Any, set[Key]], at: Any, key: Key, *, add: bool) -> None:
-    """Add `key` to, or remove it from, the set `index[at]` (dropping an emptied set)."""
-    if add:
-        index.setdefault(at, set()).add(key)
-    elif at in index:
-        index[at].discard(key)
-        if not index[at]:
-            del index[at]
-
-
 class Controller:
     """The reconciler: changes in, statuses and Events out, while it holds the Lease.
 
@@ -124,9 +116,9 @@ class Controller:
         self.slices_of: dict[Key, set[Key]] = {}  # Service -> its EndpointSlices
         # The conflicts found by the last reconcile of each VirtualServer: key -> holder id.
         self.conflicted: dict[Key, str] = {}
-        self._pending: set[Key] = set()
-        self._running: dict[Key, asyncio.Task[None]] = {}
-        self._failures: dict[Key, int] = {}
+        self._pending: set[Key | ServiceRef] = set()
+        self._running: dict[Key | ServiceRef, asyncio.Task[None]] = {}
+        self._failures: dict[Key | ServiceRef, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._synced = asyncio.Event()
@@ -142,6 +134,8 @@ class Controller:
         # The generation of each VirtualServer whose selected pods were checked for the
         # real-server setup (with the webhook on): once per generation; forgotten on delete.
         self._pods_checked: dict[Key, int] = {}
+        self.field_manager = FIELD_MANAGER
+        self.balancers = LoadBalancers(self)  # the LoadBalancer Services it serves
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -289,6 +283,7 @@ class Controller:
     def _reconcile_all(self) -> None:
         for key in list(self.virtualservers):
             self.enqueue(key)
+        self.balancers.reconcile_all()
         # Claims nobody asks for any more (their VirtualServers went while no controller
         # led): settle them too.
         for claim in list(self._claim_list()):
@@ -339,6 +334,7 @@ class Controller:
             if old is not None:
                 self.parser.forget(old.uid)
         self._index(key, old, new)
+        self.balancers.virtualserver_changed(old, new)
         if new is not None:
             self.enqueue(key)
         for entry in (old, new):
@@ -382,6 +378,7 @@ class Controller:
         if not echo:
             for other in list(self.by_vip.get(address, ())):
                 self.enqueue(other)
+        self.balancers.claim_changed(old, new)
         if new is not None and not self.by_vip.get(new.address):
             self._settle_soon(new.address)
 
@@ -393,10 +390,13 @@ class Controller:
         for other in list(self.virtualservers):
             if other.namespace == key.name:
                 self.enqueue(other)
+        self.balancers.reconcile_all()  # pools may serve that namespace now, or no longer
 
     def service_changed(self, key: Key, old: Any, new: Any) -> None:
-        """Queue the VirtualServers whose backend is this Service."""
+        """Queue the VirtualServers whose backend is this Service, and the Service itself
+        when it is a LoadBalancer this controller serves."""
         self._backend_changed(key)
+        self.balancers.service_changed(key, old, new)
 
     def slice_changed(self, key: Key, old: Mapping[str, Any] | None,
                       new: Mapping[str, Any] | None) -> None:
@@ -427,7 +427,7 @@ class Controller:
 
     # --- the queue ------------------------------------------------------------------------------
 
-    def enqueue(self, key: Key) -> None:
+    def enqueue(self, key: Key | ServiceRef) -> None:
         """Reconcile `key` soon; while it is being reconciled, once more afterwards."""
         if not self.leading or not self._synced.is_set():
             return  # a new leader, and the end of the first lists, reconcile everything
@@ -435,28 +435,31 @@ class Controller:
         if key not in self._running:
             self._running[key] = asyncio.create_task(self._work(key))
 
-    async def _work(self, key: Key) -> None:
+    async def _work(self, key: Key | ServiceRef) -> None:
         try:
             while key in self._pending:
                 self._pending.discard(key)
                 async with self._limit:
                     try:
-                        await self.reconcile(key)
+                        if isinstance(key, ServiceRef):
+                            await self.balancers.reconcile(key.service)
+                        else:
+                            await self.reconcile(key)
                     except (client.ApiError, RuntimeError) as error:
                         self._retry_later(key, error)
                     except Exception as error:  # a bug: say where, and keep the others going
-                        log.exception("VirtualServer %s: reconcile failed", key)
+                        log.exception("%s: reconcile failed", _what(key))
                         self._retry_later(key, error)
                     else:
                         self._failures.pop(key, None)
         finally:
             del self._running[key]
 
-    def _retry_later(self, key: Key, error: BaseException) -> None:
+    def _retry_later(self, key: Key | ServiceRef, error: BaseException) -> None:
         failures = self._failures.get(key, 0)
         delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
         self._failures[key] = failures + 1
-        log.warning("VirtualServer %s: %s; retrying in %.0f s", key, error, delay)
+        log.warning("%s: %s; retrying in %.0f s", _what(key), error, delay)
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
 
     # --- one VirtualServer ----------------------------------------------------------------------
@@ -586,10 +589,13 @@ class Controller:
         found = reflector.get(Key("", claims.name_of(vip))) if reflector is not None else None
         return found if isinstance(found, claims.Claim) and found.address == vip else None
 
-    def _admit(self, vs: spec.VirtualServer) -> pools.Verdict:
+    def _namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        """Return the labels of `namespace` (None: not known)."""
         reflector = self.caches.get("namespaces", {}).get("")
-        labels = reflector.get(Key("", vs.namespace)) if reflector is not None else None
-        return pools.admit(vs, self._pool_list(), labels)
+        return reflector.get(Key("", namespace)) if reflector is not None else None
+
+    def _admit(self, vs: spec.VirtualServer) -> pools.Verdict:
+        return pools.admit(vs, self._pool_list(), self._namespace_labels(vs.namespace))
 
     def _refusal(self, entry: Entry) -> report.Refusal | None:
         """Return why the pools or the VIP's owner refuse `entry`, or None."""
@@ -640,7 +646,9 @@ class Controller:
             return
         lock = self._vip_locks.setdefault(vip, asyncio.Lock())
         async with lock:
-            action, claim = claims.settle(vip, self._claim(vip), self._users(vip))
+            stored = self._claim(vip)
+            action, claim = claims.settle(vip, stored, self._users(vip),
+                                          wanted=self.balancers.wanted(stored))
             if not action or claim is None:
                 return
             try:
@@ -651,6 +659,7 @@ class Controller:
                 # Another writer was first (a former leader, an admin): read and go on.
                 self._claims_written[vip] = await self._read_claim(vip)
             else:
+                self.balancers.claim_changed(stored, self._claims_written[vip])
                 log.info("VIP %s: claim %s (namespace %s)", vip,
                          {"create": "granted", "replace": "handed over",
                           "delete": "released"}[action], claim.namespace)
@@ -729,17 +738,29 @@ class Controller:
         return self.parser.entry(body)
 
     async def _post(self, entry: Entry, event: report.Event) -> None:
-        """Post `event` on the VirtualServer; a failure is logged, not retried (the status
-        says it all)."""
+        """Post `event` on the VirtualServer."""
+        await self._post_event(
+            {"apiVersion": API_VERSION, "kind": KIND, "name": entry.name,
+             "namespace": entry.namespace, "uid": entry.uid},
+            type=event.type, reason=event.reason, message=event.message,
+            action="UpdateStatus")
+
+    async def _post_event(self, regarding: Mapping[str, str], *, type: str, reason: str,
+                          message: str, action: str) -> None:
+        """Post an Event on the object `regarding`; a failure is logged, not retried (the
+        status says it all)."""
         assert self.api is not None
         body = events.event(
-            regarding={"apiVersion": API_VERSION, "kind": KIND, "name": entry.name,
-                       "namespace": entry.namespace, "uid": entry.uid},
-            type=event.type, reason=event.reason, note=event.message, action="UpdateStatus",
+            regarding=regarding, type=type, reason=reason, note=message, action=action,
             reporting_controller=REPORTING_CONTROLLER,
             reporting_instance=self.settings.identity, now=datetime.now(UTC))
         try:
             await self.call(events.post, self.api, body)
         except client.ApiError as error:
-            log.warning("VirtualServer %s: cannot post Event %s: %s", entry.key, event.reason,
-                        error)
+            log.warning("%s %s/%s: cannot post Event %s: %s", regarding.get("kind"),
+                        regarding.get("namespace"), regarding.get("name"), reason, error)
+
+
+def _what(key: Key | ServiceRef) -> str:
+    """Return a queue key for the log: `VirtualServer ns/name` or `Service ns/name`."""
+    return str(key) if isinstance(key, ServiceRef) else f"VirtualServer {key}"

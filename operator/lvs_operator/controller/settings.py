@@ -46,6 +46,11 @@ class Settings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # The spec.loadBalancerClass of the LoadBalancer Services this controller serves, and
+    # whether it serves those without a class too (off: it may sit beside another
+    # implementation, such as the cloud's, that serves them).
+    load_balancer_class: str = "lvs.dev/ipvs"
+    load_balancer_default: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
