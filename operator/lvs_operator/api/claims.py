@@ -187,8 +187,8 @@ def check(vs: spec.VirtualServer, claim: Claim | None, *, refused_before: bool =
     # One message whatever the reason: a tenant must not learn whether it guessed the
     # other namespace's sharing key.
     return (f"spec.vip: {vs.vip} belongs to another namespace: use another address, or, "
-            "to share it on other ports, agree with its owner on the same spec.sharingKey "
-            "and the same directors (node selector and interface) on both sides")
+            "to share it on other ports, both namespaces set the same spec.sharingKey and "
+            "use the same directors (node selector and interface)")
 
 
 def settle(address: IPAddress, claim: Claim | None, users: Iterable[User], *,
