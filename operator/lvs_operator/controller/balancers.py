@@ -45,6 +45,8 @@ Key = watch.Key
 # Candidates tried in one reconcile before giving up until the next (each 409 is a
 # round trip; racing allocators lose a few at most).
 MAX_ATTEMPTS = 32
+# What `_keep` says of a VirtualServer not looked at yet by the controller.
+PENDING = ("", "")
 # The Ready reasons of a generated VirtualServer for which its address is not published.
 REFUSED = frozenset({conditions.CONFLICT, conditions.INVALID_SPEC, claims.VIP_IN_USE,
                      *pools.REASONS})
@@ -76,6 +78,10 @@ class LoadBalancers:
         self._uids: dict[str, Key] = {}
         self._waiting: set[Key] = set()  # Services that found no free address
         self._warned: dict[Key, set[tuple[str, str]]] = {}  # Warnings last posted
+        # status.loadBalancer writes whose echo has not come through the watch: what was
+        # written, over which resourceVersion (without it, every reconcile until the echo
+        # comes would write the same again).
+        self._written: dict[Key, tuple[Any, str]] = {}
 
     # --- what changed -> which Services -----------------------------------------------------
 
@@ -101,6 +107,7 @@ class LoadBalancers:
             self.c.enqueue(ServiceRef(key))
         if self.served(old) and not self.served(new):
             self._warned.pop(key, None)
+            self._written.pop(key, None)
             self._waiting.discard(key)
         if self.served(old):
             # It may no longer want an address it had (gone, another family or address).
@@ -207,13 +214,19 @@ class LoadBalancers:
         else:
             self._waiting.add(key)
         published: dict[int, IPAddress] = {}
+        shown = _shown(service)
         for family in (4, 6):
             if family not in addresses:
                 # A family the Service no longer has (or has no address for yet).
                 await self._delete_generated(key, family, uid=req.uid)
                 continue
             why = await self._keep(req, family, addresses[family])
-            if why:
+            if why == PENDING:
+                # Its VirtualServer is new or changed and not looked at yet: what is
+                # published for it stays as it is (neither shown early nor taken back).
+                if addresses[family] in shown:
+                    published[family] = addresses[family]
+            elif why:
                 warnings.append(why)
             else:
                 published[family] = addresses[family]
@@ -312,14 +325,14 @@ class LoadBalancers:
             await self._write("POST", req.namespace, "", document)
             await self._event(req.namespace, req.name, req.uid, "Normal", "VirtualServerCreated",
                               f"VirtualServer {name} created for {address}")
-            return None
+            return PENDING
         if entry.parsed != wanted:
             await self._replace(req, document)
-            return None
+            return PENDING
         ready = next((c for c in entry.status.get("conditions") or []
                       if c.get("type") == conditions.READY), None)
         if entry.status.get("observedGeneration") != entry.generation or ready is None:
-            return ("", "")  # not looked at yet: publish nothing until it is
+            return PENDING  # not looked at yet
         if ready.get("status") != "True" and ready.get("reason") in REFUSED:
             return (str(ready["reason"]), f"VirtualServer {name}: {ready.get('message', '')}")
         return None
@@ -379,7 +392,10 @@ class LoadBalancers:
         """Write `status.loadBalancer` when it differs from what the Service has."""
         wanted = loadbalancer.load_balancer_status(req.families, addresses)
         current = (service.get("status") or {}).get("loadBalancer") or {}
-        if (current.get("ingress") or []) == (wanted.get("ingress") or []):
+        key = Key(req.namespace, req.name)
+        version = str((service.get("metadata") or {}).get("resourceVersion") or "")
+        if (current.get("ingress") or []) == (wanted.get("ingress") or []) or \
+                self._written.get(key) == (wanted.get("ingress"), version):
             return
         assert self.c.api is not None
         await self.c.call(
@@ -388,6 +404,7 @@ class LoadBalancers:
             body={"status": {"loadBalancer": {"ingress": wanted.get("ingress")}}},
             content_type="application/merge-patch+json",
             query=[("fieldManager", self.c.field_manager)])
+        self._written[key] = (wanted.get("ingress"), version)
         shown = ", ".join(i["ip"] for i in wanted.get("ingress") or []) or "none"
         log.info("Service %s/%s: status.loadBalancer: %s", req.namespace, req.name, shown)
 
@@ -419,6 +436,18 @@ class _Taken:
         if not isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             return False
         return bool(self.c.by_vip.get(address)) or self.c._claim(address) is not None
+
+
+def _shown(service: Mapping[str, Any]) -> set[IPAddress]:
+    """Return the addresses the Service's status.loadBalancer shows now."""
+    shown = set()
+    for ingress in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") \
+            or []:
+        try:
+            shown.add(ipaddress.ip_address(str(ingress.get("ip"))))
+        except ValueError:
+            continue
+    return shown
 
 
 def _claim_keys(claim: claims.Claim) -> list[tuple[str, str]]:

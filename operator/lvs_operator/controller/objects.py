@@ -119,6 +119,7 @@ def compact_service(body: Mapping[str, Any]) -> dict[str, Any]:
     compact["spec"].update({k: svc[k] for k in _LOAD_BALANCER_FIELDS if k in svc})
     compact["metadata"] = {
         "namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
         "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
                         if k.startswith(loadbalancer.PREFIX)}}
     compact["status"] = {"loadBalancer": (body.get("status") or {}).get("loadBalancer") or {}}
