@@ -149,7 +149,8 @@ def test_loadbalancer_service_gets_a_vip_and_traffic(site: stack.Site, vips: dic
         site.request("POST", services, body={
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "shop", "annotations": {"lvs.dev/forwarding": "DirectRouting",
-                                                         "lvs.dev/scheduler": "rr"}},
+                                                         "lvs.dev/scheduler": "rr",
+                                                         "lvs.dev/drain-timeout": "5"}},
             "spec": {"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
         site.apply_slice("shop", {"rs1": True, "rs2": True, "rs3": True})

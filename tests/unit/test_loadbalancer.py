@@ -64,11 +64,12 @@ def test_annotations_become_the_virtualservers_settings():
     req = lb.request(service(annotations={
         lb.FORWARDING: "Tunnel", lb.SCHEDULER: "mh", lb.SCHEDULER_FLAGS: "mh-port",
         lb.PERSISTENCE: "600", lb.HEALTH_CHECK: "http", lb.HEALTH_CHECK_PATH: "/healthz",
-        lb.SHARING_KEY: "front", lb.POOL: "blue"}))
+        lb.SHARING_KEY: "front", lb.POOL: "blue", lb.DRAIN: "5"}))
     assert (req.pool, req.sharing_key) == ("blue", "front")
     vs = lb.parse(req, 4, ip_address("192.0.2.7"))
     assert (vs.scheduler, vs.persistence and vs.persistence.timeout, vs.sharing_key,
             vs.health_check and vs.health_check.path) == ("mh", 600, "front", "/healthz")
+    assert vs.drain_timeout_seconds == 5
 
 
 @pytest.mark.parametrize(("annotations", "fields", "message"), [
@@ -77,6 +78,7 @@ def test_annotations_become_the_virtualservers_settings():
     ({lb.SCHEDULER: "wrr", lb.SCHEDULER_FLAGS: "sh-port"}, {}, "lvs.dev/scheduler-flags: "),
     ({lb.PERSISTENCE: "soon"}, {}, "lvs.dev/persistence-timeout: must be a number"),
     ({lb.HEALTH_CHECK: "icmp"}, {}, "lvs.dev/health-check: must be tcp or http"),
+    ({lb.DRAIN: "-1"}, {}, "lvs.dev/drain-timeout: must be a number of seconds from 0"),
     ({lb.HEALTH_CHECK_PATH: "/x"}, {}, "lvs.dev/health-check-path: needs lvs.dev/health-check"),
     ({lb.SHARING_KEY: "Not_A_Key"}, {}, "lvs.dev/sharing-key: "),
     ({lb.VIP: "300.1.1.1"}, {}, "lvs.dev/vip: '300.1.1.1' is not an IPv4 or IPv6 address"),

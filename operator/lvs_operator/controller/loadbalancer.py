@@ -40,6 +40,7 @@ SCHEDULER_FLAGS = "lvs.dev/scheduler-flags"
 PERSISTENCE = "lvs.dev/persistence-timeout"
 HEALTH_CHECK = "lvs.dev/health-check"
 HEALTH_CHECK_PATH = "lvs.dev/health-check-path"
+DRAIN = "lvs.dev/drain-timeout"
 # Every annotation, and what it means (the README's table says the same).
 ANNOTATIONS: Mapping[str, str] = {
     VIP: "the address(es) to use, one per IP family, comma-separated; each must lie in a "
@@ -55,6 +56,9 @@ ANNOTATIONS: Mapping[str, str] = {
     HEALTH_CHECK: "tcp or http: the directors check each real server (default: none, the "
                   "EndpointSlices' readiness only)",
     HEALTH_CHECK_PATH: "the path of the http check (default /)",
+    DRAIN: f"seconds a removed real server (or the whole Service, deleted) keeps its "
+           f"established connections, 0 to {spec.MAX_DRAIN_SECONDS} (default "
+           f"{spec.DEFAULT_DRAIN_SECONDS})",
 }
 # Where spec.parse's field paths come from, to name the annotation in its errors.
 _SOURCE_OF = {
@@ -62,7 +66,7 @@ _SOURCE_OF = {
     "spec.scheduler": SCHEDULER, "spec.persistence": PERSISTENCE,
     "spec.healthCheck.http.path": HEALTH_CHECK_PATH, "spec.healthCheck": HEALTH_CHECK,
     "spec.sharingKey": SHARING_KEY, "spec.ports": "spec.ports (of the Service)",
-    "spec.vip": VIP,
+    "spec.vip": VIP, "spec.drain": DRAIN,
 }
 FAMILIES = {"IPv4": 4, "IPv6": 6}
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
@@ -170,6 +174,12 @@ def request(service: Mapping[str, Any]) -> Request:
         doc["scheduler"] = scheduler
     if PERSISTENCE in notes:
         doc["persistence"] = {"timeoutSeconds": _seconds(notes[PERSISTENCE])}
+    if DRAIN in notes:
+        raw = notes[DRAIN]
+        if not raw.isdigit() or int(raw) > spec.MAX_DRAIN_SECONDS:
+            raise AnnotationError(DRAIN, f"must be a number of seconds from 0 to "
+                                  f"{spec.MAX_DRAIN_SECONDS}, got {raw!r}")
+        doc["drain"] = {"timeoutSeconds": int(raw)}
     check = notes.get(HEALTH_CHECK)
     if check is not None:
         if check not in ("tcp", "http"):
