@@ -1,5 +1,5 @@
-"""Directors on a short leash: what an agent may write (the chart's agent-policy.yaml),
-against the real API server.
+"""Directors on a short leash: what an agent, and a namespace's users, may write (the chart's
+agent-policy.yaml and tenant-rbac.yaml), against the real API server.
 
 The chart is installed; Nodes A and B exist, and a Pod of the agent's ServiceAccount is bound
 to A (no kubelet runs it). A token bound to that Pod (TokenRequest with a boundObjectRef, as
@@ -10,6 +10,10 @@ status.directors, a new entry for another node, status.realServers, status.condi
 Lease, the controller's Lease. RBAC lets the agent patch every status and every Lease of the
 namespace (the own writes prove it), so these 403s are the policies'. A token bound to no
 Pod names no node: every agent write is refused, its own included (fail closed).
+
+A namespace's users: `edit` (by a RoleBinding) creates VirtualServers but cannot write their
+status; `view` reads them only; neither has any right on vippools (the VIPPool CRD is not in
+this branch: checked by access review, which needs no CRD).
 """
 
 from __future__ import annotations
@@ -239,3 +243,90 @@ def test_a_token_bound_to_no_node_writes_no_lease(leash: Leash, write: str) -> N
         assert refusal(lease_writes(leash, leash.unbound, name)[write]) == 403
     finally:
         leash.kube.delete(kube_lease.lease_path(leash.namespace, name))
+
+
+# --- a namespace's users ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tenant(cluster: ControlPlane, leash: Leash,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, client.Client]]:
+    """A namespace and a client of a user (a ServiceAccount) with the built-in `edit` role in
+    it (a RoleBinding), once the release's roles are aggregated into the built-in ones."""
+    kube = leash.kube
+    ns = f"tenant-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "serviceaccount", "alice", "--namespace", ns)
+    cluster.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit",
+                    "--serviceaccount", f"{ns}:alice", "--namespace", ns)
+
+    def aggregated() -> bool:
+        return all(any("virtualservers" in r.get("resources", []) for r in kube.get(
+            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role}")["rules"])
+            for role in ("view", "edit", "admin"))
+
+    wait_for("the VirtualServer rights aggregated into view, edit and admin", aggregated,
+             timeout=30)
+    api = client.Client.connect(str(token_kubeconfig(
+        cluster, ns, "alice", tmp_path_factory.mktemp("tenant"))))
+    try:
+        yield ns, api
+    finally:
+        api.close()
+        kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def can(cluster: ControlPlane, user: str, verb: str, resource: str, namespace: str) -> bool:
+    """Return whether `user` may `verb` `resource` ("plural.group[/subresource]") in
+    `namespace` (a SubjectAccessReview)."""
+    resource, _, subresource = resource.partition("/")
+    answer = cluster.kubectl("auth", "can-i", verb, resource, "--as", user,
+                             f"--subresource={subresource}", "--namespace", namespace,
+                             check=False)
+    return answer.stdout.strip() == "yes"
+
+
+def test_edit_writes_virtual_servers_but_not_their_status(
+        tenant: tuple[str, client.Client]) -> None:
+    ns, api = tenant
+    created = api.request("POST", vs_path(ns), body=virtual_server(
+        ns, "shop", vip="198.51.100.211", addresses=[{"ip": "10.0.9.2"}]))
+    assert created["metadata"]["name"] == "shop"
+    api.request("PATCH", vs_path(ns, "shop"), content_type=client.MERGE_PATCH,
+                body={"spec": {"weight": 2}})
+    assert refusal(lambda: api.patch_status(ns, "shop", {"status": {
+        "realServers": [{"ip": "203.0.113.66", "port": 80, "weight": 1, "ready": True}]}})) \
+        == 403
+    api.request("DELETE", vs_path(ns, "shop"))
+
+
+@pytest.mark.parametrize(("role", "verb", "resource", "allowed"), [
+    ("view", "list", "virtualservers.lvs.dev", True),
+    ("view", "watch", "virtualservers.lvs.dev", True),
+    ("view", "create", "virtualservers.lvs.dev", False),
+    ("view", "get", "virtualservers.lvs.dev/status", False),
+    ("edit", "deletecollection", "virtualservers.lvs.dev", True),
+    ("edit", "update", "virtualservers.lvs.dev/status", False),
+    ("admin", "patch", "virtualservers.lvs.dev/status", False),
+    # Pools are the cluster admin's: no tenant role names them (the VIPPool CRD is not in
+    # this branch; an access review needs none).
+    ("edit", "create", "vippools.lvs.dev", False),
+    ("admin", "get", "vippools.lvs.dev", False),
+    ("view", "list", "vippools.lvs.dev", False),
+])
+def test_tenant_roles(cluster: ControlPlane, tenant: tuple[str, client.Client], role: str,
+                      verb: str, resource: str, allowed: bool) -> None:
+    ns, _ = tenant
+    user = f"leash-{role}-user"
+    cluster.kubectl("create", "rolebinding", f"{user}-{verb}-{resource.replace('/', '.')}",
+                    f"--clusterrole={role}", "--user", user, "--namespace", ns)
+    assert can(cluster, user, verb, resource, ns) is allowed, f"{role} {verb} {resource}"
+
+
+def test_the_chart_aggregates_no_pool_rights(leash: Leash) -> None:
+    roles = [o for o in leash.release.manifest if o["kind"] == "ClusterRole"
+             and any(k.startswith("rbac.authorization.k8s.io/aggregate-to-")
+                     for k in o["metadata"].get("labels", {}))]
+    assert sorted(r["metadata"]["name"] for r in roles) == [
+        f"{leash.release.name}-edit", f"{leash.release.name}-view"]
+    for role in roles:
+        assert [r["resources"] for r in role["rules"]] == [["virtualservers"]], role
