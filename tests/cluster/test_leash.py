@@ -18,6 +18,7 @@ this branch: checked by access review, which needs no CRD).
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -167,8 +168,8 @@ def test_an_agent_writes_nothing_else_of_the_status(leash: Leash, what: str) -> 
 
 def test_a_token_bound_to_no_node_writes_no_status(leash: Leash) -> None:
     for node in (leash.node_a, leash.node_b):
-        assert refusal(lambda node=node: leash.unbound.patch_status(  # type: ignore[misc]
-            leash.namespace, VS, agent_report.patch(node, entry("Active")))) == 403
+        assert refusal(functools.partial(leash.unbound.patch_status, leash.namespace, VS,
+                                         agent_report.patch(node, entry("Active")))) == 403
     assert leash.node_a not in leash.status()["directors"]
 
 
