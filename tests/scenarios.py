@@ -32,6 +32,35 @@ REQUESTS = 30
 INJECTED_LABEL = "lvs.dev/realserver-init"
 INIT_PREFIX = "lvs-realserver-init"
 
+# The VIPPool every test VirtualServer lives in unless the test is about pools (deny by
+# default: without a pool no VIP is allowed): every address, every backend, any directors,
+# for every namespace but those labelled CLOSED_LABEL (where the pool tests work).
+OPEN_POOL_NAME = "lvs-test-open"
+CLOSED_LABEL = "lvs.dev/test-closed"
+
+
+def open_pool() -> dict[str, Any]:
+    """Return the VIPPool that lets the tests' namespaces use any address."""
+    everything = ["0.0.0.0/0", "::/0"]
+    return {
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool",
+        "metadata": {"name": OPEN_POOL_NAME},
+        "spec": {"addresses": everything, "backendAddresses": everything,
+                 "namespaceSelector": {"matchExpressions": [
+                     {"key": CLOSED_LABEL, "operator": "DoesNotExist"}]},
+                 "directors": {"allowOverride": True}},
+    }
+
+
+def pool_values(vips: Iterable[str], interface: str) -> list[str]:
+    """Return the `helm install` arguments of the chart's default VIPPool for a lab whose
+    VirtualServers (`adapt`) use `vips` in NAMESPACE: those addresses, for that namespace
+    only, held by the director nodes on `interface` (what an admin would give)."""
+    pool = {"addresses": sorted(vips), "namespaces": [NAMESPACE], "namespaceSelector": None,
+            "directors": {"nodeSelector": {DIRECTOR_LABEL: "true"}, "interface": interface}}
+    return ["--set-json", f"defaultPool={json.dumps(pool)}"]
+
+
 # The director settings the chart's NOTES ask for on every director node.
 DIRECTOR_SYSCTLS = {
     "net.ipv4.vs.conntrack": "1",  # NAT: the MASQUERADE of replies needs conntrack entries

@@ -127,12 +127,24 @@ def _parser() -> argparse.ArgumentParser:
                             "$POD_NAME or the host name, and a random suffix)")
     controller.add_argument("--log-level", default="info",
                             choices=("debug", "info", "warning", "error"))
+    balancer = controller.add_argument_group(
+        "LoadBalancer Services",
+        "The controller serves Services of type LoadBalancer whose spec.loadBalancerClass is "
+        "its class: an address from a VIPPool, a VirtualServer per IP family, "
+        "status.loadBalancer.")
+    balancer.add_argument("--load-balancer-class", default="lvs.dev/ipvs", metavar="CLASS",
+                          help="the spec.loadBalancerClass served (default: %(default)s)")
+    balancer.add_argument("--load-balancer-default", action="store_true",
+                          help="serve LoadBalancer Services without a class too (off by "
+                          "default, so another implementation may serve them)")
     hook = controller.add_argument_group(
-        "real-server Pod webhook",
+        "webhooks",
         "With --webhook every replica serves a mutating admission webhook that adds the "
         "realserver-init init container to pods that a DirectRouting or Tunnel VirtualServer's "
-        "Service selects (the MutatingWebhookConfiguration itself comes from the Helm chart).")
-    hook.add_argument("--webhook", action="store_true", help="serve the Pod webhook")
+        "Service selects, and a validating one that refuses VirtualServers outside the VIP "
+        "pools of their namespace or on another namespace's VIP (the webhook configurations "
+        "themselves come from the Helm chart).")
+    hook.add_argument("--webhook", action="store_true", help="serve the webhooks")
     hook.add_argument("--webhook-port", type=int, default=9443,
                       help="HTTPS port to listen on (default: %(default)s)")
     hook.add_argument("--webhook-service", default="lvs-operator-webhook",
@@ -149,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("--webhook-configuration", metavar="NAME", help="keep the caBundle "
                       "of this MutatingWebhookConfiguration set to our CA (leave out when "
                       "cert-manager's CA injector does it)")
+    hook.add_argument("--validating-webhook-configuration", metavar="NAME", help="the same "
+                      "for this ValidatingWebhookConfiguration (of VirtualServers)")
     hook.add_argument("--webhook-extra-san", action="append", default=[], metavar="NAME",
                       help="another DNS name or IP for a generated certificate (repeatable)")
     hook.add_argument("--realserver-image", default=os.environ.get("LVS_IMAGE", ""),
@@ -372,6 +386,7 @@ def _controller(args: argparse.Namespace) -> int:
             service_name=args.webhook_service, port=args.webhook_port,
             cert_dir=args.webhook_cert_dir, secret_name=args.webhook_secret,
             configuration_name=args.webhook_configuration,
+            validating_configuration_name=args.validating_webhook_configuration,
             extra_sans=tuple(args.webhook_extra_san), image_pull_policy=args.image_pull_policy)
     try:
         settings = controller_settings.Settings(
@@ -379,7 +394,9 @@ def _controller(args: argparse.Namespace) -> int:
             lease_namespace=args.lease_namespace, lease_name=args.lease_name,
             identity=args.identity or controller_settings.default_identity(),
             lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 2 / 3,
-            retry_period=args.lease_duration * 2 / 15)
+            retry_period=args.lease_duration * 2 / 15,
+            load_balancer_class=args.load_balancer_class,
+            load_balancer_default=args.load_balancer_default)
     except ValueError as error:
         return _fail(str(error), status=EXIT_USAGE)
     asyncio.run(handlers.run(settings))

@@ -31,16 +31,39 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, body: str, what: str) -> None:
         super().__init__(f"{what}: HTTP {status}: {body[:500]}")
         self.status = status
+        self.body = body
+
+    @property
+    def message(self) -> str:
+        """Return the `message` of the API's Status answer (the whole body if it is none)."""
+        try:
+            return str(json.loads(self.body)["message"])
+        except (ValueError, KeyError, TypeError):
+            return self.body
+
+    @property
+    def fields(self) -> list[str]:
+        """Return the fields the Status answer's causes name (a schema refusal's)."""
+        try:
+            causes = json.loads(self.body)["details"]["causes"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        return [str(c.get("field", "")) for c in causes]
 
 
 class Kube:
-    """A small JSON client for the API server as cluster admin: one kept-alive TLS
-    connection per thread (kubectl costs ~50 ms a call; a bench makes thousands)."""
+    """A small JSON client for the API server as cluster admin (or, with `token`, as whom
+    that bearer token names): one kept-alive TLS connection per thread (kubectl costs ~50 ms
+    a call; a bench makes thousands)."""
 
-    def __init__(self, cluster: ControlPlane) -> None:
+    def __init__(self, cluster: ControlPlane, *, token: str | None = None) -> None:
         self.host, self.port = urlsplit(cluster.server).hostname, cluster.port
         self.context = ssl.create_default_context(cafile=str(cluster.ca_cert))
-        self.context.load_cert_chain(str(cluster.admin_cert), str(cluster.admin_key))
+        self.auth: dict[str, str] = {}
+        if token is None:
+            self.context.load_cert_chain(str(cluster.admin_cert), str(cluster.admin_key))
+        else:
+            self.auth = {"Authorization": f"Bearer {token}"}
         self.local = threading.local()
 
     def _connection(self) -> http.client.HTTPSConnection:
@@ -55,7 +78,7 @@ class Kube:
                 content_type: str = "application/json") -> Any:
         """Send a request; return the decoded JSON answer. Raises ApiError on >= 400."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.auth}
         if data is not None:
             headers["Content-Type"] = content_type
         for attempt in range(2):

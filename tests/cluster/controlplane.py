@@ -53,6 +53,8 @@ BUILD_K8S = HERE / "build-k8s"
 #: The binaries :func:`build_binaries` guarantees in its folder.
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 SERVICE_CIDR = "10.96.0.0/16"
+# Dual-stack Services (ipFamilyPolicy: RequireDualStack) need a second, IPv6, service range.
+SERVICE_CIDR_V6 = "fd00:10:96::/112"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
 HOST_FROM_VM = "10.0.2.2"  # the host's loopback as seen from the qemu VM (user-mode network)
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -641,7 +643,7 @@ def _start_processes(workdir: Path, bin: Path, pki: Path, timings: dict[str, flo
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR_V6}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             # No peer apiservers to proxy to; the gate's default on would want their identity.

@@ -16,31 +16,37 @@ from typing import Any
 
 from controlplane import ControlPlane
 
+import scenarios
 from lvs_operator.api import spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "lvs.dev_virtualservers.yaml"
 CRD_NAME = "virtualservers.lvs.dev"
+CRDS = ROOT / "crds"  # every CRD of the product (not examples/: no -R)
+CRD_NAMES = (CRD_NAME, "vippools.lvs.dev", "vipclaims.lvs.dev")
 EXAMPLES = ROOT / "crds" / "examples"
 
 _installed: set[str] = set()  # servers the CRD went to in this session
 
 
 def install_crd(cluster: ControlPlane) -> None:
-    """Apply the CRD (once per control plane and session) and wait until it serves."""
+    """Apply the CRDs (once per control plane and session), wait until they serve, and
+    create the tests' open VIPPool (`scenarios.open_pool`: deny by default otherwise)."""
     if cluster.server in _installed:
         return
-    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("apply", "-f", str(CRDS))
     # `kubectl wait` fails at once ("status.conditions accessor error: <nil>") when it reads
     # the CRD before the API server has given it any condition: seen on a fresh server.
     deadline = time.monotonic() + 60
-    while True:
-        r = cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            f"crd/{CRD_NAME}", check=False)
-        if r.returncode == 0:
-            break
-        assert "accessor error" in r.stderr and time.monotonic() < deadline, r.stderr
-        time.sleep(0.5)
+    for name in CRD_NAMES:
+        while True:
+            r = cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                                f"crd/{name}", check=False)
+            if r.returncode == 0:
+                break
+            assert "accessor error" in r.stderr and time.monotonic() < deadline, r.stderr
+            time.sleep(0.5)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(scenarios.open_pool()))
     _installed.add(cluster.server)
 
 

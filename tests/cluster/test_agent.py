@@ -22,6 +22,7 @@ import pytest
 from controlplane import ControlPlane
 from crd_support import install_crd, module_namespace
 
+import scenarios
 from lvs_operator.agent import loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
@@ -450,3 +451,74 @@ def test_vips_on_several_interfaces(cluster, api, ns, nodes, label, tmp_path):
             directors(api, ns, "one").get(node)), what="generation 2 reported")
         assert report["error"] == ""
         assert set(agent.table()) == {key(one), key(two)}
+
+
+@pytest.fixture
+def closed_ns(cluster: ControlPlane, api: client.Client) -> Iterator[str]:
+    """A namespace the tests' open pool does not serve: deny by default applies there."""
+    install_crd(cluster)
+    with module_namespace(cluster, "closed") as name:
+        api.request("PATCH", f"{client.NAMESPACES}/{name}", content_type=client.MERGE_PATCH,
+                    body={"metadata": {"labels": {scenarios.CLOSED_LABEL: "true"}}})
+        yield name
+
+
+@pytest.fixture
+def pools(api: client.Client) -> Iterator[Callable[..., str]]:
+    """make(**spec) -> the name of a new VIPPool (cluster-scoped); all deleted afterwards."""
+    made: list[str] = []
+
+    def make(**spec: Any) -> str:
+        name = f"agent-test-{secrets.token_hex(4)}"
+        api.request("POST", client.VIPPOOLS, body={
+            "apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool", "metadata": {"name": name},
+            "spec": spec})
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        with contextlib.suppress(client.ApiError):
+            api.request("DELETE", f"{client.VIPPOOLS}/{name}")
+
+
+def test_a_forged_status_cannot_make_a_director_hold_a_vip_outside_the_pools(
+        cluster, api, closed_ns, nodes, pools, label, tmp_path):
+    node = nodes(**{"lvs.dev/test-director": label})
+    director = Director(cluster, node, tmp_path)
+    vip = "192.0.2.18"
+    ns = closed_ns
+    create_vs(api, ns, "forged", vip=vip, label=label)
+    # A cluster admin (or a compromised controller) writes Ready with real servers although
+    # namespace `ns` may use no pool.
+    publish(api, ns, "forged", [ready(1)], conditions=[{
+        "type": "Ready", "status": "True", "reason": "Ready", "message": "",
+        "lastTransitionTime": "2025-01-01T00:00:00Z"}])
+
+    def told() -> list[Any]:
+        return [e for e in api.request("GET", kube_events.events_path(ns))["items"]
+                if e.get("regarding", {}).get("name") == "forged"
+                and e.get("reportingInstance") == node]
+
+    with director.agent() as agent:
+        event = eventually(lambda: told(), what="the refusal told in an Event")[0]
+        assert (event["type"], event["reason"]) == ("Warning", "VIPNotAllowed")
+        assert f"namespace {ns} may use no VIP pool" in event["note"]
+        assert agent.metrics.syncs >= 1
+        assert agent.table() == {} and director.vips.snapshot() == {}
+        assert node not in directors(api, ns, "forged"), "no report for what it refuses"
+
+        # A pool that admits it (its own directors are allowed): programmed, VIP held.
+        name = pools(addresses=[f"{vip}/32"], namespaces=[ns],
+                     directors={"allowOverride": True})
+        assert eventually(lambda: reals(agent, vip) == {"10.0.0.1": 1}, what="programmed")
+        assert eventually(lambda: director.vips.snapshot() == {"eth0": {ip_address(vip)}})
+        assert eventually(lambda: directors(api, ns, "forged").get(node, {}).get("role")
+                          == "Active")
+
+        # The pool goes: withdrawn, VIP released, the report removed, and told again.
+        api.request("DELETE", f"{client.VIPPOOLS}/{name}")
+        assert eventually(lambda: reals(agent, vip) is None, what="withdrawn")
+        assert eventually(lambda: director.vips.snapshot() == {}, what="VIP released")
+        assert eventually(lambda: node not in directors(api, ns, "forged"))
+        assert eventually(lambda: len(told()) == 2, what="the second refusal told")

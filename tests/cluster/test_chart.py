@@ -2,20 +2,22 @@
 
 Rendering: `helm lint`; the agent is not privileged and adds only NET_ADMIN and NET_RAW; the
 controller adds no capability and runs as non-root on a read-only root; a typo in values is
-refused by values.schema.json; the chart's CRD copy equals crds/; the webhook configuration
-is the one `admission.webhook_configuration` builds; the optional objects appear only when
-asked for.
+refused by values.schema.json; the chart's CRD copy equals crds/; the webhook configurations
+are the ones `admission.webhook_configuration` and `validation.webhook_configuration` build;
+the optional objects appear only when asked for.
 
 Installed (`helm install` into the real API server; no kubelet, so no pod runs): every object
 of the release exists and the pods of the controller pass admission. Then the RBAC is proven by
 use: `lvs-operator controller`, run with the chart's arguments and a token of the chart's
 controller ServiceAccount (not the admin), takes its Lease, generates the webhook Secret, sets
-the caBundle and resolves a VirtualServer; the agent's calls (list and watch VirtualServers and
-its Node, its status entry, its Lease, an Event) are made with a token of the agent's
-ServiceAccount bound to a Pod on a Node (as the kubelet's projected token is: the policies of
-agent-policy.yaml refuse an agent's writes without one), which then reports the VirtualServer
-programmed, so it becomes Ready. Finally `helm uninstall` leaves no workload behind (the CRD
-stays, as Helm does).
+the caBundle of both webhook configurations, answers the VirtualServer webhook (its reads of
+the pools, the Namespace and a VIPClaim: an allowed VirtualServer, and one refused for the VIP
+it claimed for another namespace) and resolves a VirtualServer; the agent's calls (list and
+watch VirtualServers and its Node, its status entry, its Lease, an Event) are made with a
+token of the agent's ServiceAccount bound to a Pod on a Node (as the kubelet's projected token
+is: the policies of agent-policy.yaml refuse an agent's writes without one), which then
+reports the VirtualServer programmed, so it becomes Ready. Finally `helm uninstall` leaves no
+workload behind (the CRD stays, as Helm does).
 """
 
 from __future__ import annotations
@@ -36,18 +38,20 @@ from typing import Any
 
 import pytest
 import yaml
-from controller_support import Kube, condition, virtual_server, vs_path, wait_for
+from controller_support import ApiError, Kube, condition, virtual_server, vs_path, wait_for
 from controlplane import ControlPlane
-from crd_support import CRD_NAME, ROOT, install_crd, module_namespace
+from crd_support import CRD_NAME, CRD_NAMES, ROOT, install_crd, module_namespace
 
 from lvs_operator.agent import lease as agent_lease
 from lvs_operator.agent import report as agent_report
-from lvs_operator.controller import admission
+from lvs_operator.controller import admission, validation
 from lvs_operator.kube import client as agent_kube
 from lvs_operator.kube import events as kube_events
 from lvs_operator.kube import lease as kube_lease
 
 CHART = ROOT / "charts" / "lvs-operator"
+VALIDATING = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+CLAIMS = "/apis/lvs.dev/v1alpha1/vipclaims"
 IMAGE = "registry.example/lvs-operator:test"
 AGENT_CAPABILITIES = ["NET_ADMIN", "NET_RAW"]
 
@@ -128,8 +132,9 @@ def test_crd_copy_equals_crds(cluster: ControlPlane) -> None:
         assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
             f"charts/lvs-operator/crds/{name} differs from crds/{name}: "
             f"cp crds/{name} charts/lvs-operator/crds/")
-    crd = find(render(cluster), "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == CRD_NAME
+    crds = [o["metadata"]["name"] for o in render(cluster)
+            if o["kind"] == "CustomResourceDefinition"]
+    assert sorted(crds) == sorted(CRD_NAMES)
 
 
 def test_agent_is_not_privileged(cluster: ControlPlane) -> None:
@@ -186,7 +191,9 @@ def test_controller_has_no_capabilities(cluster: ControlPlane) -> None:
     args = controller["args"]
     assert args[0] == "controller"
     for expected in ("--webhook", "--webhook-secret=lvs-webhook-tls",
-                     "--webhook-configuration=lvs-realserver", "--webhook-service=lvs-webhook",
+                     "--webhook-configuration=lvs-realserver",
+                     "--validating-webhook-configuration=lvs-virtualservers",
+                     "--webhook-service=lvs-webhook",
                      f"--realserver-image={IMAGE}", "--lease-name=lvs-controller"):
         assert expected in args
     assert controller["image"] == IMAGE
@@ -199,11 +206,21 @@ def test_controller_has_no_capabilities(cluster: ControlPlane) -> None:
 
 
 def test_webhook_configuration_is_the_one_admission_builds(cluster: ControlPlane) -> None:
-    rendered = find(render(cluster), "MutatingWebhookConfiguration", "lvs-realserver")
+    objects = render(cluster)
+    rendered = find(objects, "MutatingWebhookConfiguration", "lvs-realserver")
     expected = admission.webhook_configuration(
         "lvs-realserver", admission.service_client_config("lvs-webhook", "lvs-system"))
     assert rendered["webhooks"] == expected["webhooks"]
     assert rendered["webhooks"][0]["failurePolicy"] == "Ignore"
+    assert "caBundle" not in rendered["webhooks"][0]["clientConfig"]
+    assert "annotations" not in rendered["metadata"]
+    # The VirtualServer webhook: the same Service, its own path; deny by default.
+    rendered = find(objects, "ValidatingWebhookConfiguration", "lvs-virtualservers")
+    expected = validation.webhook_configuration(
+        "lvs-virtualservers", admission.service_client_config(
+            "lvs-webhook", "lvs-system", path=validation.WEBHOOK_PATH))
+    assert rendered["webhooks"] == expected["webhooks"]
+    assert rendered["webhooks"][0]["failurePolicy"] == "Fail"
     assert "caBundle" not in rendered["webhooks"][0]["clientConfig"]
     assert "annotations" not in rendered["metadata"]
 
@@ -234,13 +251,14 @@ def test_cert_manager_mode(cluster: ControlPlane) -> None:
     assert "lvs-webhook.lvs-system.svc" in certificate["spec"]["dnsNames"]
     assert certificate["spec"]["issuerRef"]["name"] == "lvs-selfsigned"
     assert find(objects, "Issuer", "lvs-selfsigned")["spec"] == {"selfSigned": {}}
-    configuration = find(objects, "MutatingWebhookConfiguration")
-    assert configuration["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": "lvs-system/lvs-webhook-tls"}
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert find(objects, kind)["metadata"]["annotations"] == {
+            "cert-manager.io/inject-ca-from": "lvs-system/lvs-webhook-tls"}, kind
     deployment = find(objects, "Deployment")
     args = container(deployment)["args"]
     assert "--webhook-cert-dir=/etc/lvs-operator/webhook-tls" in args
-    assert not [a for a in args if a.startswith(("--webhook-secret", "--webhook-configuration"))]
+    assert not [a for a in args if a.startswith((
+        "--webhook-secret", "--webhook-configuration", "--validating-webhook-configuration"))]
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert {"name": "webhook-tls", "secret": {"secretName": "lvs-webhook-tls"}} in volumes
     role = find(objects, "Role", "lvs-controller")
@@ -353,7 +371,7 @@ def test_install_creates_every_object(cluster: ControlPlane, release: Release) -
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment",
                      "MutatingWebhookConfiguration", "Role", "RoleBinding", "Service",
                      "ServiceAccount", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"]
+                     "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration"]
     for obj in release.manifest:
         where = ["--namespace", release.namespace] if obj["metadata"].get("namespace") else []
         cluster.kubectl("get", obj["kind"], obj["metadata"]["name"], *where)
@@ -378,6 +396,15 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
     deployment = find(release.manifest, "Deployment")
     args = [a for a in container(deployment)["args"]
             if not a.startswith(("--webhook-port", "--lease-duration"))]
+    port = free_port()
+    # This API server reaches no Service (no kube-proxy): the VirtualServer webhook's
+    # configuration (failurePolicy Fail) is pointed at this controller by URL, before it
+    # starts and fills in the caBundle.
+    validating = f"{VALIDATING}/{name}-virtualservers"
+    configuration = kube.get(validating)
+    configuration["webhooks"][0]["clientConfig"] = admission.url_client_config(
+        f"https://127.0.0.1:{port}", path=validation.WEBHOOK_PATH)
+    kube.request("PUT", validating, configuration)
     controller_config = token_kubeconfig(cluster, ns, f"{name}-controller", tmp_path)
     log_path = tmp_path / "controller.log"
     # The chart's own arguments; the webhook reads with $KUBECONFIG outside a pod.
@@ -386,7 +413,8 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lvs_operator.cli", *args, "--kubeconfig",
-             str(controller_config), "--lease-duration=3", f"--webhook-port={free_port()}"],
+             str(controller_config), "--lease-duration=3", f"--webhook-port={port}",
+             "--webhook-extra-san=127.0.0.1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         def logged() -> str:
@@ -402,12 +430,37 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
         assert secret["type"] == "kubernetes.io/tls"
         path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/" \
                f"{name}-realserver"
-        wait_for("the caBundle", lambda: kube.get(path)["webhooks"][0]["clientConfig"].get(
-            "caBundle") == secret["data"]["ca.crt"])
+        def ca_bundle_set(configuration_path: str) -> bool:
+            hooks = kube.get(configuration_path)["webhooks"]
+            return bool(hooks[0]["clientConfig"].get("caBundle") == secret["data"]["ca.crt"])
 
-        kube.create(vs_path(ns), virtual_server(
-            ns, "web", vip="198.51.100.201", addresses=[{"ip": "10.0.9.1"}, {"ip": "10.0.9.2"}],
-            directors={"nodeSelector": {"lvs.dev/director": "true"}}))
+        wait_for("the caBundle of the mutating webhook", lambda: ca_bundle_set(path))
+        wait_for("the caBundle of the validating webhook", lambda: ca_bundle_set(validating))
+
+        # Through the VirtualServer webhook: the API server may hold the configuration
+        # without its caBundle for a moment (a refusal with 500 then), hence wait_for.
+        wait_for("the VirtualServer admitted by the webhook", lambda: kube.create(
+            vs_path(ns), virtual_server(
+                ns, "web", vip="198.51.100.201",
+                addresses=[{"ip": "10.0.9.1"}, {"ip": "10.0.9.2"}],
+                directors={"nodeSelector": {"lvs.dev/director": "true"}})), timeout=30)
+        # Another namespace's VIP: the controller claims it for its first user (a VIPClaim
+        # written with the chart's RBAC), and the webhook, reading that claim, refuses it to
+        # this namespace (a failed read would refuse with 500, not 403).
+        other = f"{ns}-owner"
+        cluster.kubectl("create", "namespace", other)
+        try:
+            kube.create(vs_path(other), virtual_server(other, "owner", vip="198.51.100.202",
+                                                       addresses=[{"ip": "10.0.9.3"}]))
+            claim = wait_for("the controller's VIPClaim", lambda: kube.get(
+                f"{CLAIMS}/198.51.100.202"), timeout=30)
+            assert claim["spec"]["namespace"] == other, claim
+            with pytest.raises(ApiError) as squatting:
+                kube.create(vs_path(ns), virtual_server(ns, "squatter", vip="198.51.100.202",
+                                                        service="web"))
+            assert squatting.value.status == validation.FORBIDDEN, squatting.value
+        finally:
+            cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
         vs = wait_for("status.realServers", lambda: kube.get(vs_path(ns, "web")).get(
             "status", {}).get("realServers") and kube.get(vs_path(ns, "web")))
         assert [r["ip"] for r in vs["status"]["realServers"]] == ["10.0.9.1", "10.0.9.2"]
@@ -446,6 +499,13 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
         mine = [("fieldSelector", "metadata.name=chart-node")]
         _, node_version = api.lister(agent_kube.NODES, query=mine)()
         api.watcher(agent_kube.NODES, query=mine, timeout_seconds=1)(node_version).close()
+        # The VIP pools and the Namespaces' labels (every agent admits by the pools itself).
+        for path in (agent_kube.VIPPOOLS, agent_kube.NAMESPACES):
+            _, version = api.lister(path)()
+            api.watcher(path, timeout_seconds=1)(version).close()
+        pools = api.lister(agent_kube.VIPPOOLS)()[0]
+        assert pools, "install_crd made the tests' open pool"
+        api.request("GET", f"{agent_kube.VIPPOOLS}/{pools[0]['metadata']['name']}")
         api.patch_status(namespace, name, {"status": {"directors": {"chart-node": {
             "role": "Active", "generation": generation, "error": "",
             "syncedAt": "2024-05-01T10:00:00Z"}}}})
@@ -472,11 +532,21 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
 
 @pytest.mark.parametrize(("account", "verb", "resource"), [
     ("controller", "create", "pods"),
-    ("controller", "delete", "virtualservers.lvs.dev"),
-    ("controller", "update", "virtualservers.lvs.dev"),
+    # It creates, replaces and deletes the VirtualServers of LoadBalancer Services, and
+    # writes only their status.loadBalancer of Services.
+    ("controller", "patch", "virtualservers.lvs.dev"),
+    ("controller", "update", "services"),
+    ("controller", "patch", "services"),
+    ("controller", "update", "services/status"),
     ("controller", "list", "secrets"),
     ("controller", "get", "secrets/another"),
     ("controller", "update", "mutatingwebhookconfigurations/another"),
+    ("controller", "update", "validatingwebhookconfigurations/another"),
+    ("controller", "create", "vippools.lvs.dev"),
+    ("controller", "update", "vippools.lvs.dev"),
+    ("controller", "patch", "vipclaims.lvs.dev"),
+    ("controller", "update", "namespaces"),
+    ("agent", "create", "vipclaims.lvs.dev"),
     ("controller", "get", "nodes"),
     ("agent", "get", "secrets"),
     ("agent", "update", "virtualservers.lvs.dev"),
@@ -485,6 +555,11 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
     ("agent", "create", "leases.coordination.k8s.io/another-namespace"),
     ("agent", "update", "leases.coordination.k8s.io"),  # it merge-patches its Lease
     ("agent", "create", "events"),  # core/v1: it posts events.k8s.io Events
+    ("agent", "create", "vippools.lvs.dev"),
+    ("agent", "update", "vippools.lvs.dev"),
+    ("agent", "get", "vipclaims.lvs.dev"),
+    ("agent", "get", "namespaces"),  # list and watch: the labels of all, not one by name
+    ("agent", "patch", "namespaces"),
 ])
 def test_rbac_grants_nothing_more(cluster: ControlPlane, release: Release, account: str,
                                   verb: str, resource: str) -> None:
@@ -495,6 +570,25 @@ def test_rbac_grants_nothing_more(cluster: ControlPlane, release: Release, accou
     answer = cluster.kubectl("auth", "can-i", verb, resource, "--as", subject,
                              "--namespace", namespace, check=False)
     assert answer.stdout.strip() == "no", f"{account} may {verb} {resource}"
+
+
+@pytest.mark.parametrize(("verb", "resource"), [
+    ("watch", "vippools.lvs.dev"),
+    ("list", "vippools.lvs.dev"),
+    ("get", "vipclaims.lvs.dev"),
+    ("create", "vipclaims.lvs.dev"),
+    ("update", "vipclaims.lvs.dev"),
+    ("delete", "vipclaims.lvs.dev"),
+    ("watch", "namespaces"),
+    ("update", "validatingwebhookconfigurations/{release}-virtualservers"),
+    ("update", "mutatingwebhookconfigurations/{release}-realserver"),
+])
+def test_rbac_grants_what_pools_and_webhooks_need(cluster: ControlPlane, release: Release,
+                                                   verb: str, resource: str) -> None:
+    subject = f"system:serviceaccount:{release.namespace}:{release.name}-controller"
+    answer = cluster.kubectl("auth", "can-i", verb, resource.format(release=release.name),
+                             "--as", subject, check=False)
+    assert answer.stdout.strip() == "yes", f"the controller may not {verb} {resource}"
 
 
 def test_uninstall_leaves_no_workload(cluster: ControlPlane, release: Release) -> None:
@@ -509,7 +603,8 @@ def test_uninstall_leaves_no_workload(cluster: ControlPlane, release: Release) -
             "-o", "name").stdout.split()
         left += cluster.kubectl(
             "get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,"
-            "validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "validatingadmissionpolicies,validatingadmissionpolicybindings,"
+            "validatingwebhookconfigurations",
             "-l", selector, "-o", "name").stdout.split()
         pods = cluster.kubectl("get", "pods", "--namespace", release.namespace,
                                "-o", "name").stdout.split()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from controller_support import (
+    ApiError,
     Controller,
     Kube,
     condition,
@@ -35,6 +36,8 @@ from controller_support import (
 )
 from controlplane import ControlPlane
 from crd_support import CRD, CRD_NAME, install_crd, module_namespace
+
+import scenarios
 
 LEASE_SECONDS = 3.0
 
@@ -241,20 +244,25 @@ def test_endpoints_of_pods_from_kube_controller_manager(cluster, kube, controlle
 
 
 def test_conflict_and_recovery(cluster, kube, controllers, namespace):
+    # Two namespaces that share the VIP (the same sharing key), contesting one port.
     vip = "198.51.100.4"
     with module_namespace(cluster, "t-other") as other:
-        kube.create(vs_path(other), virtual_server(other, "first", vip=vip,
+        kube.create(vs_path(other), virtual_server(other, "first", vip=vip, sharingKey="t",
                                                    addresses=[{"ip": "10.0.6.1"}]))
         wait_status(kube, other, "first", "resolved", lambda vs: reason(vs) == "Resolved")
         time.sleep(1.1)  # creation timestamps have whole seconds: make "first" older
         kube.create(vs_path(namespace), virtual_server(
-            namespace, "second", vip=vip, ports=[443, 80], addresses=[{"ip": "10.0.6.2"}]))
+            namespace, "second", vip=vip, ports=[443, 80], addresses=[{"ip": "10.0.6.2"}],
+            sharingKey="t"))
         vs = wait_status(kube, namespace, "second", "conflict",
                          lambda vs: reason(vs, "Ready") == "Conflict")
         assert vs["status"]["realServers"] == []
         assert reason(vs, "Programmed") == "Conflict"
         message = condition(vs, "Ready")["message"]
-        assert f"TCP {vip}:80 is already claimed by VirtualServer {other}/first" in message
+        # The other namespace's object is not named to this one.
+        assert (f"TCP {vip}:80 is already claimed by a VirtualServer of another namespace "
+                "sharing this VIP") in message
+        assert other not in message and "first" not in message
         assert ("Warning", "Conflict") in wait_for(
             "the Conflict event", lambda: events(kube, namespace, "second"))
         first = get(kube, other, "first")
@@ -402,3 +410,84 @@ def test_controller_logs_are_clean(controllers):
         log = replica.log()
         for bad in ("Traceback", "ERROR lvs_operator", "failed with an exception"):
             assert bad not in log, f"{replica.identity} ({replica.log_path}):\n{log[-4000:]}"
+
+
+def claim_path(vip: str) -> str:
+    return f"/apis/lvs.dev/v1alpha1/vipclaims/{vip}"
+
+
+def test_vip_pools_and_claims(cluster, kube, controllers):
+    """Deny by default; the first namespace granted a VIP owns it (a VIPClaim); another
+    namespace's VirtualServer on it is refused, and stays refused when the owner deletes
+    and re-creates its VirtualServer."""
+    vip = "198.51.100.20"
+    pool = f"t-pool-{secrets.token_hex(3)}"
+    with module_namespace(cluster, "t-own") as own, module_namespace(cluster, "t-sq") as squat:
+        for ns in (own, squat):  # out of the tests' open pool
+            cluster.kubectl("label", "namespace", ns, f"{scenarios.CLOSED_LABEL}=true")
+        kube.create(vs_path(own), virtual_server(own, "web", vip=vip,
+                                                 addresses=[{"ip": "10.0.9.1"}]))
+        vs = wait_status(kube, own, "web", "VIPNotAllowed",
+                         lambda vs: reason(vs, "Ready") == "VIPNotAllowed")
+        assert vs["status"]["realServers"] == []
+        assert condition(vs, "Ready")["message"].startswith(
+            f"spec.vip: namespace {own} may use no VIP pool, so it may have no VIP")
+        assert _gone(kube, claim_path(vip))
+        try:
+            kube.create("/apis/lvs.dev/v1alpha1/vippools", {
+                "apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool",
+                "metadata": {"name": pool},
+                "spec": {"addresses": ["198.51.100.16/28"], "namespaces": [own, squat],
+                         "backendAddresses": ["10.0.9.0/24"]}})
+            vs = wait_status(kube, own, "web", "admitted", lambda vs: reason(vs) == "Resolved")
+            assert reals(vs) == [("10.0.9.1", 1, True)]
+            claim = wait_for("the VIPClaim", lambda: _found(kube, claim_path(vip)))
+            assert (claim["spec"]["namespace"], claim["spec"]["pool"]) == (own, pool)
+
+            # A squatter of another namespace, on another port.
+            kube.create(vs_path(squat), virtual_server(squat, "grab", vip=vip, ports=[443],
+                                                       addresses=[{"ip": "10.0.9.2"}]))
+            vs = wait_status(kube, squat, "grab", "VIPInUse",
+                             lambda vs: reason(vs, "Ready") == "VIPInUse")
+            message = condition(vs, "Ready")["message"]
+            assert message.startswith(f"spec.vip: {vip} belongs to another namespace")
+            assert own not in message and "web" not in message
+            assert vs["status"]["realServers"] == []
+            wait_events(kube, squat, "grab", {("Warning", "VIPInUse")})
+
+            # The owner deletes and re-creates its VirtualServer: the squatter gets nothing.
+            kube.delete(vs_path(own, "web"))
+            wait_for("the claim released", lambda: _gone(kube, claim_path(vip)))
+            vs = wait_status(kube, squat, "grab", "still refused",
+                             lambda vs: "delete and re-create" in
+                             condition(vs, "Ready")["message"])
+            assert vs["status"]["realServers"] == []
+            kube.create(vs_path(own), virtual_server(own, "web", vip=vip,
+                                                     addresses=[{"ip": "10.0.9.1"}]))
+            wait_status(kube, own, "web", "back", lambda vs: reason(vs) == "Resolved")
+            claim = wait_for("the VIPClaim again", lambda: _found(kube, claim_path(vip)))
+            assert claim["spec"]["namespace"] == own
+            assert reason(get(kube, squat, "grab"), "Ready") == "VIPInUse"
+
+            # An edit of spec.vip is refused by the API server (immutable).
+            with pytest.raises(ApiError) as refused:
+                kube.merge(vs_path(own, "web"), {"spec": {"vip": "198.51.100.21"}})
+            assert refused.value.status == 422
+            assert "spec.vip: Invalid value" in str(refused.value) and "immutable" in str(
+                refused.value)
+        finally:
+            kube.delete(f"/apis/lvs.dev/v1alpha1/vippools/{pool}")
+
+
+def _found(kube: Kube, path: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = kube.get(path)
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def _gone(kube: Kube, path: str) -> bool:
+    return _found(kube, path) is None

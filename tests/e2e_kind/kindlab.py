@@ -278,7 +278,9 @@ class Lab:
         say(f"helm install {RELEASE} charts/lvs-operator --namespace {RELEASE_NAMESPACE}")
         sets = [arg for value in HELM_VALUES for arg in ("--set", value)]
         self.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
-                  "--create-namespace", *sets, "--wait", "--timeout", "5m")
+                  "--create-namespace", *sets,
+                  *scenarios.pool_values(self.vip.values(), self.interface),
+                  "--wait", "--timeout", "5m")
         self.kubectl("create", "namespace", NAMESPACE)
 
     def start_client(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 import stack
 
 VIPS = {"traffic": "10.200.0.100", "drain": "10.200.0.101", "delete": "10.200.0.102",
-        "restart": "10.200.0.103"}
+        "restart": "10.200.0.103", "loadbalancer": "10.200.0.104"}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -58,6 +58,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+import scenarios
 from cluster import controlplane
 from kernel.netlab import HttpServer, Lab, Lan, Netns, Port, http_get
 from lvs_operator import vrrp
@@ -145,6 +146,7 @@ class HostStack:
     controller: subprocess.Popen[bytes] | None = None
     guest_kubeconfig: Path = field(default_factory=Path)
     failed: bool = False
+    open_pool: bool = True  # the tests' VIPPool for every address (False: the caller's own)
 
     @property
     def controller_log(self) -> Path:
@@ -162,11 +164,15 @@ class HostStack:
         say("control plane: etcd, kube-apiserver, kube-controller-manager on 127.0.0.1")
         self.cp = cp = controlplane.start(self.workdir / "cluster", bin=bin_dir, log=say)
         say(f"control plane at {cp.server}; the VM reaches it at https://{HOST_FROM_VM}:{cp.port}")
-        crd = REPO / "crds" / "lvs.dev_virtualservers.yaml"
-        cp.kubectl("apply", "-f", str(crd))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                   "crd/virtualservers.lvs.dev")
-        say("CRD virtualservers.lvs.dev installed")
+        cp.kubectl("apply", "-f", str(REPO / "crds"))  # the CRDs (not examples/: no -R)
+        for crd in ("virtualservers.lvs.dev", "vippools.lvs.dev", "vipclaims.lvs.dev"):
+            cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+        if self.open_pool:
+            # Deny by default: the site's VIPs must lie in a pool (every address, here).
+            cp.kubectl("apply", "-f", "-", input=json.dumps(scenarios.open_pool()))
+            say("CRDs installed; VIPPool lvs-test-open (every address, every namespace)")
+        else:
+            say("CRDs installed; no VIPPool yet (deny by default)")
         cp.kubectl("create", "namespace", NAMESPACE)
         # Where the agents keep their Leases (LVS_NAMESPACE's default, as the chart's).
         cp.kubectl("create", "namespace", LEASE_NAMESPACE)
@@ -236,8 +242,10 @@ class HostStack:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, name: str, nodes: Sequence[str] = ("director-1",)) -> Iterator[HostStack]:
-        stack = cls(REPO / "build" / "fullstack" / f"{name}-{secrets.token_hex(3)}", nodes)
+    def running(cls, name: str, nodes: Sequence[str] = ("director-1",), *,
+                open_pool: bool = True) -> Iterator[HostStack]:
+        stack = cls(REPO / "build" / "fullstack" / f"{name}-{secrets.token_hex(3)}", nodes,
+                    open_pool=open_pool)
         try:
             stack.start()
             yield stack

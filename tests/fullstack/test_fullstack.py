@@ -1,6 +1,8 @@
 """The whole product at once: the controller on the host resolves a selector-less Service's
 EndpointSlice into status.realServers; the agent in the VM programs the director's kernel and
-holds the VIP; real client traffic goes through IPVS (DR) to real servers in namespaces."""
+holds the VIP; real client traffic goes through IPVS (DR) to real servers in namespaces. And
+a `type: LoadBalancer` Service: its VIP allocated from a pool, its VirtualServer generated,
+the same traffic through it."""
 
 from __future__ import annotations
 
@@ -125,3 +127,47 @@ def test_agent_killed_and_restarted_loses_no_request(site: stack.Site, vips: dic
     assert vip in site.vips()
     print(f"\n{traffic.total} requests, none failed; the agent was back and synced "
           f"{restarted:.1f} s after its restart")
+
+
+def test_loadbalancer_service_gets_a_vip_and_traffic(site: stack.Site, vips: dict[str, str],
+                                                     cleanup: list[str]) -> None:
+    """A `type: LoadBalancer` Service of class lvs.dev/ipvs, DirectRouting, three real
+    servers: the controller allocates the VIP from an auto-assign pool, generates the
+    VirtualServer, publishes status.loadBalancer; real traffic flows through the VIP; the
+    Service deleted -> the VIP and the IPVS service withdrawn."""
+    vip = vips["loadbalancer"]
+    pool = f"{stack.NAMESPACE}-lb"
+    pools_path = "/apis/lvs.dev/v1alpha1/vippools"
+    site.request("POST", pools_path, body={
+        "apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool", "metadata": {"name": pool},
+        "spec": {"addresses": [vip], "namespaces": [stack.NAMESPACE], "autoAssign": True,
+                 "directors": {"nodeSelector": {stack.DIRECTOR_LABEL: "true"},
+                               "interface": "eth0"}}})
+    services = f"/api/v1/namespaces/{stack.NAMESPACE}/services"
+    cleanup.append("shop")
+    try:
+        site.request("POST", services, body={
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "shop", "annotations": {"lvs.dev/forwarding": "DirectRouting",
+                                                         "lvs.dev/scheduler": "rr"}},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+        site.apply_slice("shop", {"rs1": True, "rs2": True, "rs3": True})
+
+        def published() -> str | None:
+            svc = site.request("GET", f"{services}/shop")
+            ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            return ingress[0].get("ip") if ingress else None
+        assert stack.wait_for("status.loadBalancer.ingress", published) == vip
+        site.wait_reals(vip, {"rs1": 1, "rs2": 1, "rs3": 1})
+        stack.wait_for(f"{vip} on the director", lambda: vip in site.vips(), timeout=10)
+        answers = collections.Counter(site.get(vip) for _ in range(30))
+        assert set(answers) == {"rs1", "rs2", "rs3"}, answers
+        print(f"\nLoadBalancer Service shop: EXTERNAL-IP {vip}, answers {dict(answers)}")
+
+        site.request("DELETE", f"{services}/shop")
+        stack.wait_for(f"{vip} withdrawn from the kernel and the director's eth0",
+                       lambda: site.service(vip) is None and vip not in site.vips(),
+                       timeout=30 + stack.TIMEOUT)
+    finally:
+        site.delete(pools_path, pool)

@@ -69,6 +69,8 @@ def installed(lab: NodeLab) -> NodeLab:
              "--set", f"image.tag={tag}",
              # One controller: the emulated VM's two CPUs run everything of the node.
              "--set", "controller.replicas=1", "--set", "agent.logLevel=debug",
+             # The VIPs' pool (deny by default): the two VIPs, for the scenarios' namespace.
+             *scenarios.pool_values([DR_VIP, TUNNEL_VIP], lab.interface),
              "--wait", "--timeout", f"{TIMEOUT}s")
     lab.kubectl("create", "namespace", scenarios.NAMESPACE)
     lab.start_client()

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
+import scenarios
 from lvs_operator.agent import desired
 from lvs_operator.agent.role import Role
-from lvs_operator.api import spec
+from lvs_operator.api import claims, pools, spec
 from lvs_operator.model import Forwarding, Protocol, ServiceKey
 
 NODE = "node-a"
 LABELS = {"lvs.dev/director": "true", "zone": "a"}
+# The tests' open pool: every address, for namespace "shop" (unlabelled).
+OPEN = desired.Gate.of([scenarios.open_pool()], {"shop": {}})
 
 
 def vs(name="web", *, vip="192.0.2.10", ports=({"port": 80},), selector=None, reals=None,
@@ -79,13 +82,14 @@ def test_selects(selector, labels, expected):
     pytest.param([real(1), {"ip": "bogus"}], {"10.0.0.1": 1}, id="bad-entry-skipped"),
 ])
 def test_real_servers_from_status(reals, expected):
-    result = desired.build([vs(reals=reals)], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([vs(reals=reals)], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface=None)
     assert weights(result) == expected
 
 
 def test_bad_entry_is_reported_as_a_problem():
     result = desired.build([vs(reals=[real(1), {"ip": "bogus"}])], node=NODE, labels=LABELS,
-                           default_interface=None)
+                           gate=OPEN, default_interface=None)
     assert "status.realServers[1] skipped" in result.programs["shop/web"].problem
 
 
@@ -98,7 +102,8 @@ def test_bad_entry_is_reported_as_a_problem():
                  id="invalid-spec"),
 ])
 def test_withdrawn(document, why):
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth0")
     assert result.programs == {}
     assert why in result.withdrawn["shop/web"]
     assert result.table == {}
@@ -108,7 +113,8 @@ def test_withdrawn(document, why):
 def test_programmed_despite_other_ready_reasons():
     document = vs(reals=[real(1, ready=False, weight=0)],
                   ready=("False", "NoReadyEndpoints", "none ready"))
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth0")
     assert set(result.programs) == {"shop/web"}
     assert result.vips == {"eth0": {ip_address("192.0.2.10")}}
 
@@ -116,7 +122,7 @@ def test_programmed_despite_other_ready_reasons():
 def test_not_selected_and_invalid_are_simply_absent():
     documents = [vs("other", selector={"zone": "b"}, reals=[real(1)]),
                  vs("broken", vip="not-an-ip", reals=[real(1)])]
-    result = desired.build(documents, node=NODE, labels=LABELS, default_interface="eth0")
+    result = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface="eth0")
     assert result.programs == {}
     assert result.withdrawn == {}
 
@@ -124,7 +130,8 @@ def test_not_selected_and_invalid_are_simply_absent():
 def test_program_fields():
     document = vs(reals=[real(1)], ports=({"port": 80}, {"port": 53, "protocol": "UDP"}),
                   drain={"timeoutSeconds": 30}, generation=7)
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface="eth9")
+    result = desired.build([document], node=NODE, labels=LABELS,
+                           gate=OPEN, default_interface="eth9")
     program = result.programs["shop/web"]
     assert (program.generation, program.role, program.interface) == (7, Role.ACTIVE, "eth0")
     assert set(result.table) == {key(), key(port=53, protocol=Protocol.UDP)}
@@ -142,7 +149,7 @@ def test_program_fields():
 ])
 def test_vip_interface(interface, default, held, problem):
     result = desired.build([vs(reals=[real(1)], interface=interface)], node=NODE,
-                           labels=LABELS, default_interface=default)
+                           labels=LABELS, gate=OPEN, default_interface=default)
     assert set(result.vips) == held
     assert problem in result.programs["shop/web"].problem
     assert set(result.table) == {key()}, "IPVS is programmed either way"
@@ -150,7 +157,7 @@ def test_vip_interface(interface, default, held, problem):
 
 def test_nat_asks_for_forwarding():
     document = vs(reals=[real(1)], forwarding="NAT", ports=({"port": 80, "targetPort": 8080},))
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None)
     assert result.nat
     assert next(iter(result.table[key()].reals.values())).port == 8080
 
@@ -159,7 +166,8 @@ def test_older_virtualserver_wins_a_shared_key():
     older = vs("older", reals=[real(1)], created="2025-01-01T00:00:00Z")
     newer = vs("newer", reals=[real(2)], created="2025-01-02T00:00:00Z")
     for documents in ([older, newer], [newer, older]):
-        result = desired.build(documents, node=NODE, labels=LABELS, default_interface=None)
+        result = desired.build(documents, node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None)
         assert set(result.programs) == {"shop/older"}
         assert "shop/older" in result.withdrawn["shop/newer"]
         assert weights(result) == {"10.0.0.1": 1}
@@ -184,9 +192,9 @@ def test_relevant_ignores_other_directors_bookkeeping_but_not_their_roles():
     assert desired.relevant(base, node=NODE) != desired.relevant(changed, node=NODE)
 
 
-def test_node_labels():
-    assert desired.node_labels({"metadata": {"name": "n", "labels": LABELS}}) == LABELS
-    assert desired.node_labels({"metadata": {"name": "n"}}) == {}
+def test_labels_of():
+    assert desired.labels_of({"metadata": {"name": "n", "labels": LABELS}}) == LABELS
+    assert desired.labels_of({"metadata": {"name": "n"}}) == {}
 
 
 # --- director-side health checks ------------------------------------------------------------
@@ -199,7 +207,7 @@ def test_health_targets_are_the_real_servers_of_checked_virtualservers():
                  ports=({"port": 80}, {"port": 443}))
     unchecked = vs("plain", vip="192.0.2.11", reals=[real(3)])
     result = desired.build([checked, unchecked], node=NODE, labels=LABELS,
-                           default_interface=None)
+                           gate=OPEN, default_interface=None)
     targets = result.health_targets
     assert sorted((t.vs, str(t.address), t.port) for t in targets) == [
         ("shop/web", "10.0.0.1", 80), ("shop/web", "10.0.0.1", 443),
@@ -213,7 +221,7 @@ def test_health_targets_once_per_real_server_port():
     document = vs(forwarding="NAT", ports=({"port": 80, "targetPort": 8080},
                                            {"port": 81, "targetPort": 8080}),
                   reals=[real(1)], healthCheck={"http": {"path": "/healthz"}})
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None)
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None)
     (target,) = result.health_targets
     assert (str(target.address), target.port, target.check.path) == ("10.0.0.1", 8080,
                                                                      "/healthz")
@@ -223,12 +231,13 @@ def test_unhealthy_real_server_gets_weight_0_and_is_kept():
     document = vs(reals=[real(1, weight=3), real(2), real(3, ready=False, weight=0)],
                   healthCheck=TCP_CHECK)
     failing = {("shop/web", ip_address("10.0.0.1"), 80)}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert weights(result) == {"10.0.0.1": 0, "10.0.0.2": 1}, "kept at weight 0, not drained"
     assert result.programs["shop/web"].unhealthy == ("10.0.0.1:80",)
 
-    recovered = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    recovered = desired.build([document], node=NODE, labels=LABELS,
+                              gate=OPEN, default_interface=None,
                               unhealthy=set())
     assert weights(recovered) == {"10.0.0.1": 3, "10.0.0.2": 1}, "its weight back"
     assert recovered.programs["shop/web"].unhealthy == ()
@@ -237,7 +246,7 @@ def test_unhealthy_real_server_gets_weight_0_and_is_kept():
 def test_readiness_still_applies_on_top_of_health():
     # Not ready (weight 0 from the controller): left out to drain whatever the checks say.
     document = vs(reals=[real(1, ready=False, weight=0), real(2)], healthCheck=TCP_CHECK)
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=set())
     assert weights(result) == {"10.0.0.2": 1}
 
@@ -248,7 +257,7 @@ def test_unhealthy_sorted_over_ports_and_families():
                   healthCheck=TCP_CHECK)
     failing = {("shop/web", ip_address(a), p) for a, p in
                [("2001:db8::7", 80), ("10.0.0.10", 443), ("10.0.0.9", 80), ("10.0.0.10", 80)]}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert result.programs["shop/web"].unhealthy == (
         "10.0.0.9:80", "10.0.0.10:80", "10.0.0.10:443", "[2001:db8::7]:80")
@@ -261,13 +270,13 @@ def test_without_health_check_unaffected():
     # A stale result for a VirtualServer without checks, or one of another VirtualServer.
     failing = {("shop/web", ip_address("10.0.0.1"), 80),
                ("shop/other", ip_address("10.0.0.2"), 80)}
-    result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+    result = desired.build([document], node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                            unhealthy=failing)
     assert weights(result) == {"10.0.0.1": 1, "10.0.0.2": 1}
     assert result.programs["shop/web"].unhealthy == ()
     assert result.health_targets == []
     checked = desired.build([vs(reals=[real(1), real(2)], healthCheck=TCP_CHECK)], node=NODE,
-                            labels=LABELS, default_interface=None, unhealthy=failing)
+                            labels=LABELS, gate=OPEN, default_interface=None, unhealthy=failing)
     assert weights(checked) == {"10.0.0.1": 0, "10.0.0.2": 1}, "another VirtualServer's " \
         "result does not count"
 
@@ -299,7 +308,8 @@ def parses(monkeypatch) -> list[str]:
 def build(documents, cache, **kwargs) -> desired.Desired:
     """Return `desired.build` of `documents` with `cache`, after checking it against a build
     without one (the cache must never change the answer)."""
-    kwargs = {"node": NODE, "labels": LABELS, "default_interface": None, **kwargs}
+    kwargs = {"node": NODE, "labels": LABELS, "gate": OPEN, "default_interface": None,
+              **kwargs}
     uncached = desired.build(documents, **kwargs)
     result = desired.build(documents, cache=cache, **kwargs)
     assert result == uncached
@@ -310,17 +320,17 @@ def test_cache_does_not_parse_unchanged_virtualservers_again(parses):
     documents = [at(vs(f"web{i}", vip=f"192.0.2.{10 + i}", reals=[real(i)]), "1", uid=f"u{i}")
                  for i in range(3)]
     cache = desired.Cache()
-    first = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+    first = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                           cache=cache)
     assert sorted(parses) == ["shop/web0", "shop/web1", "shop/web2"]
     parses.clear()
-    again = desired.build(documents, node=NODE, labels=LABELS, default_interface=None,
+    again = desired.build(documents, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                           cache=cache)
     assert parses == []
     assert again == first and len(again.programs) == 3
     # The same objects as a new list brings (a relist): the same versions, still no parse.
     relisted = [copy.deepcopy(d) for d in documents]
-    assert desired.build(relisted, node=NODE, labels=LABELS, default_interface=None,
+    assert desired.build(relisted, node=NODE, labels=LABELS, gate=OPEN, default_interface=None,
                          cache=cache) == first
     assert parses == []
 
@@ -376,7 +386,7 @@ def test_cache_forgets_deleted_virtualservers(parses):
     assert len(cache) == 0
     parses.clear()
     # Back at the same version (a watch replayed): parsed again, since it was forgotten.
-    desired.build([web], node=NODE, labels=LABELS, default_interface=None, cache=cache)
+    desired.build([web], node=NODE, labels=LABELS, gate=OPEN, default_interface=None, cache=cache)
     assert parses == ["shop/web"]
 
 
@@ -384,7 +394,8 @@ def test_cache_keeps_invalid_virtualservers_invalid(parses):
     invalid = at(vs(vip="not-an-address", reals=[real(1)]), "1")
     cache = desired.Cache()
     for _ in range(2):
-        result = desired.build([invalid], node=NODE, labels=LABELS, default_interface=None,
+        result = desired.build([invalid], node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None,
                                cache=cache)
         assert result.programs == {} and result.withdrawn == {}
     assert parses == ["shop/web"], "the error is kept too"
@@ -397,7 +408,8 @@ def test_cache_keeps_what_cannot_be_programmed(parses):
     document = at(vs(reals=[real(1, port=8080)]), "1")
     cache = desired.Cache()
     for _ in range(2):
-        result = desired.build([document], node=NODE, labels=LABELS, default_interface=None,
+        result = desired.build([document], node=NODE, labels=LABELS,
+                               gate=OPEN, default_interface=None,
                                cache=cache)
         assert result.programs == {}
         assert result.withdrawn["shop/web"].startswith("cannot program its real servers")
@@ -448,3 +460,185 @@ def test_cache_follows_conflicts_between_virtualservers():
     # ...or is no longer selected here: its claim counts only where it is programmed.
     away = at(older, "4", spec={**older["spec"], "directors": {"nodeSelector": {"zone": "b"}}})
     assert set(build([away, newer], cache).programs) == {"shop/newer"}
+
+
+# --- the VIP pools (the gate): deny by default, the pool's directors --------------------------
+
+
+def pool(name="shop-pool", addresses=("192.0.2.0/24",), *, version="1",
+         **fields) -> dict[str, Any]:
+    """A VIPPool for namespace "shop" (unless `fields` say otherwise)."""
+    return {"apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool",
+            "metadata": {"name": name, "resourceVersion": version},
+            "spec": {"addresses": list(addresses), "namespaces": ["shop"], **fields}}
+
+
+def in_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {**document, "metadata": {**document["metadata"], "namespace": namespace}}
+
+
+def gated(documents, gate, **kwargs) -> desired.Desired:
+    return desired.build(documents, **{"node": NODE, "labels": LABELS, "gate": gate,
+                                       "default_interface": None, **kwargs})
+
+
+@pytest.fixture
+def admits(monkeypatch) -> list[str]:
+    """The namespace/name of every VirtualServer `pools.admit` is asked about, in order."""
+    calls: list[str] = []
+    admit = pools.admit
+
+    def counting(vs, *args, **kwargs):
+        calls.append(vs.id)
+        return admit(vs, *args, **kwargs)
+
+    monkeypatch.setattr(pools, "admit", counting)
+    return calls
+
+
+@pytest.mark.parametrize("gate", [
+    pytest.param(desired.Gate(), id="no-pool-at-all"),
+    pytest.param(desired.Gate.of([pool(addresses=["198.51.100.0/24"])], {"shop": {}}),
+                 id="vip-outside-the-pool"),
+    pytest.param(desired.Gate.of([pool(namespaces=["other"])], {"shop": {}}),
+                 id="pool-of-another-namespace"),
+    pytest.param(desired.Gate.of([scenarios.open_pool()], {}), id="namespace-labels-unknown"),
+    pytest.param(desired.Gate.of([scenarios.open_pool()],
+                                 {"shop": {scenarios.CLOSED_LABEL: "true"}}),
+                 id="namespace-not-selected"),
+])
+def test_a_vip_in_no_pool_is_withdrawn_whatever_its_status_says(gate):
+    # The status says Ready with real servers (forged, or stale): the pools decide.
+    document = vs(reals=[real(1)], ready=("True", "Ready", ""))
+    result = gated([document], gate, default_interface="eth0")
+    assert result.programs == {} and result.table == {} and result.vips == {}
+    verdict = pools.admit(spec.parse(document), gate.pools, gate.labels("shop"))
+    assert result.withdrawn == {"shop/web": f"VIPNotAllowed: {verdict.message}"}
+    assert result.refused == {"shop/web": verdict}, "its status contradicts the refusal"
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"forwarding": ["NAT"]}, pools.FORWARDING_NOT_ALLOWED),
+    ({"directors": {"interface": "bond0"}}, pools.DIRECTORS_NOT_ALLOWED),  # vs() names eth0
+])
+def test_a_pool_that_does_not_allow_the_rest_refuses(fields, reason):
+    result = gated([vs(reals=[real(1)])], desired.Gate.of([pool(**fields)], {"shop": {}}))
+    assert result.programs == {}
+    assert result.withdrawn["shop/web"].startswith(f"{reason}: ")
+
+
+def test_a_refusal_the_controller_made_too_is_no_contradiction():
+    # What the controller writes for it: Ready=False with the pool's reason, no real servers.
+    document = vs(ready=("False", pools.VIP_NOT_ALLOWED, "spec.vip: not in a pool"))
+    result = gated([document], desired.Gate())
+    assert "shop/web" in result.withdrawn and result.refused == {}
+
+
+def test_a_refused_virtualserver_that_selects_another_node_is_not_reported_here():
+    document = vs(reals=[real(1)], selector={"zone": "b"})
+    result = gated([document], desired.Gate())
+    assert result.withdrawn == {} and result.refused == {}
+
+
+@pytest.mark.parametrize("reason", [*pools.REASONS, claims.VIP_IN_USE])
+def test_the_controllers_refusals_withdraw(reason):
+    # Even with real servers still published (a stale status): the controller said no.
+    result = gated([vs(reals=[real(1)], ready=("False", reason, "no"))], OPEN)
+    assert result.withdrawn == {"shop/web": f"{reason}: no"}
+    assert result.refused == {}, "the pools (open here) admit it: the controller refused"
+
+
+def test_the_pools_directors_are_inherited():
+    gate = desired.Gate.of([pool(directors={"nodeSelector": {"zone": "a"},
+                                            "interface": "bond0"})], {"shop": {}})
+    document = vs(reals=[real(1)], interface=None)  # no directors of its own
+    result = gated([document], gate, default_interface="eth9")
+    program = result.programs["shop/web"]
+    assert program.interface == "bond0", "the pool's interface holds the VIP"
+    assert program.vs.directors == spec.Directors(node_selector={"zone": "a"},
+                                                  interface="bond0")
+    assert result.vips == {"bond0": {ip_address("192.0.2.10")}}
+    # The pool's node selector narrows the directors: a node in zone b serves nothing.
+    assert gated([document], gate, labels={"zone": "b"}) == desired.Desired({}, {})
+    # A VirtualServer may narrow it further (add labels), not change it.
+    narrowed = vs(reals=[real(1)], interface=None, selector={"lvs.dev/director": "true"})
+    assert set(gated([narrowed], gate).programs) == {"shop/web"}
+    assert gated([narrowed], gate, labels={"zone": "a"}).programs == {}
+    changed = vs(reals=[real(1)], interface=None, selector={"zone": "b"})
+    refused = gated([changed], gate, labels={"zone": "b"})
+    assert refused.withdrawn["shop/web"].startswith(pools.DIRECTORS_NOT_ALLOWED)
+
+
+def test_an_invalid_pool_admits_nothing():
+    gate = desired.Gate.of([pool(addresses=["192.0.2.1/24"], version="7")], {"shop": {}})
+    assert gate.pools == ()
+    (invalid,) = gate.invalid
+    assert (invalid.name, invalid.version) == ("shop-pool", "7")
+    assert "spec.addresses[0]" in invalid.message
+    assert gated([vs(reals=[real(1)])], gate).withdrawn["shop/web"].startswith(
+        pools.VIP_NOT_ALLOWED)
+
+
+def test_a_new_gate_keeps_what_did_not_change():
+    labels = {"team": "a"}
+    first = desired.Gate.of([pool()], {"shop": labels, "other": {}})
+    same = desired.Gate.of([pool(version="2")], {"shop": dict(labels), "other": {"x": "y"}},
+                           previous=first)
+    assert same.pools is first.pools, "equal pools: the same object"
+    assert same.labels("shop") is first.labels("shop")
+    assert same.labels("other") == {"x": "y"}
+    assert same.labels("gone") is None
+    moved = desired.Gate.of([pool(addresses=["198.51.100.0/24"])], {}, previous=same)
+    assert moved.pools is not same.pools
+
+
+def test_verdicts_are_kept_until_the_pools_or_the_namespace_labels_change(parses, admits):
+    shop = at(vs(reals=[real(1)]), "1", uid="u1")
+    other = at(in_namespace(vs("api", vip="192.0.2.11", reals=[real(2)]), "other"), "1",
+               uid="u2")
+    documents = [shop, other]
+    open_pool = scenarios.open_pool()
+    # The gates, one after the other (parsing a pool parses a VirtualServer: not counted).
+    gate = desired.Gate.of([open_pool], {"shop": {}, "other": {}})
+    again = desired.Gate.of([copy.deepcopy(open_pool)], {"shop": {}, "other": {}},
+                            previous=gate)
+    closed = desired.Gate.of([open_pool], {"shop": {}, "other": {scenarios.CLOSED_LABEL: "1"}},
+                             previous=again)
+    narrow = desired.Gate.of([pool(addresses=["192.0.2.11/32"], namespaces=["shop", "other"],
+                                   directors={"allowOverride": True})],
+                             {"shop": {}, "other": {}}, previous=closed)
+    parses.clear()
+    cache = desired.Cache()
+    assert set(gated(documents, gate, cache=cache).programs) == {"shop/web", "other/api"}
+    assert sorted(admits) == ["other/api", "shop/web"]
+    admits.clear()
+    parses.clear()
+    # Nothing changed (a resync): nothing parsed or admitted again, also under a gate made
+    # anew from equal pools and labels.
+    assert set(gated(documents, gate, cache=cache).programs) == {"shop/web", "other/api"}
+    assert set(gated(documents, again, cache=cache).programs) == {"shop/web", "other/api"}
+    assert admits == [] and parses == []
+    # Namespace "other" is closed: only its VirtualServer is admitted again, and refused.
+    result = gated(documents, closed, cache=cache)
+    assert set(result.programs) == {"shop/web"} and set(result.withdrawn) == {"other/api"}
+    assert admits == ["other/api"] and parses == []
+    admits.clear()
+    # The pools change: everything is admitted again; the cache never changes the answer.
+    result = gated(documents, narrow, cache=cache)
+    assert result == gated(documents, narrow)
+    assert set(result.programs) == {"other/api"} and set(result.withdrawn) == {"shop/web"}
+    assert sorted(admits) == ["other/api", "other/api", "shop/web", "shop/web"]
+    assert parses == ["shop/web", "other/api"], "only the build without a cache parsed"
+
+
+def test_real_servers_outside_the_static_addresses_are_skipped():
+    backend = {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}
+    document = vs(reals=[real(1), real(9), real(2)], backend=backend, interface=None)
+    gate = desired.Gate.of([pool(backendAddresses=["10.0.0.0/24"])], {"shop": {}})
+    result = gated([document], gate, default_interface="eth0")
+    assert weights(result) == {"10.0.0.1": 1, "10.0.0.2": 1}
+    assert result.programs["shop/web"].problem == (
+        "status.realServers[1] skipped: 10.0.0.9 is not among spec.backend.addresses (the "
+        "controller publishes only those)")
+    # A Service backend's endpoints are the controller's to resolve: not checked here.
+    assert weights(gated([vs(reals=[real(9)], interface=None)], gate)) == {"10.0.0.9": 1}

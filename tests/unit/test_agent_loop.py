@@ -1,6 +1,6 @@
 """agent.loop: the sync loop's timing rules against an in-memory API and the fake kernel:
 no sync before the lists, bursts coalesced, drift repaired by the periodic resync, nothing
-done while the Node is missing."""
+done while the Node is missing; the VIP pools admit before anything is programmed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from lvs_operator.agent import loop
+import scenarios
+from lvs_operator.agent import desired, election, loop
 from lvs_operator.agent.settings import (
     DirectorSettings,
     HASettings,
@@ -96,10 +97,13 @@ def merge(target: Any, patch: Any) -> Any:
 
 
 class FakeApi:
-    """An API server in memory: one VirtualServer collection, one Node, and Leases (which
-    several agents may share: status patches are echoed with `echo`)."""
+    """An API server in memory: one VirtualServer collection, one Node, VIP pools (the
+    tests' open pool unless told), Namespaces (those of the VirtualServers, unlabelled,
+    and `namespaces`) and Leases (which several agents may share: status patches are echoed
+    with `echo`)."""
 
-    def __init__(self, objects=(), *, node=True, echo=False, nodes=None):
+    def __init__(self, objects=(), *, node=True, echo=False, nodes=None, pools=None,
+                 namespaces=None):
         self.objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o
                         for o in objects}
         self.node = {"metadata": {"name": NODE, "labels": {}}} if node else None
@@ -107,8 +111,12 @@ class FakeApi:
         self.gate = threading.Event()
         self.gate.set()
         self.changed = threading.Condition()
+        self.pools = {p["metadata"]["name"]: p
+                      for p in ([scenarios.open_pool()] if pools is None else pools)}
+        self.namespaces = dict(namespaces or {})  # name -> labels
         self.streams: dict[str, Log] = {client.VIRTUALSERVERS: Log(self), client.NODES: Log(self),
-                                        "leases": Log(self)}
+                                        "leases": Log(self), client.VIPPOOLS: Log(self),
+                                        client.NAMESPACES: Log(self)}
         self.patches: list[Any] = []
         self.leases: dict[str, dict[str, Any]] = {}
         self.lease_writes: list[tuple[str, str]] = []  # (method, lease name)
@@ -130,6 +138,13 @@ class FakeApi:
                     return [copy.deepcopy(o) for o in self.objects.values()], version
                 if path.startswith(kube_lease.PATH):
                     return [copy.deepcopy(o) for o in self.leases.values()], version
+                if path == client.VIPPOOLS:
+                    return [copy.deepcopy(o) for o in self.pools.values()], version
+                if path == client.NAMESPACES:
+                    names = {o["metadata"]["namespace"] for o in self.objects.values()}
+                    labels = {**{name: {} for name in names}, **self.namespaces}
+                    return [{"metadata": {"name": n, "labels": dict(v)}}
+                            for n, v in sorted(labels.items())], version
                 if self.nodes is not None:
                     name = dict(query).get("fieldSelector", "").partition("=")[2]
                     return [copy.deepcopy(self.nodes[name])], version
@@ -190,6 +205,25 @@ class FakeApi:
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.version + 1)
         self.streams[client.VIRTUALSERVERS].put({"type": "MODIFIED", "object": obj})
+
+    def put_pool(self, pool):
+        """Create or replace a VIPPool."""
+        pool = copy.deepcopy(pool)
+        name = pool["metadata"]["name"]
+        kind = "MODIFIED" if name in self.pools else "ADDED"
+        pool["metadata"]["resourceVersion"] = str(self.version + 1)
+        self.pools[name] = pool
+        self.streams[client.VIPPOOLS].put({"type": kind, "object": copy.deepcopy(pool)})
+
+    def delete_pool(self, name):
+        pool = self.pools.pop(name)
+        self.streams[client.VIPPOOLS].put({"type": "DELETED", "object": pool})
+
+    def label_namespace(self, name, labels):
+        self.namespaces[name] = dict(labels)
+        self.streams[client.NAMESPACES].put({"type": "MODIFIED", "object": {
+            "metadata": {"name": name, "labels": dict(labels),
+                         "resourceVersion": str(self.version + 1)}}})
 
 
 class FakeVips:
@@ -404,3 +438,125 @@ def test_a_freed_key_is_programmed_without_a_restored_warning(tmp_path):
         eventually(lambda: reals(agent) == {"10.0.0.1"})
         eventually(lambda: not api.objects["shop/web"]["status"]["directors"][NODE]["error"])
         assert not api.objects["shop/web"]["status"]["directors"][NODE].get("warning")
+
+
+# --- the VIP pools: every agent admits by them before it programs anything ---------------------
+
+
+class RecordingApi(FakeApi):
+    """FakeApi recording the Events posted, whose VIPPool list waits for `pools_listed`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events: list[dict[str, Any]] = []
+        self.pools_listed = threading.Event()
+        self.pools_listed.set()
+
+    def create_event(self, event):
+        self.events.append(event)
+        return event
+
+    def lister(self, path, *, query=()):
+        inner = super().lister(path, query=query)
+        if path != client.VIPPOOLS:
+            return inner
+
+        def gated():
+            assert self.pools_listed.wait(30)
+            return inner()
+        return gated
+
+
+def shop_pool(**fields):
+    return {"apiVersion": "lvs.dev/v1alpha1", "kind": "VIPPool", "metadata": {"name": "shop"},
+            "spec": {"addresses": [f"{VIP}/32"], "namespaces": ["shop"],
+                     "directors": {"allowOverride": True}, **fields}}
+
+
+def test_deny_by_default_then_a_pool_admits_and_its_deletion_withdraws(tmp_path, stale_kernel,
+                                                                       caplog):
+    # A forged (or stale) status: real servers published, Ready. No pool: nothing programmed.
+    obj = virtualserver([1])
+    obj["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "Ready"}]
+    api = RecordingApi([obj], pools=[])
+    api.pools_listed.clear()
+    with running(api, stale_kernel, tmp_path) as agent:
+        time.sleep(0.3)
+        assert agent.metrics.syncs == 0, "no sync before the pools are listed"
+        assert set(stale_kernel.dump()) == {STALE}
+        api.pools_listed.set()
+        eventually(lambda: api.events)  # told after the sync has changed the kernel
+        assert agent.table() == {}
+        (event,) = api.events
+        assert event["reason"] == "VIPNotAllowed" and event["type"] == "Warning"
+        assert event["regarding"]["name"] == "web"
+        assert "namespace shop may use no VIP pool" in event["note"]
+        assert api.patches == [], "no status entry for what it does not program"
+        # A pool that admits it: programmed.
+        api.put_pool(shop_pool())
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        # Another pool's change is no change for it, and nothing is told twice.
+        api.put_pool({**shop_pool(), "metadata": {"name": "other"},
+                      "spec": {"addresses": ["198.51.100.0/24"], "namespaces": ["x"]}})
+        # An invalid change of its pool: an invalid pool admits nothing.
+        api.put_pool(shop_pool(addresses=[f"{VIP}/24"]))
+        eventually(lambda: agent.table() == {})
+        # Another pool changes meanwhile: the gate is made again, the invalid pool is not
+        # logged again (once per resourceVersion).
+        api.put_pool({**shop_pool(), "metadata": {"name": "other"},
+                      "spec": {"addresses": ["198.51.100.0/25"], "namespaces": ["x"]}})
+        eventually(lambda: [str(r) for p in agent._gate.pools for r in p.addresses]
+                   == ["198.51.100.0/25"])
+        invalid = [r for r in caplog.records if "is invalid and admits nothing" in r.message]
+        assert len(invalid) == 1 and "spec.addresses[0]" in invalid[0].message
+        api.put_pool(shop_pool())
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        api.delete_pool("shop")
+        eventually(lambda: agent.table() == {} and len(api.events) == 3)
+        time.sleep(0.2)
+        assert len(api.events) == 3, [e["note"] for e in api.events]
+
+
+def test_a_namespace_label_change_admits_again(tmp_path):
+    api = FakeApi([virtualserver([1])])
+    with running(api, FakeIPVS(), tmp_path) as agent:
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+        # The tests' open pool serves every namespace not labelled closed.
+        api.label_namespace("shop", {scenarios.CLOSED_LABEL: "true"})
+        eventually(lambda: agent.table() == {})
+        api.label_namespace("shop", {"team": "web"})
+        eventually(lambda: reals(agent) == {"10.0.0.1"})
+
+
+def test_the_pools_directors_hold_the_vip_and_narrow_the_vrrp_table(tmp_path):
+    api = FakeApi()
+    settings = Settings(node=NODE, state_file=tmp_path / "owned.json", metrics_address="",
+                        director=DirectorSettings(sysctls=None),
+                        ha=HASettings(vrrp=VRRPSettings(directory=tmp_path / "keepalived",
+                                                        address="10.1.0.1")))
+    agent = loop.Agent(settings, api=api, ipvs=FakeIPVS(), vips=FakeVips(),
+                       sysctls=lambda s: [], default_interface=lambda: "eth0")
+    objects = {"shop/web": virtualserver([1]),
+               "shop/out": {**virtualserver([2]), "metadata": {
+                   "name": "out", "namespace": "shop", "resourceVersion": "1"},
+                   "spec": {**virtualserver([2])["spec"], "vip": "198.51.100.9"}}}
+    for obj in objects.values():
+        obj["spec"]["directors"] = {}  # the pool's directors apply
+    pool = shop_pool(directors={"nodeSelector": {"rack": "r1"}, "interface": "bond0"})
+    gate = desired.Gate.of([pool], {"shop": {}})
+    peers = {name: election.Peer(live=True, settled=True, labels=labels, address=address)
+             for name, labels, address in (("node-b", {"rack": "r1"}, "10.1.0.2"),
+                                           ("node-c", {"rack": "r2"}, "10.1.0.3"))}
+    view = election.View(me=NODE, fenced=False, ready=True, fresh=True, settled=True,
+                         peers=peers)
+    plan = agent._vrrp_plan(objects, {"rack": "r1"}, gate, view, "eth0")
+    # Only the admitted VIP, held by the directors of the pool's racks: node-c is no candidate.
+    (instance,) = plan.instances
+    assert [str(vip) for vip, _ in instance.vips] == [VIP]
+    assert sorted(instance.ranking) == [NODE, "node-b"]
+    assert plan.alone == {}
+    wanted = desired.build(objects.values(), node=NODE, labels={"rack": "r1"}, gate=gate,
+                           default_interface="eth0")
+    assert set(wanted.programs) == {"shop/web"}
+    assert wanted.programs["shop/web"].interface == "bond0"
+    assert set(wanted.withdrawn) == {"shop/out"}

@@ -72,6 +72,10 @@ def test_claimant_of_a_parsed_virtual_server_and_message():
     claimant = Claimant.of(vs, created="2024-05-01T10:00:00Z")
     assert claimant.id == "shop/web"
     assert claimant.keys == {key(), key(53, protocol=Protocol.UDP)}
-    message = Conflict(key(), "other/web").message
+    message = Conflict(key(), "shop/old", "shop").message
     assert message.startswith("TCP 192.0.2.10:80 is already claimed by VirtualServer "
-                              "other/web, which is older")
+                              "shop/old, which is older")
+    # Another namespace's object is not named: its reader may not see that namespace.
+    message = Conflict(key(), "other/web", "shop").message
+    assert "other/" not in message and "web" not in message
+    assert "a VirtualServer of another namespace" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from ipaddress import ip_address
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+import scenarios
+from lvs_operator.api import claims
 from lvs_operator.controller import objects, report
 from lvs_operator.controller import reconciler as controller
 from lvs_operator.controller.leader import Leader
@@ -28,8 +31,10 @@ NS = "shop"
 def body(name: str, *, vip: str = "192.0.2.10", created: str = "2024-05-01T10:00:00Z",
          uid: str | None = None, generation: int = 1, rv: str = "1",
          backend: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
-         state: dict[str, Any] | None = None, deleting: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": NS, "uid": uid or f"uid-{name}",
+         state: dict[str, Any] | None = None, deleting: bool = False,
+         namespace: str = NS) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace,
+                            "uid": uid or f"uid-{namespace}-{name}",
                             "generation": generation, "resourceVersion": rv,
                             "creationTimestamp": created}
     if deleting:
@@ -59,9 +64,15 @@ class Fake(Controller):
     def __init__(self, *bodies: dict[str, Any]) -> None:
         super().__init__(Settings(identity="test"))
         self.leading = True
-        self.cached = {kind: Cache() for kind in ("services", "endpointslices")}
+        self.cached = {kind: Cache() for kind in ("services", "endpointslices", "vippools",
+                                                  "vipclaims", "namespaces")}
         self.caches = {kind: {"": cache}  # type: ignore[dict-item]
                        for kind, cache in self.cached.items()}
+        # Deny by default: the open pool of the tests, as every tier has it.
+        self.cached["vippools"].items[Key("", "open")] = objects.compact_pool(
+            scenarios.open_pool())
+        self.cached["namespaces"].items[Key("", NS)] = {}
+        self.claim_writes: list[tuple[str, str, str]] = []  # (action, address, namespace)
         self._synced.set()
         self.stored: dict[Key, dict[str, Any]] = {}
         self.applied: list[tuple[str, dict[str, Any]]] = []
@@ -73,15 +84,15 @@ class Fake(Controller):
 
     def store(self, b: dict[str, Any]) -> Entry:
         """Put `b` in the API server and (as the informer would) in memory."""
-        key = Key(NS, b["metadata"]["name"])
+        key = Key(b["metadata"]["namespace"], b["metadata"]["name"])
         self.stored[key] = b
         old, new = self.virtualservers.get(key), self.parser.entry(b)
         self.virtualservers[key] = new
         self._index(key, old, new)
         return new
 
-    def remove(self, name: str) -> Entry:
-        key = Key(NS, name)
+    def remove(self, name: str, namespace: str = NS) -> Entry:
+        key = Key(namespace, name)
         del self.stored[key]
         old = self.virtualservers.pop(key)
         self._index(key, old, None)
@@ -92,6 +103,30 @@ class Fake(Controller):
             self.conflicts_to_raise -= 1
             raise client.ApiError(409, "conflict")
         self.applied.append((entry.name, dict(wanted)))
+
+    async def _write_claim(self, action: str, claim: claims.Claim) -> claims.Claim | None:
+        """The API server's part: a name is created once; a replace or delete needs the
+        stored resourceVersion."""
+        stored = self.cached["vipclaims"].items
+        key = Key("", claim.name)
+        self.claim_writes.append((action, str(claim.address), claim.namespace))
+        if action == "create":
+            if key in stored:
+                raise client.ApiError(409, "already exists")
+            stored[key] = dataclasses.replace(claim, resource_version=f"c{len(self.claim_writes)}")
+            return stored[key]  # type: ignore[no-any-return]
+        if key not in stored:
+            raise client.ApiError(404, "not found")
+        if stored[key].resource_version != claim.resource_version:
+            raise client.ApiError(409, "conflict")
+        if action == "delete":
+            del stored[key]
+            return None
+        stored[key] = dataclasses.replace(claim, resource_version=f"c{len(self.claim_writes)}")
+        return stored[key]  # type: ignore[no-any-return]
+
+    async def _read_claim(self, vip: Any) -> claims.Claim | None:
+        return self.cached["vipclaims"].items.get(Key("", claims.name_of(vip)))
 
     async def _fetch(self, key: Key) -> Entry | None:
         return self.parser.entry(self.stored[key])
@@ -402,7 +437,10 @@ def test_forgetting_a_virtual_server_forgets_its_pod_check():
     fake = Fake(body("web"))
     fake._pods_checked[Key(NS, "web")] = 1
     old = fake.remove("web")
-    fake.virtualserver_changed(Key(NS, "web"), old, None)
+
+    async def go() -> None:
+        fake.virtualserver_changed(Key(NS, "web"), old, None)
+    run(go())
     assert fake._pods_checked == {}
 
 
@@ -411,3 +449,79 @@ def test_watch_paths_cover_the_namespaces_or_the_cluster():
         "x": "/api/v1/namespaces/x/things", "y": "/api/v1/namespaces/y/things"}
     assert controller.watch_paths("/api/v1", "things", []) == {"": "/api/v1/things"}
     assert watch.Key(NS, "a") == (NS, "a")
+
+
+# --- VIP pools and claims ---------------------------------------------------------------------
+
+def ready_of(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_a_vip_in_no_pool_is_refused_and_publishes_nothing():
+    fake = Fake(body("web"))
+    fake.cached["namespaces"].items[Key("", NS)] = {scenarios.CLOSED_LABEL: "true"}
+    run(fake.reconcile(Key(NS, "web")))
+    status = fake.applied[-1][1]
+    assert ready_of(status)["reason"] == "VIPNotAllowed" and status["realServers"] == []
+    assert ready_of(status)["message"].startswith(
+        "spec.vip: namespace shop may use no VIP pool")
+    assert fake.claim_writes == []
+    assert fake.posted == [("web", "VIPNotAllowed")]
+
+
+def test_the_vip_goes_to_the_first_namespace_and_a_squatter_never_captures_it():
+    fake = Fake(body("web", created="2024-05-01T10:00:00Z"))
+    fake.cached["namespaces"].items[Key("", "bank")] = {}
+    run(fake.reconcile(Key(NS, "web")))
+    assert fake.claim_writes == [("create", "192.0.2.10", NS)]
+    assert ready_of(fake.applied[-1][1])["reason"] != "VIPInUse"
+    # A VirtualServer of another namespace (older even) on the same VIP, another port.
+    squatter = body("grab", namespace="bank", created="2024-04-01T10:00:00Z",
+                    spec={"vip": "192.0.2.10", "ports": [{"port": 80}],
+                          "backend": {"addresses": [{"ip": "10.0.0.9"}]}})
+    fake.store(squatter)
+    run(fake.reconcile(Key("bank", "grab")))
+    refused = fake.applied[-1][1]
+    assert fake.applied[-1][0] == "grab" and refused["realServers"] == []
+    assert ready_of(refused)["reason"] == "VIPInUse"
+    assert NS not in ready_of(refused)["message"] and "web" not in ready_of(refused)["message"]
+    fake.store({**squatter, "status": refused})  # its status as the API server keeps it
+    # The owner lets go and comes back: the squatter, older, still takes nothing.
+    old = fake.remove("web")
+
+    async def delete_and_settle() -> None:
+        fake.virtualserver_changed(Key(NS, "web"), old, None)
+        await asyncio.gather(*fake._background)
+    run(delete_and_settle())
+    assert fake.claim_writes[-1] == ("delete", "192.0.2.10", NS)
+    run(fake.reconcile(Key("bank", "grab")))
+    assert "delete and re-create" in ready_of(fake.applied[-1][1])["message"]
+    fake.store(body("web", created="2024-05-02T10:00:00Z", uid="uid-new"))
+    run(fake.reconcile(Key(NS, "web")))
+    assert fake.claim_writes[-1] == ("create", "192.0.2.10", NS)
+    back = fake.applied[-1][1]
+    assert fake.applied[-1][0] == "web"
+    assert ready_of(back)["reason"] not in ("VIPInUse", "Conflict")
+    assert back["realServers"] == [{"ip": "10.0.0.1", "weight": 1, "ready": True}]
+
+
+def test_namespaces_share_a_vip_with_one_sharing_key():
+    fake = Fake(body("web", spec={"vip": "192.0.2.10", "ports": [{"port": 80}],
+                                  "sharingKey": "edge",
+                                  "backend": {"addresses": [{"ip": "10.0.0.1"}]}}))
+    fake.cached["namespaces"].items[Key("", "bank")] = {}
+    run(fake.reconcile(Key(NS, "web")))
+    fake.store(body("dns", namespace="bank", spec={
+        "vip": "192.0.2.10", "ports": [{"port": 53, "protocol": "UDP"}], "sharingKey": "edge",
+        "backend": {"addresses": [{"ip": "10.0.0.9"}]}}))
+    run(fake.reconcile(Key("bank", "dns")))
+    shared = fake.applied[-1][1]
+    assert fake.applied[-1][0] == "dns" and shared["realServers"] != []
+    # The owner goes: the sharer inherits the claim.
+    old = fake.remove("web")
+
+    async def delete_and_settle() -> None:
+        fake.virtualserver_changed(Key(NS, "web"), old, None)
+        await asyncio.gather(*fake._background)
+    run(delete_and_settle())
+    assert fake.claim_writes[-1] == ("replace", "192.0.2.10", "bank")

@@ -29,7 +29,8 @@ EMPTY = resolve.Resolution((), api_conditions.NO_READY_ENDPOINTS,
 ACTIVE = {"n1": {"role": "Active", "generation": 3, "syncedAt": "2024-05-01T09:00:00Z",
                  "error": ""},
           "n2": {"role": "Standby", "generation": 3, "error": ""}}
-CONFLICT = Conflict(ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.10"), 80), "other/web")
+CONFLICT = Conflict(ServiceKey.inet(Protocol.TCP, ip_address("192.0.2.10"), 80), "other/web",
+                    "other")
 INVALID = spec.SpecError("spec.vip", "'x' is not an IPv4 or IPv6 address")
 
 

@@ -75,3 +75,20 @@ def test_every_layer_is_checked() -> None:
     layers = {_layer(p) for p in PACKAGE.rglob("*.py")}
     on_top = {"__init__", "cli", "realserver", "documents", "show"}
     assert layers - on_top <= ALLOWED.keys()
+
+
+# The controller's pure modules: no API client, no framework (tested without a cluster;
+# `objects` is pure too, but keys its entries with `kube.watch.Key`).
+PURE_CONTROLLER = ("resolve", "report", "admission", "loadbalancer")
+
+
+@pytest.mark.parametrize("name", PURE_CONTROLLER)
+def test_pure_controller_modules_talk_to_no_api(name: str) -> None:
+    path = PACKAGE / "controller" / f"{name}.py"
+    tree = ast.parse(path.read_text(), str(path))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert not imported & {"kopf", "kubernetes"}, f"controller/{name}.py imports a client"
+    assert "kube" not in _imports(path), f"controller/{name}.py imports lvs_operator.kube"

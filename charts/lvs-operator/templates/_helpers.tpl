@@ -37,4 +37,5 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "lvs-operator.webhookService" -}}{{ include "lvs-operator.name" . }}-webhook{{- end -}}
 {{- define "lvs-operator.webhookSecret" -}}{{ include "lvs-operator.name" . }}-webhook-tls{{- end -}}
 {{- define "lvs-operator.webhookConfiguration" -}}{{ include "lvs-operator.name" . }}-realserver{{- end -}}
+{{- define "lvs-operator.validatingWebhookConfiguration" -}}{{ include "lvs-operator.name" . }}-virtualservers{{- end -}}
 {{- define "lvs-operator.lease" -}}{{ include "lvs-operator.name" . }}-controller{{- end -}}

@@ -4,14 +4,17 @@ May import: `api`, `kube` (the Kubernetes layer: client, list+watch, Leases, Eve
 kernel layers (`ipvs`, `network`, `syncer`, `plan`, `ownership`, `model`). Never
 `controller`.
 
-It lists and watches VirtualServers and its own Node, computes this node's desired IPVS table
+It lists and watches VirtualServers, its own Node, the VIP pools and the Namespaces' labels,
+admits each VirtualServer by the pools itself (deny by default: a forged or stale status
+cannot make it hold an address outside them), computes this node's desired IPVS table
 from each selected VirtualServer's spec and `status.realServers`, converges the kernel to it
 (`syncer`: dump, plan, apply; owned services only; never a flush), holds the VIPs, drains
 real servers gracefully, and reports `status.directors.<node>`, Events and metrics.
 
 Pure core (no I/O; no kubernetes, kopf or pyroute2 imports):
 - `settings`: what the agent is told (environment variables, CLI flags).
-- `desired`: VirtualServer documents + the Node's labels -> the desired table and VIPs.
+- `desired`: VirtualServer documents + the Node's labels + the pools' gate -> the desired
+  table and VIPs.
 - `election`: who holds each VIP: liveness from one Lease per director (local observation),
   rendezvous hashing over the live eligible directors, handover, self-fence.
 - `role`: which role this director plays for a VirtualServer (the election, per program).
@@ -35,7 +38,7 @@ Glue:
 
 Threads, not asyncio: the Kubernetes layer's client is synchronous (one style for both
 binaries), and the kernel boundary (`KernelIPVS`, the VIP calls: plain blocking netlink
-sockets; pyroute2 only marshals messages) and the sysctl writes block anyway. Two watch
+sockets; pyroute2 only marshals messages) and the sysctl writes block anyway. The watch
 threads fill caches and wake the single sync thread, which is the only one that writes
 to the kernel (the metrics thread reads it under the same lock).
 """

@@ -6,12 +6,31 @@ interface) and which it withdraws, and why.
 
 A VirtualServer is programmed here when all of these hold:
 - it parses (`spec.parse`); an invalid one cannot be trusted, not even its nodeSelector;
-- its `spec.directors.nodeSelector` matches the Node's labels (empty: every node);
+- a VIP pool its namespace may use admits it (`pools.admit`, under the `Gate`: the pools
+  and the namespaces' labels this director has listed; deny by default: no pool, no VIP),
+  whatever its status says: a forged or stale status cannot make a director hold an
+  address outside the pools. From here on it is the VirtualServer as its pool admits it
+  (`Verdict.vs`: the pool's `spec.directors` filled in), for this director and for the
+  VRRP table every director computes alike;
+- its `spec.directors.nodeSelector` (after its pool's) matches the Node's labels (empty:
+  every node);
 - its Ready condition does not say Conflict or InvalidSpec (the controller decided), and no
   older VirtualServer selected here claims one of its VIP:port/protocol (the same rule as
   the controller's, `conflicts`, so both agree even before the controller has spoken);
-- `status.realServers` is not empty: the controller publishes none for an invalid or
-  conflicting VirtualServer, and none before it has resolved the backend.
+- `status.realServers` is not empty: the controller publishes none for an invalid,
+  refused or conflicting VirtualServer, and none before it has resolved the backend.
+
+A refused VirtualServer that selects this node is withdrawn with the refusal's reason and
+message; when its status would have had it programmed (the controller did not refuse it),
+`Desired.refused` says so too, for the agent to report: a forged or stale status.
+
+The status.realServers entries are checked against the spec as far as the director can:
+with static `spec.backend.addresses` (which the pool admitted), an entry whose address is
+not among them is skipped (a problem says so); with a Service backend, entries of the
+other address family are left out unless the mode is Tunnel (`spec.services`: the kernel
+forwards between families in Tunnel mode only), but which addresses the Service's
+endpoints have is not checked: the agent does not see EndpointSlices (the controller
+resolves them, from the VirtualServer's own namespace).
 
 Its real servers are the `status.realServers` entries that are ready, at their weight, plus
 the not-ready ones the controller still gives a weight (its fallback: terminating pods that
@@ -26,17 +45,18 @@ programs say which real servers to check (`Desired.health_targets`) and which fa
 
 What `build` derives from one VirtualServer alone (parsing it, its endpoints and services,
 its withdrawal reason) can be kept in a `Cache` from one sync to the next, so a resync over
-unchanged objects does not parse them again.
+unchanged objects does not parse them again; so can each one's verdict, for as long as the
+gate's pools and its namespace's labels are unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lvs_operator.agent import health, role
-from lvs_operator.api import conditions, conflicts, realservers, spec
+from lvs_operator.api import claims, conditions, conflicts, pools, realservers, spec
 from lvs_operator.model import (
     Forwarding,
     IPAddress,
@@ -47,8 +67,10 @@ from lvs_operator.model import (
 
 # A VirtualServer without a creation time (never from the API server) loses every conflict.
 _NEVER = "9999-12-31T23:59:59Z"
-# Ready reasons with which the controller tells the directors to keep out.
-WITHDRAW_REASONS = frozenset({conditions.CONFLICT, conditions.INVALID_SPEC})
+# Ready reasons with which the controller tells the directors to keep out: a conflict, an
+# invalid spec, a refusal by the VIP pools or another namespace's claim on the VIP.
+WITHDRAW_REASONS = frozenset({conditions.CONFLICT, conditions.INVALID_SPEC, *pools.REASONS,
+                              claims.VIP_IN_USE})
 
 
 @dataclass(frozen=True)
@@ -83,10 +105,14 @@ class Desired:
     Attributes:
         programs: the VirtualServers it programs, by namespace/name.
         withdrawn: VirtualServers that select this node but are not programmed, and why.
+        refused: those of `withdrawn` that the gate refused (the verdict) although their
+            status would have had them programmed: the controller has not refused them
+            (a forged or stale status, or a pool changed since it last looked).
     """
 
     programs: dict[str, Program]
     withdrawn: dict[str, str]
+    refused: dict[str, pools.Verdict] = field(default_factory=dict)
 
     @property
     def table(self) -> dict[ServiceKey, VirtualService]:
@@ -140,11 +166,13 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 
 def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[str, str],
-          default_interface: str | None,
+          gate: Gate, default_interface: str | None,
           unhealthy: Collection[health.Key] = frozenset(),
           decide: role.Decider | None = None, cache: Cache | None = None) -> Desired:
     """Return the desired state of director `node` (with Node `labels`) for `objects`.
 
+    `gate` admits each VirtualServer (or refuses it: withdrawn) and gives it the directors
+    of its pool; a gate with no pools admits nothing.
     `default_interface` holds the VIPs of VirtualServers that name no
     spec.directors.interface (None: there is none, which each such program's `problem` says).
     `decide` gives this director's role for each VirtualServer (`role.elected`: the
@@ -157,12 +185,20 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
     """
     candidates: dict[str, tuple[Program, conflicts.Claimant]] = {}
     withdrawn: dict[str, str] = {}
+    refused: dict[str, pools.Verdict] = {}
     pairs = cache.parse(objects) if cache is not None else (
         (obj, _Parsed.of(obj)) for obj in objects)
     for obj, parsed in pairs:
-        vs = parsed.vs
-        if vs is None:
+        if parsed.vs is None:
             continue  # the controller reports it (InvalidSpec); nothing here to trust
+        verdict = parsed.verdict(gate)
+        vs = verdict.vs
+        if vs is None:
+            if selects(parsed.vs.directors.node_selector, labels):
+                withdrawn[parsed.vs.id] = f"{verdict.reason}: {verdict.message}"
+                if not parsed.derived(obj).withdrawal:
+                    refused[parsed.vs.id] = verdict
+            continue
         if not selects(vs.directors.node_selector, labels):
             continue
         derived = parsed.derived(obj)
@@ -192,8 +228,83 @@ def build(objects: Iterable[Mapping[str, Any]], *, node: str, labels: Mapping[st
         withdrawn[ident] = conflict.message
     return Desired(
         programs={ident: p for ident, (p, _) in candidates.items() if ident not in lost},
-        withdrawn=withdrawn,
+        withdrawn=withdrawn, refused=refused,
     )
+
+
+@dataclass(frozen=True)
+class InvalidPool:
+    """A VIPPool document that does not parse: it admits nothing.
+
+    Attributes:
+        name: its metadata.name.
+        version: its metadata.resourceVersion.
+        message: what is wrong with it (`pools.parse`'s error, naming the field).
+    """
+
+    name: str
+    version: str
+    message: str
+
+
+class Gate:
+    """The VIP pools, and the labels of the namespaces, under which this director admits
+    VirtualServers (`pools.admit`): deny by default, so a gate without pools admits nothing.
+
+    A gate is made anew (`of`) when a pool or a namespace's labels change, from the previous
+    one: the values that did not change stay the very same objects. A `Cache` keeps each
+    VirtualServer's verdict for as long as the gate's `pools` and its namespace's labels are
+    the objects it was admitted under, so a new gate re-admits only the VirtualServers that
+    its change concerns (all of them when a pool changed; those of one namespace when that
+    namespace's labels did), and an unchanged one re-admits nothing.
+
+    Attributes:
+        pools: the valid pools, by name.
+        invalid: the pool documents that do not parse (they admit nothing).
+    """
+
+    def __init__(self, pool_list: Sequence[pools.Pool] = (),
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None, *,
+                 invalid: Sequence[InvalidPool] = ()) -> None:
+        """Make a gate of `pool_list` and the `namespaces`' labels (by name: a namespace
+        not among them has unknown labels, so only the pools that name it serve it)."""
+        self.pools = tuple(sorted(pool_list, key=lambda p: p.name))
+        self.invalid = tuple(invalid)
+        self._namespaces: dict[str, Mapping[str, str]] = dict(namespaces or {})
+
+    @classmethod
+    def of(cls, documents: Iterable[Mapping[str, Any]],
+           namespaces: Mapping[str, Mapping[str, str]], *,
+           previous: Gate | None = None) -> Gate:
+        """Return the gate of the VIPPool `documents` and the `namespaces`' labels, keeping
+        `previous`'s pools and labels objects where they are equal to the new ones."""
+        valid: list[pools.Pool] = []
+        invalid: list[InvalidPool] = []
+        for document in documents:
+            try:
+                valid.append(pools.parse(document))
+            except spec.SpecError as e:
+                meta = document.get("metadata") or {}
+                invalid.append(InvalidPool(str(meta.get("name") or "?"),
+                                           str(meta.get("resourceVersion") or ""), str(e)))
+        gate = cls(valid, namespaces, invalid=invalid)
+        if previous is not None:
+            if gate.pools == previous.pools:
+                gate.pools = previous.pools
+            for name, labels in gate._namespaces.items():
+                before = previous._namespaces.get(name)
+                if before is not None and before == labels:
+                    gate._namespaces[name] = before
+        return gate
+
+    def labels(self, namespace: str) -> Mapping[str, str] | None:
+        """Return the labels of `namespace`, None when it is not known."""
+        return self._namespaces.get(namespace)
+
+    def admit(self, vs: spec.VirtualServer) -> pools.Verdict:
+        """Return whether the pools admit `vs` (`pools.admit`), with its effective
+        directors."""
+        return pools.admit(vs, self.pools, self.labels(vs.namespace))
 
 
 @dataclass(frozen=True)
@@ -223,12 +334,16 @@ class _Parsed:
     Attributes:
         version: the object's (metadata.uid, metadata.resourceVersion), "" for what it
             lacks; an object without a resourceVersion is never taken from a cache.
-        vs: the parsed VirtualServer; None when it does not parse.
+        vs: the parsed VirtualServer, as written (before its pool's directors); None when
+            it does not parse.
     """
 
     version: tuple[str, str]
     vs: spec.VirtualServer | None
     _derived: _Derived | None = field(default=None, repr=False)
+    # (the gate's pools, the namespace's labels) it was admitted under, and the verdict.
+    _verdict: tuple[tuple[pools.Pool, ...], Mapping[str, str] | None, pools.Verdict] | None = \
+        field(default=None, repr=False)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any], version: tuple[str, str] = ("", "")) -> _Parsed:
@@ -238,6 +353,21 @@ class _Parsed:
         except spec.SpecError:
             vs = None
         return cls(version, vs)
+
+    def verdict(self, gate: Gate) -> pools.Verdict:
+        """Return whether `gate` admits the VirtualServer (`Gate.admit`); the last verdict
+        while the gate's pools and the namespace's labels are the objects it was made with.
+
+        Raises:
+            ValueError: when the VirtualServer does not parse.
+        """
+        if self.vs is None:
+            raise ValueError("an invalid VirtualServer cannot be admitted")
+        labels = gate.labels(self.vs.namespace)
+        kept = self._verdict
+        if kept is None or kept[0] is not gate.pools or kept[1] is not labels:
+            kept = self._verdict = (gate.pools, labels, gate.admit(self.vs))
+        return kept[2]
 
     def derived(self, obj: Mapping[str, Any]) -> _Derived:
         """Return what `build` takes from `obj` (the object this was parsed from), derived
@@ -261,7 +391,7 @@ def _derive(vs: spec.VirtualServer, obj: Mapping[str, Any]) -> _Derived:
     why = _withdrawal(obj)
     if why:
         return _Derived(generation, claimant, why)
-    endpoints, problems = _endpoints(obj)
+    endpoints, problems = _endpoints(vs, obj)
     try:
         services = tuple(spec.services(vs, endpoints))
     except spec.SpecError as e:
@@ -276,9 +406,11 @@ class Cache:
     An object is taken as unchanged while its namespace/name, metadata.uid and
     metadata.resourceVersion are: the API server gives every change of an object (spec,
     status, metadata) a new resourceVersion. Objects without one are never taken from the
-    cache. What depends on more than the object (the Node's labels, the default interface,
-    health results, roles) is not kept; of the conflicts between objects, only the last
-    answer is, for as long as the very same claimants ask. Each `build` keeps only the
+    cache. Each object's verdict (`Gate`) is kept with it, for as long as the gate's pools
+    and its namespace's labels are the objects it was admitted under. What depends on more
+    than the object (the Node's labels, the default interface, health results, roles) is
+    not kept; of the conflicts between objects, only the last answer is, for as long as the
+    very same claimants ask. Each `build` keeps only the
     objects it was given, so the cache holds no more than the objects present. One `build`
     at a time may use a cache.
     """
@@ -355,9 +487,9 @@ def relevant(obj: Mapping[str, Any], *, node: str) -> tuple[object, ...]:
             role.claims(obj))
 
 
-def node_labels(node: Mapping[str, Any]) -> dict[str, str]:
-    """Return a Node's labels."""
-    return dict((node.get("metadata") or {}).get("labels") or {})
+def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    """Return an object's labels (a Node's, a Namespace's)."""
+    return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
 def _withdrawal(obj: Mapping[str, Any]) -> str:
@@ -379,10 +511,14 @@ def _ready(stat: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def _endpoints(obj: Mapping[str, Any]) -> tuple[list[spec.Endpoint], list[str]]:
-    """Return the endpoints to program from status.realServers, and the entries skipped."""
+def _endpoints(vs: spec.VirtualServer,
+               obj: Mapping[str, Any]) -> tuple[list[spec.Endpoint], list[str]]:
+    """Return the endpoints to program from status.realServers of `obj` (parsed: `vs`),
+    and the entries skipped: those that do not parse, and, when `vs` has static
+    spec.backend.addresses, those whose address is not among them."""
     endpoints: list[spec.Endpoint] = []
     problems: list[str] = []
+    static = ({e.address for e in vs.backend} if isinstance(vs.backend, tuple) else None)
     for index, raw in enumerate((obj.get("status") or {}).get("realServers") or []):
         try:
             if not isinstance(raw, Mapping):
@@ -390,6 +526,10 @@ def _endpoints(obj: Mapping[str, Any]) -> tuple[list[spec.Endpoint], list[str]]:
             entry = realservers.RealServerStatus.from_json(raw)
         except ValueError as e:
             problems.append(f"status.realServers[{index}] skipped: {e}")
+            continue
+        if static is not None and entry.ip not in static:
+            problems.append(f"status.realServers[{index}] skipped: {entry.ip} is not among "
+                            "spec.backend.addresses (the controller publishes only those)")
             continue
         if entry.ready or entry.weight > 0:
             endpoints.append(entry.endpoint())

@@ -7,9 +7,15 @@ server reads the kernel under the same lock.
 The loop is level-based: every sync computes the whole desired state from the caches and
 converges to it, so a burst of events is one sync and a missed event is healed by the next
 one. It syncs
-- only after the first lists are complete (VirtualServers, its Node, the directors'
-  Leases: an agent that starts never withdraws what it has not yet listed), and not at all
-  while its Node object is missing;
+- only after the first lists are complete (VirtualServers, its Node, the VIP pools, the
+  Namespaces' labels, the directors' Leases: an agent that starts never withdraws what it
+  has not yet listed, nor programs on a partial view of the pools), and not at all while
+  its Node object is missing;
+- when a VIP pool or a Namespace's labels change: every VirtualServer is admitted by the
+  pools (`desired.Gate`) before anything is programmed for it, whatever its status says
+  (deny by default: with no pools at all, nothing is programmed). One this director refuses
+  although its status asks for it (a forged or stale status) is withdrawn, logged and told
+  in a Warning Event, once per refusal;
 - when the election's view changes (`lease`: a director's Lease appears or expires, this
   one fences itself or becomes ready), and when another director's role changes (handover);
 - when a cache changed, at most once per `min_interval_seconds`;
@@ -149,6 +155,13 @@ class Agent:
         self._term = ""  # the election term of the last sync's roles (see election.Claim)
         self._nat = False  # whether ip_forward has been asked for
         self._node_missing = False  # said so in the log already
+        # The VIP pools and the Namespaces' labels admit VirtualServers (`desired.Gate`);
+        # the gate is made anew when they changed (`_gate_stale`), else kept with its
+        # verdicts (in `_parsed`).
+        self._gate = desired.Gate()
+        self._gate_stale = True
+        self._invalid_pools: set[desired.InvalidPool] = set()  # logged already
+        self._refused: dict[str, str] = {}  # refusals told already: namespace/name -> why
         watch_settings = settings.watch
         self.virtualservers = watch.Reflector(
             "virtualservers",
@@ -169,7 +182,29 @@ class Agent:
                                  read_timeout=watch_settings.read_timeout_seconds),
             transform=watch.keep,
             # kubelet heartbeats change the Node's status, not its labels
-            on_change=self._wake_on(desired.node_labels),
+            on_change=self._wake_on(desired.labels_of),
+            on_synced=self._wake.set,
+            backoff_max=watch_settings.backoff_max_seconds)
+        # The VIP pools (cluster-scoped, few: whole objects) and the Namespaces' labels
+        # (pools select namespaces by label; only the labels are kept).
+        self.pools = watch.Reflector(
+            "vippools",
+            lister=api.lister(client.VIPPOOLS),
+            watcher=api.watcher(client.VIPPOOLS,
+                                 timeout_seconds=watch_settings.timeout_seconds,
+                                 read_timeout=watch_settings.read_timeout_seconds),
+            transform=watch.keep,
+            on_change=self._gate_changed,
+            on_synced=self._wake.set,
+            backoff_max=watch_settings.backoff_max_seconds)
+        self.namespaces = watch.Reflector(
+            "namespaces",
+            lister=api.lister(client.NAMESPACES),
+            watcher=api.watcher(client.NAMESPACES,
+                                 timeout_seconds=watch_settings.timeout_seconds,
+                                 read_timeout=watch_settings.read_timeout_seconds),
+            transform=desired.labels_of,
+            on_change=self._gate_changed,
             on_synced=self._wake.set,
             backoff_max=watch_settings.backoff_max_seconds)
         # This director's Lease and everyone's: who holds which VIP (`election`); None
@@ -206,7 +241,7 @@ class Agent:
             host, port = split_address(self.settings.metrics_address)
             server = metrics.serve(host, port, self.registry)
         threads = [threading.Thread(target=r.run, name=r.name, daemon=True)
-                   for r in (self.virtualservers, self.node)]
+                   for r in self._reflectors()]
         for thread in threads:
             thread.start()
         self.health.start()
@@ -227,7 +262,7 @@ class Agent:
                 self._loop()
         finally:
             self._leave()
-            for reflector in (self.virtualservers, self.node):
+            for reflector in self._reflectors():
                 reflector.stop()
             self.health.stop()
             if self.keepalived is not None:
@@ -256,9 +291,12 @@ class Agent:
             table = self.ipvs.dump()
         return metrics.Scrape(table, dict(self._owners), self.health.statuses())
 
+    def _reflectors(self) -> tuple[watch.Reflector[Any], ...]:
+        return (self.virtualservers, self.node, self.pools, self.namespaces)
+
     def _wait_for_lists(self) -> bool:
         """Wait until the reflectors have listed; return False when stopped first."""
-        while not (self.virtualservers.synced.is_set() and self.node.synced.is_set()
+        while not (all(r.synced.is_set() for r in self._reflectors())
                    and (self.leases is None or self.leases.synced.is_set())):
             if self._stopping.is_set():
                 return False
@@ -292,6 +330,27 @@ class Agent:
                 self._wake.set()
         return changed
 
+    def _gate_changed(self, key: watch.Key, old: object, new: object) -> None:
+        """A VIP pool or a Namespace's labels changed: admit again at the next sync."""
+        self._gate_stale = True
+        self._wake.set()
+
+    def _admission(self) -> desired.Gate:
+        """Return the gate of the pools and Namespace labels cached now: the last one
+        while neither changed. Logs each invalid pool once per resourceVersion."""
+        if not self._gate_stale:
+            return self._gate
+        self._gate_stale = False  # before the snapshots: a change from here on counts
+        namespaces = {key.name: labels for key, labels in self.namespaces.snapshot().items()}
+        self._gate = desired.Gate.of(self.pools.snapshot().values(), namespaces,
+                                     previous=self._gate)
+        invalid = set(self._gate.invalid)
+        for pool in sorted(invalid - self._invalid_pools, key=lambda p: p.name):
+            log.error("VIPPool %s (resourceVersion %s) is invalid and admits nothing: %s",
+                      pool.name, pool.version, pool.message)
+        self._invalid_pools = invalid
+        return self._gate
+
     def _virtualservers(self) -> dict[str, watch.Object]:
         """Return the cached VirtualServers by `namespace/name` (`str` of their
         `watch.Key`). The agent's programs, health targets and reports are keyed by
@@ -316,7 +375,8 @@ class Agent:
                 self.leases.set_owner([])  # or the garbage collector deletes its Lease
             return self.settings.sync.retry_seconds
         self._node_missing = False
-        labels = desired.node_labels(node)
+        labels = desired.labels_of(node)
+        gate = self._admission()
         view = decide = None
         fallback = self.settings.interface or self._default_interface()
         plan: keepalived.Plan | None = None
@@ -326,7 +386,7 @@ class Agent:
             view = self.leases.view()
             if self.keepalived is not None:
                 self._fallback = fallback
-                plan = self._vrrp_plan(objects, labels, view, fallback, full=full)
+                plan = self._vrrp_plan(objects, labels, gate, view, fallback, full=full)
                 self._alone = set(plan.alone)
                 self._assume_states(plan)
                 decide = role.vrrp_states(plan.instance_of, plan.alone,
@@ -336,7 +396,7 @@ class Agent:
                 held = {vip for vips in self._safe_load().vips.values() for vip in vips}
                 decide = role.elected(view, held=held)
         wanted = desired.build(
-            objects.values(), node=self.settings.node, labels=labels,
+            objects.values(), node=self.settings.node, labels=labels, gate=gate,
             default_interface=fallback, unhealthy=self.health.unhealthy(), decide=decide,
             cache=self._parsed)
         self._wanted = wanted
@@ -385,6 +445,7 @@ class Agent:
         for ident, why in sorted(wanted.withdrawn.items()):
             log.debug("%s: withdrawn: %s", ident, why)
         reported = self._report(objects, wanted, errors, node_errors)
+        self._tell_refused(objects, wanted)
         t_end = time.monotonic()
         log.debug("sync took %.1f ms: desired state %.1f, kernel and VIPs %.1f, sync daemons "
                   "and announcements %.1f, status %.1f", (t_end - started) * 1e3,
@@ -539,12 +600,13 @@ class Agent:
     # --- VRRP (keepalived) ---------------------------------------------------------------------
 
     def _vrrp_plan(self, objects: Mapping[str, watch.Object], labels: Mapping[str, str],
-                   view: election.View, fallback: str | None, *,
+                   gate: desired.Gate, view: election.View, fallback: str | None, *,
                    full: bool = True) -> keepalived.Plan:
-        """Return the VRRP instances for every VirtualServer of the site and every director
-        with a Lease (live or not: a director the API server has not heard from lately may
-        only be cut off from the API server; VRRP judges liveness); publish this director's
-        VRRP address in its Lease."""
+        """Return the VRRP instances for every VirtualServer of the site that `gate`
+        admits, with the directors its pool gives it (every director must compute the same
+        table), and every director with a Lease (live or not: a director the API server has
+        not heard from lately may only be cut off from the API server; VRRP judges
+        liveness); publish this director's VRRP address in its Lease."""
         assert self.keepalived is not None and self.leases is not None
         interface, address = self._vrrp_endpoint(fallback, full=full)
         self.leases.set_address(str(address) if address else "")
@@ -553,7 +615,7 @@ class Agent:
         members[self.settings.node] = vrrp.Member(self.settings.node, address, labels)
         wants = []
         for _, parsed in self._parsed.parse(objects.values()):
-            vs = parsed.vs
+            vs = parsed.verdict(gate).vs if parsed.vs is not None else None
             if vs is not None:
                 wants.append(vrrp.Want(vs.vip, vs.directors.node_selector))
         plan = self.keepalived.plan(wants, members, address=address, interface=interface)
@@ -620,7 +682,8 @@ class Agent:
             return
         interfaces = {self._fallback, self.settings.ha.vrrp.interface} | {
             (obj.get("spec") or {}).get("directors", {}).get("interface")
-            for obj in self.virtualservers.snapshot().values()}
+            for obj in self.virtualservers.snapshot().values()} | {
+            p.directors.interface for p in self._gate.pools}
         present: set[IPAddress] = set()
         for name in sorted(i for i in interfaces if isinstance(i, str) and i):
             try:
@@ -821,6 +884,28 @@ class Agent:
                 continue  # the API server would refuse it: no retry every few seconds
             ok = self._write(obj, want, previous=current) and ok
         return ok
+
+    def _tell_refused(self, objects: Mapping[str, watch.Object],
+                      wanted: desired.Desired) -> None:
+        """Log, and tell in a Warning Event on the VirtualServer, each refusal of the gate
+        that its status contradicts (`Desired.refused`), once per refusal: its reason is
+        the verdict's (`pools.REASONS`)."""
+        told = {}
+        for ident, verdict in sorted(wanted.refused.items()):
+            told[ident] = verdict.message
+            obj = objects.get(ident)
+            if self._refused.get(ident) == verdict.message or obj is None:
+                continue
+            message = (f"not programmed: {verdict.message} (its status asks the directors "
+                       "to program it, but no VIP pool admits it)")
+            log.warning("VirtualServer %s: %s", ident, message)
+            try:
+                events.post(self.api, report.event(obj, node=self.settings.node,
+                                                   message=message, now=self._now(),
+                                                   reason=verdict.reason))
+            except client.ApiError as e:
+                log.warning("cannot post an Event on %s: %s", ident, e)
+        self._refused = told
 
     def _write(self, obj: watch.Object, want: report.Report | None, *,
                previous: Mapping[str, object] | None) -> bool:

@@ -54,17 +54,25 @@ class Claimant:
 
 @dataclass(frozen=True)
 class Conflict:
-    """`key`, claimed by a VirtualServer, is held by `holder` (namespace/name), older."""
+    """`key`, claimed by a VirtualServer of `namespace`, is held by `holder`
+    (namespace/name), older."""
 
     key: ServiceKey
     holder: str
+    namespace: str = field(default="", compare=False)
 
     @property
     def message(self) -> str:
-        """Return what a person reads in the Conflict condition."""
-        return (f"{self.key} is already claimed by VirtualServer {self.holder}, which is "
-                "older: use another VIP or port here, or remove it from the other; this one "
-                "takes over by itself when the other lets go")
+        """Return what a person reads in the Conflict condition. A holder of another
+        namespace is not named: the reader may not be allowed to see it (VIPs shared across
+        namespaces with a sharing key)."""
+        if self.holder.partition("/")[0] == self.namespace:
+            who, fix = f"VirtualServer {self.holder}", "or remove it from the other"
+        else:
+            who, fix = ("a VirtualServer of another namespace sharing this VIP",
+                        "or agree on the ports with the other namespace")
+        return (f"{self.key} is already claimed by {who}, which is older: use another VIP "
+                f"or port here, {fix}; this one takes over by itself when the other lets go")
 
 
 def conflict(claimant: Claimant, rivals: Iterable[Claimant]) -> Conflict | None:
@@ -83,7 +91,7 @@ def conflict(claimant: Claimant, rivals: Iterable[Claimant]) -> Conflict | None:
     for key in sorted(claimant.keys, key=ServiceKey.sort_key):
         holders = [r for r in older if key in r.keys]
         if holders:
-            return Conflict(key, min(holders, key=Claimant.age_key).id)
+            return Conflict(key, min(holders, key=Claimant.age_key).id, claimant.namespace)
     return None
 
 

@@ -75,6 +75,7 @@ PROTOCOLS = {p.name: p for p in Protocol}
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # a DNS-1035 label
 _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
 _INTERFACE = re.compile(r"[!-.0-9;-~]{1,15}")  # printable ASCII but '/' and ':'
+_SHARING_KEY = _PORT_NAME  # a DNS-1123 label too
 _HTTP_PATH = re.compile(r"/[!-~]*")
 _LABEL_KEY = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -85,6 +86,7 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _SPEC_FIELDS = frozenset({
     "vip", "ports", "forwarding", "tunnel", "scheduler", "persistence", "onePacket",
     "backend", "weight", "connectionLimits", "directors", "healthCheck", "drain",
+    "sharingKey",
 })
 _PORT_FIELDS = frozenset({"port", "protocol", "targetPort"})
 _TUNNEL_FIELDS = frozenset({"type", "port", "checksum"})
@@ -196,6 +198,7 @@ class VirtualServer:
     directors: Directors = _ALL_DIRECTORS
     health_check: HealthCheck | None = None
     drain_timeout_seconds: int = DEFAULT_DRAIN_SECONDS
+    sharing_key: str = ""
     # The keys of `ports`, built once: a bulk file's keys are claimed, then made into
     # services, and each new key object would compute its hash again.
     _keys: tuple[ServiceKey, ...] = field(init=False, repr=False, compare=False)
@@ -322,8 +325,19 @@ class _Parser:
             directors=self._directors(),
             health_check=self._health_check(),
             drain_timeout_seconds=self._drain(),
+            sharing_key=self._sharing_key(),
         )
         return vs
+
+    def _sharing_key(self) -> str:
+        raw = self.spec.get("sharingKey")
+        if raw is None:
+            return ""
+        if not isinstance(raw, str) or not _SHARING_KEY.fullmatch(raw):
+            raise SpecError("spec.sharingKey", f"{raw!r} is not a sharing key: 1 to 63 "
+                            "lower-case letters, digits and '-', starting and ending with a "
+                            "letter or digit")
+        return raw
 
     def _ports(self, forwarding: Forwarding) -> tuple[Port, ...]:
         raw = _list(self.spec.get("ports"), "spec.ports", required=True, most=MAX_PORTS)
@@ -651,6 +665,15 @@ def _netmask(raw: object, vip: IPAddress) -> int:
     hint = "a dotted mask like 255.255.255.0 or a prefix length from 1 to 32" \
         if vip.version == 4 else "a prefix length from 1 to 128 (the VIP is IPv6)"
     raise SpecError(path, f"{raw!r} is not a valid netmask: use {hint}")
+
+
+def parse_address(raw: object, path: str) -> IPAddress:
+    """Return the address `raw` names, as `spec.vip` accepts it.
+
+    Raises:
+        SpecError: naming `path` when it is not one.
+    """
+    return _address(raw, path, required=True)
 
 
 def _address(raw: object, path: str, *, required: bool = False) -> IPAddress:

@@ -2,7 +2,8 @@
 
 It resolves every VirtualServer's backend to the real servers each director must program,
 writes them to `status.realServers` with conditions and Events, and serves the Pod webhook
-that injects `realserver-init` into real-server pods.
+that injects `realserver-init` into real-server pods and the validating webhook that refuses
+VirtualServers outside their namespace's VIP pools.
 
 - `settings`: what the controller is told (its command-line options).
 - `handlers`: the kopf glue: credentials (`credentials`), the `@kopf.on.event` handler
@@ -14,8 +15,11 @@ that injects `realserver-init` into real-server pods.
 - `leader`: leader election among replicas on a Lease (only the leader writes).
 - `resolve` (pure): a backend Service and its EndpointSlices -> `status.realServers`.
 - `report` (pure): the status fields the controller owns, and the Events worth posting.
-- `admission` (pure): which pods the webhook prepares, and the patch.
-- `webhook`: the webhook server and its TLS material.
+- `admission` (pure): which pods the Pod webhook prepares, and the patch.
+- `validation` (pure): which VirtualServer writes the validating webhook refuses (VIP pools,
+  VIP claims), and its configuration.
+- `webhook`: the server of both webhooks, their reads from the API server, and the TLS
+  material.
 
 One client style: the synchronous `kube.client.Client` (shared with the agent), called from
 a small thread pool so that kopf's event loop never blocks on the network.

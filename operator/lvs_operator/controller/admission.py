@@ -468,27 +468,30 @@ def webhook_configuration(
 
 
 def service_client_config(service: str, namespace: str, ca_pem: bytes | None = None,
-                          *, port: int = 443) -> dict[str, Any]:
+                          *, port: int = 443, path: str = WEBHOOK_PATH) -> dict[str, Any]:
     """Return a webhook `clientConfig` reaching the webhook through a Service (in a cluster).
 
-    The API server connects to `<service>.<namespace>.svc:<port>` and checks the serving
-    certificate against `ca_pem` (PEM; None leaves caBundle to be filled in later, e.g. by
-    cert-manager's CA injector or by the controller).
+    The API server connects to `<service>.<namespace>.svc:<port><path>` and checks the
+    serving certificate against `ca_pem` (PEM; None leaves caBundle to be filled in later,
+    e.g. by cert-manager's CA injector or by the controller). `path` picks the webhook: this
+    module's Pod webhook by default, `validation.WEBHOOK_PATH` for VirtualServers.
     """
     config: dict[str, Any] = {"service": {"name": service, "namespace": namespace,
-                                          "path": WEBHOOK_PATH, "port": port}}
+                                          "path": path, "port": port}}
     if ca_pem is not None:
         config["caBundle"] = base64.b64encode(ca_pem).decode("ascii")
     return config
 
 
-def url_client_config(base_url: str, ca_pem: bytes | None = None) -> dict[str, Any]:
-    """Return a webhook `clientConfig` with a URL (`https://host:port`, no path).
+def url_client_config(base_url: str, ca_pem: bytes | None = None, *,
+                      path: str = WEBHOOK_PATH) -> dict[str, Any]:
+    """Return a webhook `clientConfig` with a URL (`https://host:port`, no path; `path` is
+    added as in `service_client_config`).
 
     Only for an API server that cannot reach Services (a local test control plane without
     kube-proxy); in a cluster use `service_client_config`.
     """
-    config: dict[str, Any] = {"url": base_url.rstrip("/") + WEBHOOK_PATH}
+    config: dict[str, Any] = {"url": base_url.rstrip("/") + path}
     if ca_pem is not None:
         config["caBundle"] = base64.b64encode(ca_pem).decode("ascii")
     return config

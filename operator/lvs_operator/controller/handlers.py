@@ -73,6 +73,7 @@ async def run(settings: Settings) -> None:
                           namespace=hook.namespace, service_name=hook.service_name,
                           port=hook.port, cert_dir=hook.cert_dir, secret_name=hook.secret_name,
                           configuration_name=hook.configuration_name,
+                          validating_configuration_name=hook.validating_configuration_name,
                           extra_sans=hook.extra_sans, image_pull_policy=hook.image_pull_policy,
                           api=api)
     # An identity of our own: kopf's default asks getpass.getuser(), which raises under a

@@ -2,7 +2,8 @@
 
 A VirtualServer is kept as an `Entry` (its spec parsed once per generation, by `Parser`);
 Services and EndpointSlices as the few fields `resolve` and the webhook read
-(`compact_service`, `compact_slice`): a cluster's worth of EndpointSlices stays small.
+(`compact_service`, `compact_slice`): a cluster's worth of EndpointSlices stays small;
+VIPPools and VIPClaims parsed (`compact_pool`, `compact_claim`); Namespaces as their labels.
 Every object given here is fresh from JSON and never changed afterwards, so parts of it are
 kept, not copied.
 """
@@ -13,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lvs_operator.api import spec
+from lvs_operator.api import claims, conditions, pools, spec
 from lvs_operator.api.conflicts import Claimant
-from lvs_operator.controller import resolve
+from lvs_operator.controller import loadbalancer, resolve
 from lvs_operator.kube import watch
 
 
@@ -32,6 +33,7 @@ class Entry:
     deleting: bool
     parsed: spec.VirtualServer | spec.SpecError
     status: Mapping[str, Any]
+    owner: str = ""  # the uid of the Service that controls it ("": none does)
 
     @property
     def key(self) -> watch.Key:
@@ -49,6 +51,15 @@ class Entry:
         if vs is None or self.deleting:
             return None
         return Claimant.of(vs, created=self.created)
+
+    @property
+    def refused_before(self) -> bool:
+        """Return whether its stored Ready condition says another namespace owned its VIP
+        (sticky: see `claims`)."""
+        for condition in self.status.get("conditions") or []:
+            if isinstance(condition, Mapping) and condition.get("type") == conditions.READY:
+                return condition.get("reason") == claims.VIP_IN_USE
+        return False
 
 
 class Parser:
@@ -82,18 +93,37 @@ class Parser:
             resource_version=str(meta.get("resourceVersion", "")),
             created=str(meta.get("creationTimestamp", "")),
             deleting=bool(meta.get("deletionTimestamp")),
-            parsed=self.parse(body), status=body.get("status") or {})
+            parsed=self.parse(body), status=body.get("status") or {},
+            owner=next((str(r.get("uid", "")) for r in meta.get("ownerReferences") or []
+                        if r.get("controller") and r.get("kind") == "Service"
+                        and r.get("apiVersion") == "v1"), ""))
 
     def forget(self, uid: str) -> None:
         """Drop what is cached for a deleted object."""
         self._parsed.pop(uid, None)
 
 
+_LOAD_BALANCER_FIELDS = ("loadBalancerClass", "ipFamilies", "loadBalancerIP")
+
+
 def compact_service(body: Mapping[str, Any]) -> dict[str, Any]:
     """Return what the controller (and the webhook) need of a Service (`body` is fresh from
     JSON and never changed: parts of it are kept, not copied)."""
     svc = body.get("spec") or {}
-    return {"spec": {k: svc[k] for k in ("type", "ports", "selector") if k in svc}}
+    compact: dict[str, Any] = {"spec": {k: svc[k] for k in ("type", "ports", "selector")
+                                        if k in svc}}
+    if svc.get("type") != "LoadBalancer":
+        return compact
+    # What serving it as a load balancer takes (`loadbalancer`): only for these Services.
+    meta = body.get("metadata") or {}
+    compact["spec"].update({k: svc[k] for k in _LOAD_BALANCER_FIELDS if k in svc})
+    compact["metadata"] = {
+        "namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
+        "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                        if k.startswith(loadbalancer.PREFIX)}}
+    compact["status"] = {"loadBalancer": (body.get("status") or {}).get("loadBalancer") or {}}
+    return compact
 
 
 def compact_slice(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,3 +140,34 @@ def compact_slice(body: Mapping[str, Any]) -> dict[str, Any]:
         })
     return {"service": resolve.service_of(body), "addressType": body.get("addressType"),
             "ports": body.get("ports") or [], "endpoints": endpoints}
+
+
+def compact_pool(body: Mapping[str, Any]) -> pools.Pool | spec.SpecError:
+    """Return a VIPPool parsed, or why it is invalid (an invalid pool admits nothing)."""
+    try:
+        return pools.parse(body)
+    except spec.SpecError as error:
+        return error
+
+
+def compact_claim(body: Mapping[str, Any]) -> claims.Claim | None:
+    """Return a VIPClaim parsed, or None when it is not one the controller can read."""
+    try:
+        return claims.Claim.from_object(body)
+    except ValueError:
+        return None
+
+
+def namespace_labels(body: Mapping[str, Any]) -> dict[str, str]:
+    """Return a Namespace's labels."""
+    return dict((body.get("metadata") or {}).get("labels") or {})
+
+
+def update_index(index: dict[Any, set[Any]], at: Any, value: Any, *, add: bool) -> None:
+    """Add `value` to, or remove it from, the set `index[at]` (dropping an emptied set)."""
+    if add:
+        index.setdefault(at, set()).add(value)
+    elif at in index:
+        index[at].discard(value)
+        if not index[at]:
+            del index[at]

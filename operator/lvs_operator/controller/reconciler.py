@@ -45,14 +45,24 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from lvs_operator.api import API_VERSION, KIND, PLURAL, conditions, conflicts, spec
+from lvs_operator.api import API_VERSION, KIND, PLURAL, claims, conditions, conflicts, pools, spec
 from lvs_operator.api.conflicts import Claimant
 from lvs_operator.controller import admission, report, resolve
+from lvs_operator.controller.balancers import LoadBalancers, ServiceRef
 from lvs_operator.controller.leader import Leader
-from lvs_operator.controller.objects import Entry, Parser, compact_service, compact_slice
+from lvs_operator.controller.objects import (
+    Entry,
+    Parser,
+    compact_claim,
+    compact_pool,
+    compact_service,
+    compact_slice,
+    namespace_labels,
+)
+from lvs_operator.controller.objects import update_index as _update
 from lvs_operator.controller.settings import Settings
 from lvs_operator.kube import client, events, watch
-from lvs_operator.model import ServiceKey
+from lvs_operator.model import IPAddress, ServiceKey
 
 FIELD_MANAGER = "lvs-operator-controller"  # the server-side apply owner of our status fields
 REPORTING_CONTROLLER = "lvs.dev/controller"  # who posts the Events
@@ -79,16 +89,6 @@ def watch_paths(prefix: str, plural: str, namespaces: Iterable[str]) -> dict[str
     return paths or {"": f"{prefix}/{plural}"}
 
 
-def _update(index: dict[Any, set[Key]], at: Any, key: Key, *, add: bool) -> None:
-    """Add `key` to, or remove it from, the set `index[at]` (dropping an emptied set)."""
-    if add:
-        index.setdefault(at, set()).add(key)
-    elif at in index:
-        index[at].discard(key)
-        if not index[at]:
-            del index[at]
-
-
 class Controller:
     """The reconciler: changes in, statuses and Events out, while it holds the Lease.
 
@@ -106,13 +106,19 @@ class Controller:
         self.caches: dict[str, dict[str, watch.Reflector[Any]]] = {}
         # Reverse maps kept from the changes, to find what a change concerns.
         self.claims: dict[ServiceKey, set[Key]] = {}
+        self.by_vip: dict[IPAddress, set[Key]] = {}  # VIP -> VirtualServers asking for it
+        # VIPClaims this controller wrote whose echo has not come through the watch yet
+        # (None: deleted); the watch's next word on an address replaces it.
+        self._claims_written: dict[IPAddress, claims.Claim | None] = {}
+        self._vip_locks: dict[IPAddress, asyncio.Lock] = {}  # one claim write at a time
+        self._pools: list[pools.Pool] | None = None  # the valid pools (None: to rebuild)
         self.backends: dict[Key, set[Key]] = {}  # Service -> VirtualServers using it
         self.slices_of: dict[Key, set[Key]] = {}  # Service -> its EndpointSlices
         # The conflicts found by the last reconcile of each VirtualServer: key -> holder id.
         self.conflicted: dict[Key, str] = {}
-        self._pending: set[Key] = set()
-        self._running: dict[Key, asyncio.Task[None]] = {}
-        self._failures: dict[Key, int] = {}
+        self._pending: set[Key | ServiceRef] = set()
+        self._running: dict[Key | ServiceRef, asyncio.Task[None]] = {}
+        self._failures: dict[Key | ServiceRef, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._synced = asyncio.Event()
@@ -128,6 +134,8 @@ class Controller:
         # The generation of each VirtualServer whose selected pods were checked for the
         # real-server setup (with the webhook on): once per generation; forgotten on delete.
         self._pods_checked: dict[Key, int] = {}
+        self.field_manager = FIELD_MANAGER
+        self.balancers = LoadBalancers(self)  # the LoadBalancer Services it serves
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -143,22 +151,37 @@ class Controller:
                                self.slice_changed),
         }
         for kind, (prefix, plural, compact, on_change) in kinds.items():
-            self.caches[kind] = {}
             for namespace, path in watch_paths(prefix, plural, self.settings.namespaces).items():
-                reflector: watch.Reflector[Any] = watch.Reflector(
-                    f"{kind} ({path})", lister=self.api.lister(path),
-                    watcher=self.api.watcher(path), transform=compact,
-                    on_change=self._in_loop(on_change),
-                    on_synced=self._in_loop(self._reflector_synced))
-                self.caches[kind][namespace] = reflector
-                self._unsynced += 1
-                thread = threading.Thread(target=reflector.run, name=f"watch {kind}",
-                                          daemon=True)
-                self._threads.append(thread)
-                thread.start()
+                self._reflect(kind, namespace, path, compact, on_change)
+        # Cluster-scoped, watched whole even by a controller limited to some namespaces:
+        # pools decide which VIPs a namespace may have, claims who owns each VIP, and pools
+        # may select namespaces by label.
+        self._reflect("vippools", "", f"/apis/{API_VERSION}/{pools.PLURAL}", compact_pool,
+                      self.pool_changed)
+        self._reflect("vipclaims", "", f"/apis/{API_VERSION}/{claims.PLURAL}", compact_claim,
+                      self.claim_changed)
+        self._reflect("namespaces", "", "/api/v1/namespaces", namespace_labels,
+                      self.namespace_changed)
         self._spawn(self._list_virtualservers())
         self.leader = Leader(self.api, self.settings, call=self.call)
         self._spawn(self.leader.run(self._lead))
+
+    def _reflect(self, kind: str, namespace: str, path: str,
+                 compact: Callable[[Mapping[str, Any]], Any],
+                 on_change: Callable[[Key, Any, Any], None]) -> None:
+        """Start a reflector of `path` (the objects of `kind` in `namespace`, "": all) in a
+        thread of its own, its changes handed to the loop."""
+        assert self.api is not None
+        reflector: watch.Reflector[Any] = watch.Reflector(
+            f"{kind} ({path})", lister=self.api.lister(path),
+            watcher=self.api.watcher(path), transform=compact,
+            on_change=self._in_loop(on_change),
+            on_synced=self._in_loop(self._reflector_synced))
+        self.caches.setdefault(kind, {})[namespace] = reflector
+        self._unsynced += 1
+        thread = threading.Thread(target=reflector.run, name=f"watch {kind}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     async def stop(self) -> None:
         """Release the Lease (so another replica takes over at once) and disconnect."""
@@ -260,6 +283,12 @@ class Controller:
     def _reconcile_all(self) -> None:
         for key in list(self.virtualservers):
             self.enqueue(key)
+        self.balancers.reconcile_all()
+        # Claims nobody asks for any more (their VirtualServers went while no controller
+        # led): settle them too.
+        for claim in list(self._claim_list()):
+            if not self.by_vip.get(claim.address):
+                self._settle_soon(claim.address)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -305,6 +334,7 @@ class Controller:
             if old is not None:
                 self.parser.forget(old.uid)
         self._index(key, old, new)
+        self.balancers.virtualserver_changed(old, new)
         if new is not None:
             self.enqueue(key)
         for entry in (old, new):
@@ -316,10 +346,57 @@ class Controller:
         for other, held_by in list(self.conflicted.items()):
             if held_by == holder:
                 self.enqueue(other)
+        gone = new is None or new.deleting
+        for entry in (old, new):
+            vs = entry.valid if entry is not None else None
+            if vs is not None:
+                for other in list(self.by_vip.get(vs.vip, ())):
+                    if other != key:
+                        self.enqueue(other)  # sharers, and a squatter's fate
+                if gone:
+                    self._settle_soon(vs.vip)  # its namespace may let the VIP go
+
+    def pool_changed(self, key: Key, old: Any, new: Any) -> None:
+        """A VIPPool changed: every VirtualServer may be admitted or refused anew."""
+        self._pools = None
+        if isinstance(new, spec.SpecError) and self.leading:
+            log.error("VIPPool %s is invalid and admits nothing: %s", key.name, new)
+        self._reconcile_all()
+
+    def claim_changed(self, key: Key, old: claims.Claim | None,
+                      new: claims.Claim | None) -> None:
+        """A VIPClaim changed: queue the VirtualServers of its VIP; settle a claim nobody
+        asks for (a VIPClaim deleted by hand is made again for its rightful owner by the
+        reconcile of its VirtualServers)."""
+        either = new or old
+        if either is None:
+            return  # not a claim this controller can read
+        address = either.address
+        # The watch has the last word; the echo of this controller's own write changes
+        # nothing it has not acted on already.
+        echo = address in self._claims_written and self._claims_written.pop(address) == new
+        if not echo:
+            for other in list(self.by_vip.get(address, ())):
+                self.enqueue(other)
+        self.balancers.claim_changed(old, new)
+        if new is not None and not self.by_vip.get(new.address):
+            self._settle_soon(new.address)
+
+    def namespace_changed(self, key: Key, old: Mapping[str, str] | None,
+                          new: Mapping[str, str] | None) -> None:
+        """A Namespace's labels changed: pools that select by label may decide otherwise."""
+        if old == new:
+            return
+        for other in list(self.virtualservers):
+            if other.namespace == key.name:
+                self.enqueue(other)
+        self.balancers.reconcile_all()  # pools may serve that namespace now, or no longer
 
     def service_changed(self, key: Key, old: Any, new: Any) -> None:
-        """Queue the VirtualServers whose backend is this Service."""
+        """Queue the VirtualServers whose backend is this Service, and the Service itself
+        when it is a LoadBalancer this controller serves."""
         self._backend_changed(key)
+        self.balancers.service_changed(key, old, new)
 
     def slice_changed(self, key: Key, old: Mapping[str, Any] | None,
                       new: Mapping[str, Any] | None) -> None:
@@ -343,12 +420,14 @@ class Controller:
             vs = entry.valid if entry is not None else None
             for claim in claimant.keys if claimant is not None else ():
                 _update(self.claims, claim, key, add=add)
+            if vs is not None:
+                _update(self.by_vip, vs.vip, key, add=add)
             if vs is not None and isinstance(vs.backend, spec.ServiceBackend):
                 _update(self.backends, Key(vs.namespace, vs.backend.name), key, add=add)
 
     # --- the queue ------------------------------------------------------------------------------
 
-    def enqueue(self, key: Key) -> None:
+    def enqueue(self, key: Key | ServiceRef) -> None:
         """Reconcile `key` soon; while it is being reconciled, once more afterwards."""
         if not self.leading or not self._synced.is_set():
             return  # a new leader, and the end of the first lists, reconcile everything
@@ -356,28 +435,31 @@ class Controller:
         if key not in self._running:
             self._running[key] = asyncio.create_task(self._work(key))
 
-    async def _work(self, key: Key) -> None:
+    async def _work(self, key: Key | ServiceRef) -> None:
         try:
             while key in self._pending:
                 self._pending.discard(key)
                 async with self._limit:
                     try:
-                        await self.reconcile(key)
+                        if isinstance(key, ServiceRef):
+                            await self.balancers.reconcile(key.service)
+                        else:
+                            await self.reconcile(key)
                     except (client.ApiError, RuntimeError) as error:
                         self._retry_later(key, error)
                     except Exception as error:  # a bug: say where, and keep the others going
-                        log.exception("VirtualServer %s: reconcile failed", key)
+                        log.exception("%s: reconcile failed", _what(key))
                         self._retry_later(key, error)
                     else:
                         self._failures.pop(key, None)
         finally:
             del self._running[key]
 
-    def _retry_later(self, key: Key, error: BaseException) -> None:
+    def _retry_later(self, key: Key | ServiceRef, error: BaseException) -> None:
         failures = self._failures.get(key, 0)
         delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
         self._failures[key] = failures + 1
-        log.warning("VirtualServer %s: %s; retrying in %.0f s", key, error, delay)
+        log.warning("%s: %s; retrying in %.0f s", _what(key), error, delay)
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
 
     # --- one VirtualServer ----------------------------------------------------------------------
@@ -395,6 +477,9 @@ class Controller:
         entry = self.virtualservers.get(key)
         if entry is not None and not entry.deleting and self.leading:
             self._check_pods(entry)
+            if entry.valid is not None:
+                # Grant its VIP first, if it may have it.
+                await self._settle(entry.valid.vip, reconciling=key)
         for _ in range(APPLY_ATTEMPTS):
             if entry is None or entry.deleting:
                 return
@@ -455,7 +540,8 @@ class Controller:
     def _desired(self, entry: Entry) -> dict[str, Any]:
         conflict = None
         resolution = None
-        claimant = entry.claimant()
+        refusal = self._refusal(entry)
+        claimant = entry.claimant() if refusal is None else None
         if claimant is not None:
             conflict = conflicts.conflict(claimant, self._rivals(claimant))
         if conflict is not None:
@@ -468,12 +554,149 @@ class Controller:
         return report.desired(generation=entry.generation, vs=entry.parsed,
                               resolution=resolution, conflict=conflict,
                               directors=entry.status.get("directors") or {},
-                              previous=entry.status, now=datetime.now(UTC))
+                              previous=entry.status, now=datetime.now(UTC), refusal=refusal)
 
     def _rivals(self, claimant: Claimant) -> list[Claimant]:
+        """Return the VirtualServers that claim a key of `claimant`'s, but those refused
+        their VIP: a refused squatter, however old, takes nothing from the VIP's owner."""
         keys = {other for key in claimant.keys for other in self.claims.get(key, ())}
-        entries = [self.virtualservers.get(key) for key in keys]
-        return [c for c in (e.claimant() for e in entries if e is not None) if c is not None]
+        entries = [e for e in (self.virtualservers.get(key) for key in keys)
+                   if e is not None and (e.key == Key(claimant.namespace, claimant.name)
+                                         or self._refusal(e) is None)]
+        return [c for c in (e.claimant() for e in entries) if c is not None]
+
+    # --- VIP pools and claims -------------------------------------------------------------------
+
+    def _pool_list(self) -> list[pools.Pool]:
+        if self._pools is None:
+            reflector = self.caches.get("vippools", {}).get("")
+            found = reflector.snapshot().values() if reflector is not None else ()
+            self._pools = [p for p in found if isinstance(p, pools.Pool)]
+        return self._pools
+
+    def _claim_list(self) -> list[claims.Claim]:
+        reflector = self.caches.get("vipclaims", {}).get("")
+        stored = {c.address: c for c in (reflector.snapshot().values() if reflector else ())
+                  if c is not None}
+        stored.update(self._claims_written)
+        return [c for c in stored.values() if c is not None]
+
+    def _claim(self, vip: IPAddress) -> claims.Claim | None:
+        """Return the claim on `vip`: the one just written, else the watched one."""
+        if vip in self._claims_written:
+            return self._claims_written[vip]
+        reflector = self.caches.get("vipclaims", {}).get("")
+        found = reflector.get(Key("", claims.name_of(vip))) if reflector is not None else None
+        return found if isinstance(found, claims.Claim) and found.address == vip else None
+
+    def _namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        """Return the labels of `namespace` (None: not known)."""
+        reflector = self.caches.get("namespaces", {}).get("")
+        return reflector.get(Key("", namespace)) if reflector is not None else None
+
+    def _admit(self, vs: spec.VirtualServer) -> pools.Verdict:
+        return pools.admit(vs, self._pool_list(), self._namespace_labels(vs.namespace))
+
+    def _refusal(self, entry: Entry) -> report.Refusal | None:
+        """Return why the pools or the VIP's owner refuse `entry`, or None."""
+        vs = entry.valid
+        if vs is None:
+            return None
+        verdict = self._admit(vs)
+        if verdict.vs is None:
+            return report.Refusal(verdict.reason, verdict.message)
+        why = claims.check(verdict.vs, self._claim(vs.vip),
+                           refused_before=entry.refused_before)
+        return report.Refusal(claims.VIP_IN_USE, why) if why else None
+
+    def _users(self, vip: IPAddress) -> list[claims.User]:
+        users = []
+        for key in self.by_vip.get(vip, ()):
+            entry = self.virtualservers.get(key)
+            vs = entry.valid if entry is not None else None
+            if entry is None or vs is None or entry.deleting:
+                continue
+            verdict = self._admit(vs)
+            users.append(claims.User(vs=verdict.vs or vs, created=entry.created,
+                                     pool=verdict.pool, refused=entry.refused_before))
+        return users
+
+    def _settle_soon(self, vip: IPAddress) -> None:
+        if self.leading and self._synced.is_set():
+            self._spawn(self._settle_or_retry(vip))
+
+    async def _settle_or_retry(self, vip: IPAddress) -> None:
+        try:
+            await self._settle(vip)
+        except client.ApiError as error:
+            log.warning("VIP %s: cannot write its claim: %s; retrying in %.0f s", vip, error,
+                        RETRY_DELAYS[1])
+            asyncio.get_running_loop().call_later(RETRY_DELAYS[1], self._settle_soon, vip)
+
+    async def _settle(self, vip: IPAddress, *, reconciling: Key | None = None) -> None:
+        """Create, hand over or delete the VIPClaim of `vip` as `claims.settle` says (one
+        write per VIP at a time; only the leader writes), then queue the VirtualServers of
+        the VIP but `reconciling` (the one whose reconcile asks, which goes on).
+
+        Raises:
+            kube.client.ApiError: when the API server refuses (but for a lost race, after
+                which the claim is read again) or does not answer.
+        """
+        if not self.leading or not self._synced.is_set():
+            return
+        lock = self._vip_locks.setdefault(vip, asyncio.Lock())
+        async with lock:
+            stored = self._claim(vip)
+            action, claim = claims.settle(vip, stored, self._users(vip),
+                                          wanted=self.balancers.wanted(stored))
+            if not action or claim is None:
+                return
+            try:
+                self._claims_written[vip] = await self._write_claim(action, claim)
+            except client.ApiError as error:
+                if error.status not in (404, 409):
+                    raise
+                # Another writer was first (a former leader, an admin): read and go on.
+                self._claims_written[vip] = await self._read_claim(vip)
+            else:
+                self.balancers.claim_changed(stored, self._claims_written[vip])
+                log.info("VIP %s: claim %s (namespace %s)", vip,
+                         {"create": "granted", "replace": "handed over",
+                          "delete": "released"}[action], claim.namespace)
+            for other in list(self.by_vip.get(vip, ())):
+                if other != reconciling:
+                    self.enqueue(other)
+
+    async def _write_claim(self, action: str, claim: claims.Claim) -> claims.Claim | None:
+        """Create, replace (with `claim`'s resourceVersion as precondition) or delete
+        `claim`; return the claim stored afterwards (None: deleted).
+
+        Raises:
+            kube.client.ApiError: 409 when another writer was first, 404 when it is gone.
+        """
+        assert self.api is not None
+        base = f"/apis/{API_VERSION}/{claims.PLURAL}"
+        if action == "delete":
+            await self.call(self.api.request, "DELETE", f"{base}/{claim.name}", body={
+                "preconditions": {"resourceVersion": claim.resource_version}})
+            return None
+        if action == "create":
+            body = await self.call(self.api.request, "POST", base, body=claim.document())
+        else:
+            body = await self.call(self.api.request, "PUT", f"{base}/{claim.name}",
+                                   body=claim.document())
+        return compact_claim(body)
+
+    async def _read_claim(self, vip: IPAddress) -> claims.Claim | None:
+        assert self.api is not None
+        try:
+            body = await self.call(self.api.request, "GET",
+                                   f"/apis/{API_VERSION}/{claims.PLURAL}/{claims.name_of(vip)}")
+        except client.ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return compact_claim(body)
 
     def _resolve(self, vs: spec.VirtualServer) -> resolve.Resolution:
         if not isinstance(vs.backend, spec.ServiceBackend):
@@ -515,17 +738,29 @@ class Controller:
         return self.parser.entry(body)
 
     async def _post(self, entry: Entry, event: report.Event) -> None:
-        """Post `event` on the VirtualServer; a failure is logged, not retried (the status
-        says it all)."""
+        """Post `event` on the VirtualServer."""
+        await self._post_event(
+            {"apiVersion": API_VERSION, "kind": KIND, "name": entry.name,
+             "namespace": entry.namespace, "uid": entry.uid},
+            type=event.type, reason=event.reason, message=event.message,
+            action="UpdateStatus")
+
+    async def _post_event(self, regarding: Mapping[str, str], *, type: str, reason: str,
+                          message: str, action: str) -> None:
+        """Post an Event on the object `regarding`; a failure is logged, not retried (the
+        status says it all)."""
         assert self.api is not None
         body = events.event(
-            regarding={"apiVersion": API_VERSION, "kind": KIND, "name": entry.name,
-                       "namespace": entry.namespace, "uid": entry.uid},
-            type=event.type, reason=event.reason, note=event.message, action="UpdateStatus",
+            regarding=regarding, type=type, reason=reason, note=message, action=action,
             reporting_controller=REPORTING_CONTROLLER,
             reporting_instance=self.settings.identity, now=datetime.now(UTC))
         try:
             await self.call(events.post, self.api, body)
         except client.ApiError as error:
-            log.warning("VirtualServer %s: cannot post Event %s: %s", entry.key, event.reason,
-                        error)
+            log.warning("%s %s/%s: cannot post Event %s: %s", regarding.get("kind"),
+                        regarding.get("namespace"), regarding.get("name"), reason, error)
+
+
+def _what(key: Key | ServiceRef) -> str:
+    """Return a queue key for the log: `VirtualServer ns/name` or `Service ns/name`."""
+    return str(key) if isinstance(key, ServiceRef) else f"VirtualServer {key}"

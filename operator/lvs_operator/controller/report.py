@@ -12,7 +12,9 @@ for. The controller owns three of them:
 - Programmed: the active director reports the current generation without error (the agents
   write their reports to `status.directors`);
 - Ready: both, i.e. clients of the VIP are served; otherwise the reason of the first that is
-  not (InvalidSpec and Conflict come before everything else).
+  not (InvalidSpec, then a refusal by the VIP pools or the VIP's owner -- VIPNotAllowed,
+  ForwardingNotAllowed, DirectorsNotAllowed, BackendNotAllowed, VIPInUse -- then Conflict
+  come before everything else).
 Other conditions in `status.conditions` (the agents' VIPBound) are left alone.
 """
 
@@ -70,20 +72,36 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The VirtualServer may not have its VIP (or its terms): `reason` is one of
+    `pools.REASONS` or `claims.VIP_IN_USE`; `message` names the field and what to do."""
+
+    reason: str
+    message: str
+
+
 def desired(*, generation: int, vs: spec.VirtualServer | spec.SpecError,
             resolution: resolve.Resolution | None, conflict: Conflict | None,
             directors: Mapping[str, Any], previous: Mapping[str, Any],
-            now: datetime) -> dict[str, Any]:
+            now: datetime, refusal: Refusal | None = None) -> dict[str, Any]:
     """Return the status fields the controller owns (`OWNED`), as they should be now.
 
-    `vs` is the parsed spec or the error that parsing raised; `resolution` is required when
-    `vs` parsed and there is no `conflict`, and ignored otherwise. `directors` is
-    `status.directors`; `previous` is the stored status, whose transition times are kept
-    for conditions that did not change. An invalid or conflicting VirtualServer publishes
-    an empty `realServers`: the directors withdraw it.
+    `vs` is the parsed spec or the error that parsing raised; `refusal` says why its pools
+    or the VIP's owner refuse it; `resolution` is required when `vs` parsed and there is no
+    `refusal` or `conflict`, and ignored otherwise. `directors` is `status.directors`;
+    `previous` is the stored status, whose transition times are kept for conditions that
+    did not change. An invalid, refused or conflicting VirtualServer publishes an empty
+    `realServers`: the directors withdraw it.
     """
     reals: Sequence[realservers.RealServerStatus] = ()
-    if isinstance(vs, spec.SpecError):
+    if refusal is not None and not isinstance(vs, spec.SpecError):
+        resolved = Condition(REAL_SERVERS_RESOLVED, False, refusal.reason,
+                             f"{refusal.message}; no real servers are published meanwhile")
+        programmed = Condition(PROGRAMMED, False, refusal.reason,
+                               "directors do not program a VirtualServer its VIP pools or "
+                               "the VIP's owner refuse")
+    elif isinstance(vs, spec.SpecError):
         why = (f"{vs} (the object predates the CRD's validation or bypassed it: fix the "
                "field)")
         resolved = Condition(REAL_SERVERS_RESOLVED, False, INVALID_SPEC, why)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """How this replica serves the real-server Pod webhook (see `webhook.configure`)."""
+    """How this replica serves the webhooks: the real-server Pod webhook and the VirtualServer
+    validating webhook (see `webhook.configure`)."""
 
     image: str
     namespace: str
@@ -19,6 +20,7 @@ class WebhookSettings:
     cert_dir: str | None = None
     secret_name: str | None = None
     configuration_name: str | None = None
+    validating_configuration_name: str | None = None
     extra_sans: tuple[str, ...] = ()
     image_pull_policy: str | None = None
 
@@ -37,13 +39,18 @@ class Settings:
 
     kubeconfig: str | None = None
     namespaces: tuple[str, ...] = ()
-    webhook: WebhookSettings | None = None  # None: this replica serves no Pod webhook
+    webhook: WebhookSettings | None = None  # None: this replica serves no webhook
     lease_namespace: str = "default"
     lease_name: str = "lvs-operator-controller"
     identity: str = ""
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # The spec.loadBalancerClass of the LoadBalancer Services this controller serves, and
+    # whether it serves those without a class too (off: it may sit beside another
+    # implementation, such as the cloud's, that serves them).
+    load_balancer_class: str = "lvs.dev/ipvs"
+    load_balancer_default: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:

@@ -1,22 +1,36 @@
-"""The real-server Pod webhook: kopf glue around `controller.admission`.
+"""The controller's two admission webhooks: kopf glue around `controller.admission` (the
+real-server Pod webhook) and `controller.validation` (the VirtualServer webhook).
 
 `configure(settings, image=..., namespace=...)` registers a kopf mutating handler for pod
-creations and sets `settings.admission.server` to a TLS server on `host:port`. Each call of
-the handler reads what `admission.decide` needs and answers with its JSONPatch and warnings.
+creations and a validating handler for VirtualServer writes, and sets
+`settings.admission.server` to a TLS server on `host:port` that serves both (paths
+`/realserver-init` and `/virtualservers`). Each call of a handler reads what its pure decision
+needs and answers with it.
 
 Every replica answers. The controller runs kopf with `standalone=True` (no kopf peering):
 which replica leads is decided by the controller's own coordination.k8s.io Lease, and that
 gates only status writes and Events, not admission. (Admission is served by kopf's own root
 task, which even kopf peering never pauses: a cluster test checks that a frozen replica
-answers.) Nothing here is cached or taken from the controller's reflectors: each pod creation
-reads, namespace-scoped and fresh, the VirtualServers of the pod's namespace (the admission
-request's `namespace`, never the posted object's `metadata.namespace`; one LIST,
-usually empty: the end of it), and only if a DirectRouting or Tunnel VirtualServer is there,
-the Services those reference and the Namespace (its Pod Security label), concurrently. The
-reads use the controller's client (`kube.client`) in threads, with a deadline: if they fail,
-the pod is admitted unchanged with a warning (as `failurePolicy: Ignore` would) and the
-controller's `admission.pods_lacking_setup` names it later. The controller's RBAC must allow
-`list` virtualservers, `get` services and `get` namespaces.
+answers.) Nothing here is cached or taken from the controller's reflectors: every read is
+fresh, with a deadline (`lookup_timeout`), through the controller's client (`kube.client`) in
+threads, and namespaced by the admission request's `namespace`, never by the posted object's
+`metadata.namespace` (`in_request_namespace`).
+
+- Pods (`failurePolicy: Ignore`): each pod creation reads the VirtualServers of its namespace
+  (one LIST, usually empty: the end of it), and only if a DirectRouting or Tunnel
+  VirtualServer is there, the Services those reference and the Namespace (its Pod Security
+  label), concurrently. If the reads fail, the pod is admitted unchanged with a warning and
+  the controller's `admission.pods_lacking_setup` names it later.
+- VirtualServers (`failurePolicy: Fail`): each CREATE or UPDATE that changes `spec` reads
+  every VIPPool, the Namespace's labels and the VIP's VIPClaim, concurrently (VirtualServer
+  writes are rare: no cache is worth it), and refuses what `validation.decide` refuses, with
+  its message and HTTP status. If the reads fail, the write is refused too. **This webhook is
+  in the path of every VirtualServer write**: while no controller replica answers (or the
+  API server cannot reach one), VirtualServers can be neither created nor changed (deleting
+  them still works). The data plane never needs it: the agents keep serving what they have.
+
+The controller's RBAC must allow `list` virtualservers, `get` services and namespaces, and
+`list` vippools and `get` vipclaims.
 
 TLS, three ways (the API server only calls webhooks over HTTPS and checks the certificate
 against the webhook's `caBundle`):
@@ -31,9 +45,11 @@ against the webhook's `caBundle`):
   the names or expires within 30 days is replaced at start.
 - neither: generated in memory by this process, for one replica (and tests).
 
-With `configuration_name`, every replica writes the CA into the caBundle of each webhook of
-that MutatingWebhookConfiguration (created by the Helm chart with a `service:` client config)
-when it differs: the same value from every replica, so they never fight.
+With `configuration_name` (the MutatingWebhookConfiguration) and
+`validating_configuration_name` (the ValidatingWebhookConfiguration), both created by the Helm
+chart with a `service:` client config, every replica writes the CA into the caBundle of each
+webhook of those configurations when it differs: the same value from every replica, so they
+never fight.
 
 kopf's own self-signed certificates are not used: they need `certbuilder` and `oscrypto`,
 whose libcrypto detection fails with OpenSSL 3.0.19 here ("Error detecting the version of
@@ -64,8 +80,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lvs_operator.api import API_VERSION, PLURAL
-from lvs_operator.controller import admission
+from lvs_operator.api import API_VERSION, PLURAL, claims, pools
+from lvs_operator.controller import admission, validation
 from lvs_operator.kube import client
 
 logger = logging.getLogger(__name__)
@@ -292,20 +308,38 @@ class _API:
         """Replace a Secret (409 when its resourceVersion is stale)."""
         await self._call("PUT", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body)
 
-    async def webhook_configuration(self, name: str) -> dict[str, Any] | None:
-        """Return the MutatingWebhookConfiguration, or None if there is none."""
-        return await self._call("GET", f"{_WEBHOOK_CONFIGURATIONS}/{name}", missing_ok=True)
+    async def vippools(self) -> list[dict[str, Any]]:
+        """Return every VIPPool (none if the CRD is not installed: then nothing is allowed)."""
+        answer = await self._call("GET", f"/apis/{API_VERSION}/{pools.PLURAL}",
+                                  missing_ok=True)
+        return list((answer or {}).get("items") or [])
 
-    async def replace_webhook_configuration(self, name: str, body: dict[str, Any]) -> None:
-        """Replace the MutatingWebhookConfiguration (409 when stale)."""
-        await self._call("PUT", f"{_WEBHOOK_CONFIGURATIONS}/{name}", body=body)
+    async def vipclaim(self, name: str) -> dict[str, Any] | None:
+        """Return the VIPClaim `name`, or None if there is none."""
+        return await self._call("GET", f"/apis/{API_VERSION}/{claims.PLURAL}/{name}",
+                                missing_ok=True)
+
+    async def webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Return the webhook configuration of `kind` (`MUTATING`, `VALIDATING`), or None if
+        there is none."""
+        return await self._call("GET", f"{_CONFIGURATIONS[kind]}/{name}", missing_ok=True)
+
+    async def replace_webhook_configuration(self, kind: str, name: str,
+                                            body: dict[str, Any]) -> None:
+        """Replace the webhook configuration of `kind` (409 when stale)."""
+        await self._call("PUT", f"{_CONFIGURATIONS[kind]}/{name}", body=body)
 
     def is_conflict(self, error: BaseException) -> bool:
         """Return whether `error` is the API's 409 Conflict / AlreadyExists."""
         return isinstance(error, client.ApiError) and error.status == 409
 
 
-_WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+MUTATING = "MutatingWebhookConfiguration"
+VALIDATING = "ValidatingWebhookConfiguration"
+_CONFIGURATIONS = {
+    MUTATING: "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+    VALIDATING: "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+}
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -322,6 +356,7 @@ class Options:
     cert_dir: Path | None = None
     secret_name: str | None = None
     configuration_name: str | None = None
+    validating_configuration_name: str | None = None
     extra_sans: tuple[str, ...] = ()
     image_pull_policy: str | None = None
     lookup_timeout: float = LOOKUP_TIMEOUT
@@ -332,8 +367,9 @@ class Options:
         return [*service_names(self.service_name, self.namespace), *self.extra_sans]
 
 
-class RealServerWebhook(kopf.WebhookServer):
-    """kopf's HTTPS webhook server, with our TLS material and our admission decisions.
+class Webhooks(kopf.WebhookServer):
+    """kopf's HTTPS webhook server, with our TLS material and both webhooks' decisions (the
+    Pod webhook's `decide`, the VirtualServer webhook's `validate`).
 
     `ca_pem` is the CA bundle the API server must trust: known once the server has started
     (at once for generated material without a Secret).
@@ -362,7 +398,7 @@ class RealServerWebhook(kopf.WebhookServer):
         """Serve admission requests with `fn` (kopf's), yielding kopf's client configs.
 
         Resolves the TLS material first (reading or creating the shared Secret), then
-        publishes its CA into the webhook configuration, if one is named.
+        publishes its CA into the webhook configurations that are named.
         """
         workdir: Path | None = None
         try:
@@ -379,10 +415,11 @@ class RealServerWebhook(kopf.WebhookServer):
             async for client_config in super().__call__(in_request_namespace(fn)):
                 if self.options.cert_dir is not None:  # (re)started on renewed files
                     self.ca_pem = TLSMaterial.read(self.options.cert_dir).ca_pem
-                logger.info("real-server webhook serving on %s:%s", self.options.host,
-                            self.options.port)
-                if self.options.configuration_name is not None:
-                    await self._publish_ca_bundle(self.options.configuration_name)
+                logger.info("webhooks serving on %s:%s", self.options.host, self.options.port)
+                for kind, name in ((MUTATING, self.options.configuration_name),
+                                   (VALIDATING, self.options.validating_configuration_name)):
+                    if name is not None:
+                        await self._publish_ca_bundle(kind, name)
                 self.started.set()
                 yield client_config
         finally:
@@ -426,8 +463,9 @@ class RealServerWebhook(kopf.WebhookServer):
         raise RuntimeError(f"Secret {namespace}/{name} kept changing under us: gave up after "
                            f"{CONFLICT_RETRIES} tries")
 
-    async def _publish_ca_bundle(self, name: str) -> None:
-        """Set our CA as the caBundle of every webhook of the MutatingWebhookConfiguration.
+    async def _publish_ca_bundle(self, kind: str, name: str) -> None:
+        """Set our CA as the caBundle of every webhook of the configuration (`kind`: `MUTATING`
+        or `VALIDATING`) `name`.
 
         Logs (does not raise) when it is missing or cannot be written: the server still
         serves, and the log says why the API server cannot call it.
@@ -436,10 +474,10 @@ class RealServerWebhook(kopf.WebhookServer):
         bundle = base64.b64encode(self.ca_pem).decode("ascii")
         try:
             for _ in range(CONFLICT_RETRIES):
-                config = await self.api.webhook_configuration(name)
+                config = await self.api.webhook_configuration(kind, name)
                 if config is None:
-                    logger.warning("MutatingWebhookConfiguration %s does not exist: its CA "
-                                   "bundle cannot be set", name)
+                    logger.warning("%s %s does not exist: its CA bundle cannot be set", kind,
+                                   name)
                     return
                 webhooks = config.get("webhooks") or []
                 stale = [w for w in webhooks
@@ -449,16 +487,15 @@ class RealServerWebhook(kopf.WebhookServer):
                 for webhook in stale:
                     webhook.setdefault("clientConfig", {})["caBundle"] = bundle
                 try:
-                    await self.api.replace_webhook_configuration(name, config)
+                    await self.api.replace_webhook_configuration(kind, name, config)
                 except Exception as error:
                     if self.api.is_conflict(error):
                         continue
                     raise
-                logger.info("CA bundle of MutatingWebhookConfiguration %s set", name)
+                logger.info("CA bundle of %s %s set", kind, name)
                 return
         except Exception as error:
-            logger.error("cannot set the CA bundle of MutatingWebhookConfiguration %s: %s",
-                         name, error)
+            logger.error("cannot set the CA bundle of %s %s: %s", kind, name, error)
 
     async def decide(self, pod: Mapping[str, Any], namespace: str) -> admission.Decision:
         """Return `admission.decide` for `pod`, reading what it needs from the API server.
@@ -491,19 +528,64 @@ class RealServerWebhook(kopf.WebhookServer):
                                 image_pull_policy=self.options.image_pull_policy)
 
 
+    async def validate(self, operation: str, document: Mapping[str, Any],
+                       old: Mapping[str, Any] | None, namespace: str) -> validation.Decision:
+        """Return whether this VirtualServer write (`operation` of `document` in `namespace`,
+        the request's; `old` the stored object for an UPDATE) may go on.
+
+        Reads, concurrently and within the lookup deadline, every VIPPool, the Namespace's
+        labels and the VIP's VIPClaim, and asks `validation.decide`. Never raises: when a read
+        fails or times out, the write is refused (`validation.lookup_failed`), as the
+        configuration's `failurePolicy: Fail` would do without an answer.
+        """
+        why = validation.exempt(operation, document, old)
+        if why:
+            return validation.Decision(True, reason=why)
+        vs = validation.parse(document, namespace=namespace)
+        if isinstance(vs, validation.Decision):
+            return vs
+        try:
+            pool_documents, labels, claim = await asyncio.wait_for(asyncio.gather(
+                self.api.vippools(), self.api.namespace_labels(namespace),
+                self.api.vipclaim(claims.name_of(vs.vip))), self.options.lookup_timeout)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            return validation.lookup_failed(reason[:200])
+        return validation.decide(vs, pool_documents=pool_documents, namespace_labels=labels,
+                                 claim_document=claim)
+
+
 def in_request_namespace(fn: Any) -> Any:
     """Return kopf's admission function `fn` fed each review with its objects in the
     request's namespace (`admission.in_request_namespace`): kopf gives handlers the posted
-    object's `metadata.namespace` as `namespace`."""
+    object's `metadata.namespace` as `namespace`. Its answers get a refusal's `reason`
+    (`with_reason`)."""
 
     async def scoped(request: Mapping[str, Any], **kwargs: Any) -> Any:
-        return await fn(admission.in_request_namespace(request), **kwargs)
+        return with_reason(await fn(admission.in_request_namespace(request), **kwargs))
 
     return scoped
 
 
+# The Status reasons of the refusal codes, as the API server's own errors name them.
+_REASONS = {validation.FORBIDDEN: "Forbidden", validation.INVALID: "Invalid",
+            validation.LOOKUP_FAILED: "InternalError"}
+
+
+def with_reason(response: Any) -> Any:
+    """Return kopf's AdmissionReview `response`, its refusal's `status` given the `reason`
+    of its code (kopf sets only the message and code), so that kubectl says "Error from
+    server (Forbidden)" like for the API server's own refusals."""
+    if not isinstance(response, dict):
+        return response
+    status = (response.get("response") or {}).get("status")
+    if isinstance(status, dict) and "reason" not in status and status.get("code") in _REASONS:
+        status["reason"] = _REASONS[status["code"]]
+    return response
+
+
 # Which webhook each registry's handler asks: a second `configure` replaces the first.
-_webhooks: weakref.WeakKeyDictionary[kopf.OperatorRegistry, RealServerWebhook] = (
+_webhooks: weakref.WeakKeyDictionary[kopf.OperatorRegistry, Webhooks] = (
     weakref.WeakKeyDictionary())
 
 
@@ -518,18 +600,21 @@ def configure(
     cert_dir: str | Path | None = None,
     secret_name: str | None = None,
     configuration_name: str | None = None,
+    validating_configuration_name: str | None = None,
     extra_sans: Sequence[str] = (),
     image_pull_policy: str | None = None,
     lookup_timeout: float = LOOKUP_TIMEOUT,
     registry: kopf.OperatorRegistry | None = None,
     api: client.Client | None = None,
-) -> RealServerWebhook:
-    """Serve the real-server Pod webhook from this kopf operator; return its server.
+) -> Webhooks:
+    """Serve the real-server Pod webhook and the VirtualServer validating webhook from this
+    kopf operator; return their server.
 
     Call it before the operator starts or from a `@kopf.on.startup` handler (with that
     handler's `settings`). It registers the mutating handler (id `realserver-init`, path
-    `/realserver-init`) in `registry` (default: kopf's) and sets `settings.admission.server`;
-    it does not set `settings.admission.managed` (the chart owns the configuration).
+    `/realserver-init`) and the validating one (id `virtualservers`, path `/virtualservers`)
+    in `registry` (default: kopf's) and sets `settings.admission.server`; it does not set
+    `settings.admission.managed` (the chart owns the configurations).
 
     Args:
         image: the image of the injected init containers (this project's image).
@@ -541,6 +626,8 @@ def configure(
             shared by all replicas (created if missing). Neither: generated per process.
         configuration_name: the MutatingWebhookConfiguration whose caBundle to keep set to
             our CA (None: someone else does, e.g. cert-manager's CA injector).
+        validating_configuration_name: the same for the ValidatingWebhookConfiguration of
+            VirtualServers.
         extra_sans: more names or IPs for a generated certificate (e.g. 127.0.0.1 in tests).
         image_pull_policy: for the init containers (None: the cluster's default).
         lookup_timeout: seconds for the reads of one admission.
@@ -558,9 +645,10 @@ def configure(
     options = Options(
         image=image, namespace=namespace, service_name=service_name, host=host, port=port,
         cert_dir=Path(cert_dir) if cert_dir is not None else None, secret_name=secret_name,
-        configuration_name=configuration_name, extra_sans=tuple(extra_sans),
+        configuration_name=configuration_name,
+        validating_configuration_name=validating_configuration_name, extra_sans=tuple(extra_sans),
         image_pull_policy=image_pull_policy, lookup_timeout=lookup_timeout)
-    server = RealServerWebhook(options, api=api)
+    server = Webhooks(options, api=api)
     registry = registry if registry is not None else kopf.get_default_registry()
     if registry not in _webhooks:
         _register(registry)
@@ -569,9 +657,23 @@ def configure(
     return server
 
 
+class _RefusalIsNoError(logging.Filter):
+    """Drops kopf's ERROR "Webhook 'virtualservers' failed permanently: ..." for a refusal:
+    refusing is the webhook's job, not a failure, and the handler logs it (INFO) already."""
+
+    PREFIX = f"Webhook {validation.HANDLER_ID!r} failed permanently: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for that record (dropped), True for every other."""
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIX))
+
+
 def _register(registry: kopf.OperatorRegistry) -> None:
-    """Register the mutating handler in `registry`; it asks `_webhooks[registry]`."""
+    """Register both handlers in `registry`; they ask `_webhooks[registry]`."""
     registry_ref = weakref.ref(registry)
+    objects_logger = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _RefusalIsNoError) for f in objects_logger.filters):
+        objects_logger.addFilter(_RefusalIsNoError())
 
     @kopf.on.mutate("v1", "pods", id=admission.HANDLER_ID, operations=["CREATE"],
                     persistent=True, ignore_failures=True, registry=registry)
@@ -604,3 +706,34 @@ def _register(registry: kopf.OperatorRegistry) -> None:
             logger.warning(f"pod {pod_namespace}/{name}: {decision.reason}")
         else:
             logger.debug(f"pod {pod_namespace}/{name}: {decision.reason}")
+
+    @kopf.on.validate(API_VERSION, PLURAL, id=validation.HANDLER_ID,
+                      operations=list(validation.OPERATIONS), persistent=True,
+                      registry=registry)
+    async def virtualservers(body: kopf.Body, namespace: str | None, logger: kopf.Logger,
+                             **kwargs: Any) -> None:
+        """Refuse a VirtualServer write that its namespace's pools or a VIP's owner forbid.
+
+        kopf passes `operation` and `old` (the stored object of an UPDATE) among `kwargs`.
+
+        Raises:
+            kopf.AdmissionError: with the refusal's message and HTTP status.
+        """
+        operation = str(kwargs.get("operation") or "")
+        old = kwargs.get("old")
+        current = registry_ref()
+        server = _webhooks.get(current) if current is not None else None
+        if server is None:
+            raise kopf.AdmissionError("lvs-operator's webhook is not configured: try again",
+                                      code=validation.LOOKUP_FAILED)
+        document = dict(body)
+        meta = document.get("metadata") or {}
+        vs_namespace = namespace or meta.get("namespace") or "default"
+        decision = await server.validate(operation, document, dict(old) if old else None,
+                                         vs_namespace)
+        where = f"VirtualServer {vs_namespace}/{meta.get('name', '')}"
+        if not decision.allowed:
+            log = logger.warning if decision.code == validation.LOOKUP_FAILED else logger.info
+            log(f"{where}: {operation} refused ({decision.reason}): {decision.message}")
+            raise kopf.AdmissionError(decision.message, code=decision.code)
+        logger.debug(f"{where}: {operation} allowed: {decision.reason}")

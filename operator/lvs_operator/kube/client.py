@@ -22,13 +22,15 @@ from typing import Any, Protocol, Self
 import urllib3
 from kubernetes import client, config
 
-from lvs_operator.api import API_VERSION, PLURAL
+from lvs_operator.api import API_VERSION, PLURAL, pools
 from lvs_operator.kube import watch
 
 log = logging.getLogger(__name__)
 
 VIRTUALSERVERS = f"/apis/{API_VERSION}/{PLURAL}"
 NODES = "/api/v1/nodes"
+VIPPOOLS = f"/apis/{API_VERSION}/{pools.PLURAL}"  # cluster-scoped
+NAMESPACES = "/api/v1/namespaces"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10.0, 30.0)  # seconds to connect, to read an answer
 LIST_PAGE = 500  # objects per list request

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+import scenarios
 from kernel.netlab import Lab, Netns
 from lvs_operator import syncer
 from lvs_operator.agent import desired, loop
@@ -137,7 +138,8 @@ class _Stream:
 
 
 class MemoryApi:
-    """VirtualServers and one Node; status patches are merged and echoed through the watch."""
+    """VirtualServers, one Node, the tests' open VIP pool and the VirtualServers' namespace;
+    status patches are merged and echoed through the watch."""
 
     def __init__(self, objects: Sequence[dict[str, Any]]) -> None:
         self.objects = {watch.object_key(o): o for o in objects}
@@ -145,7 +147,8 @@ class MemoryApi:
                                   "resourceVersion": "1"}}
         self.version = len(objects) + 1
         self.streams: dict[str, queue.Queue[watch.Object | None]] = {
-            client.VIRTUALSERVERS: queue.Queue(), client.NODES: queue.Queue()}
+            path: queue.Queue() for path in (client.VIRTUALSERVERS, client.NODES,
+                                             client.VIPPOOLS, client.NAMESPACES)}
         self.patches = 0
         self.events = 0
         self._lock = threading.Lock()
@@ -155,6 +158,10 @@ class MemoryApi:
             with self._lock:
                 if path == client.VIRTUALSERVERS:
                     return [copy.deepcopy(o) for o in self.objects.values()], str(self.version)
+                if path == client.VIPPOOLS:
+                    return [scenarios.open_pool()], str(self.version)
+                if path == client.NAMESPACES:
+                    return [{"metadata": {"name": NAMESPACE}}], str(self.version)
                 return [copy.deepcopy(self.node)], str(self.version)
         return list_
 
@@ -250,15 +257,14 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
     holder = KernelVipHolder(rounds=1)
     agent = loop.Agent(settings, api=api, ipvs=ipvs, vips=holder, sysctls=lambda s: [],
                        default_interface=lambda: None)
-    threads = [threading.Thread(target=r.run, name=r.name, daemon=True)
-               for r in (agent.virtualservers, agent.node)]
+    reflectors = (agent.virtualservers, agent.node, agent.pools, agent.namespaces)
+    threads = [threading.Thread(target=r.run, name=r.name, daemon=True) for r in reflectors]
     figures: dict[str, list[float]] = {k: [] for k in (
         "agent_resync", "ipvsadm_save", "build", "kernel_sync", "list_vips", "dump_plain")}
     try:
         for thread in threads:
             thread.start()
-        _wait("the agent's first lists", lambda: agent.virtualservers.synced.is_set()
-              and agent.node.synced.is_set())
+        _wait("the agent's first lists", lambda: all(r.synced.is_set() for r in reflectors))
 
         # The first sync programs everything and reports it.
         first, _ = _timed(lambda: ns.call(agent._sync, full=True))
@@ -280,8 +286,10 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
                   sorted(set(table) - set(ipvsadm_rules()))[:3])
 
         # No-op resyncs, each next to an `ipvsadm -S -n`, then the parts, for where it goes.
+        gate = agent._admission()  # the agent's: its verdicts are in its cache
         wanted = desired.build(agent.virtualservers.snapshot().values(), node=NODE,
-                               labels=desired.node_labels(api.node), default_interface=None)
+                               labels=desired.labels_of(api.node), gate=gate,
+                               default_interface=None)
         for _ in range(RESYNCS):
             seconds, _ = _timed(lambda: ns.call(agent._sync, full=True))
             figures["agent_resync"].append(seconds)
@@ -289,7 +297,7 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
             # With the agent's own cache, as its syncs build (unchanged objects: not parsed).
             figures["build"].append(_timed(partial(
                 desired.build, agent.virtualservers.snapshot().values(), node=NODE,
-                labels=desired.node_labels(api.node), default_interface=None,
+                labels=desired.labels_of(api.node), gate=gate, default_interface=None,
                 cache=agent._parsed))[0])
             seconds, result = _timed(lambda: syncer.sync(ipvs, wanted.table,
                                                          store=agent._store, drain=True))
@@ -304,7 +312,7 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
         assert _ipvsadm_save(ns)[1] == table
     finally:
         agent.stop()
-        for reflector in (agent.virtualservers, agent.node):
+        for reflector in reflectors:
             reflector.stop()
         api.stop()
         for thread in threads:
@@ -320,7 +328,7 @@ def test_agent_noop_resync(lab: Lab, tmp_path: Path) -> None:
     labels = {
         "agent_resync": "agent no-op resync (Agent._sync, full)",
         "ipvsadm_save": "ipvsadm -S -n (a process)",
-        "build": "  part: desired.build over the cache (parse cache warm)",
+        "build": "  part: desired.build over the cache (parses, pool verdicts warm)",
         "kernel_sync": "  part: syncer.sync (dump vs desired + plan)",
         "list_vips": "  part: list the VIPs held on eth0",
         "dump_plain": "  (KernelIPVS.dump, no expect: for reference)",
