@@ -12,8 +12,8 @@ namespace (the own writes prove it), so these 403s are the policies'. A token bo
 Pod names no node: every agent write is refused, its own included (fail closed).
 
 A namespace's users: `edit` (by a RoleBinding) creates VirtualServers but cannot write their
-status; `view` reads them only; neither has any right on vippools (the VIPPool CRD is not in
-this branch: checked by access review, which needs no CRD).
+status; `view` reads them only; none of the built-in roles has any right on vippools or
+vipclaims.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from controller_support import ApiError, Kube, virtual_server, vs_path, wait_for
 from controlplane import ControlPlane
-from test_chart import Release, agent_pod, installed, token_kubeconfig
+from test_chart import VALIDATING, Release, agent_pod, installed, token_kubeconfig
 
 from lvs_operator.agent import lease as agent_lease
 from lvs_operator.agent import report as agent_report
@@ -70,6 +70,9 @@ def leash(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> It
     node_a, node_b = f"leash-a-{suffix}", f"leash-b-{suffix}"
     with installed(cluster, "leash") as release, agent_pod(kube, release, node_a) as pod:
         ns, agent = release.namespace, f"{release.name}-agent"
+        # No controller runs here to answer the VirtualServer webhook (failurePolicy Fail):
+        # this module is about what the agents and tenants may write, not about VIPs.
+        kube.delete(f"{VALIDATING}/{release.name}-virtualservers")
         kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
                                       "metadata": {"name": node_b}})
         kube.create(vs_path(ns), virtual_server(ns, VS, vip="198.51.100.210",
@@ -308,11 +311,12 @@ def test_edit_writes_virtual_servers_but_not_their_status(
     ("edit", "deletecollection", "virtualservers.lvs.dev", True),
     ("edit", "update", "virtualservers.lvs.dev/status", False),
     ("admin", "patch", "virtualservers.lvs.dev/status", False),
-    # Pools are the cluster admin's: no tenant role names them (the VIPPool CRD is not in
-    # this branch; an access review needs none).
+    # Pools and claims are the cluster admin's and the controller's: no tenant role names
+    # them.
     ("edit", "create", "vippools.lvs.dev", False),
     ("admin", "get", "vippools.lvs.dev", False),
     ("view", "list", "vippools.lvs.dev", False),
+    ("edit", "create", "vipclaims.lvs.dev", False),  # the controller's record of a VIP
 ])
 def test_tenant_roles(cluster: ControlPlane, tenant: tuple[str, client.Client], role: str,
                       verb: str, resource: str, allowed: bool) -> None:
