@@ -7,20 +7,23 @@ are the ones `admission.webhook_configuration` and `validation.webhook_configura
 the optional objects appear only when asked for.
 
 Installed (`helm install` into the real API server; no kubelet, so no pod runs): every object
-of the release exists and the pods of the controller pass admission. Then the RBAC is proven
-by use: `lvs-operator controller`, run with the chart's arguments and a token of the chart's
+of the release exists and the pods of the controller pass admission. Then the RBAC is proven by
+use: `lvs-operator controller`, run with the chart's arguments and a token of the chart's
 controller ServiceAccount (not the admin), takes its Lease, generates the webhook Secret, sets
 the caBundle of both webhook configurations, answers the VirtualServer webhook (its reads of
 the pools, the Namespace and a VIPClaim: an allowed VirtualServer, and one refused for the VIP
 it claimed for another namespace) and resolves a VirtualServer; the agent's calls (list and
-watch VirtualServers and its Node, its status entry, an Event) are made with a token of the
-agent's ServiceAccount, which then reports the VirtualServer programmed, so it becomes Ready.
-Finally `helm uninstall` leaves no workload behind (the CRD stays, as Helm does).
+watch VirtualServers and its Node, its status entry, its Lease, an Event) are made with a
+token of the agent's ServiceAccount bound to a Pod on a Node (as the kubelet's projected token
+is: the policies of agent-policy.yaml refuse an agent's writes without one), which then
+reports the VirtualServer programmed, so it becomes Ready. Finally `helm uninstall` leaves no
+workload behind (the CRD stays, as Helm does).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -295,12 +298,13 @@ class Release:
     manifest: list[dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def release(cluster: ControlPlane) -> Iterator[Release]:
-    """The chart installed into its own namespace; uninstalled afterwards if a test did not."""
+@contextlib.contextmanager
+def installed(cluster: ControlPlane, prefix: str) -> Iterator[Release]:
+    """Install the chart into a fresh namespace `prefix`-...; uninstall it at the end (if a
+    test did not)."""
     install_crd(cluster)  # the session may have it already: helm then skips its copy
     name = f"lvs-{secrets.token_hex(3)}"
-    with module_namespace(cluster, "chart") as namespace:
+    with module_namespace(cluster, prefix) as namespace:
         helm(cluster, "install", name, str(CHART), "--namespace", namespace,
              "--set", f"image.repository={IMAGE.rsplit(':', 1)[0]}",
              "--set", f"image.tag={IMAGE.rsplit(':', 1)[1]}")
@@ -312,12 +316,42 @@ def release(cluster: ControlPlane) -> Iterator[Release]:
             helm(cluster, "uninstall", name, "--namespace", namespace, check=False)
 
 
-def token_kubeconfig(cluster: ControlPlane, release: Release, account: str,
-                     folder: Path) -> Path:
-    """Write a kubeconfig authenticating as the release's ServiceAccount `account`."""
-    token = cluster.kubectl("create", "token", account, "--namespace", release.namespace,
-                            "--duration", "1h").stdout.strip()
-    path = folder / f"{account}.kubeconfig"
+@pytest.fixture(scope="module")
+def release(cluster: ControlPlane) -> Iterator[Release]:
+    """The chart installed into its own namespace."""
+    with installed(cluster, "chart") as result:
+        yield result
+
+
+@contextlib.contextmanager
+def agent_pod(kube: Kube, release: Release, node: str) -> Iterator[str]:
+    """Create Node `node` and a Pod of the release's agent ServiceAccount bound to it (no
+    kubelet runs it: a token bound to it names the node, as the agent pod's projected token
+    does); yield the Pod's name; delete both at the end."""
+    kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                  "metadata": {"name": node}})
+    name = f"agent-{node}"
+    path = f"/api/v1/namespaces/{release.namespace}/pods"
+    try:
+        kube.create(path, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "serviceAccountName": f"{release.name}-agent",
+                     "automountServiceAccountToken": False,
+                     "containers": [{"name": "agent", "image": IMAGE}]}})
+        yield name
+    finally:
+        kube.delete(f"{path}/{name}", grace=0)  # no kubelet would ever confirm it
+        kube.delete(f"/api/v1/nodes/{node}")
+
+
+def token_kubeconfig(cluster: ControlPlane, namespace: str, account: str,
+                     folder: Path, *, pod: str = "") -> Path:
+    """Write a kubeconfig authenticating as ServiceAccount `namespace/account`, with a
+    token (TokenRequest) bound to Pod `pod` of `namespace` if given."""
+    bound = ["--bound-object-kind", "Pod", "--bound-object-name", pod] if pod else []
+    token = cluster.kubectl("create", "token", account, "--namespace", namespace,
+                            "--duration", "1h", *bound).stdout.strip()
+    path = folder / f"{account}{'-' + pod if pod else ''}.kubeconfig"
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "test", "cluster": {
@@ -336,7 +370,8 @@ def test_install_creates_every_object(cluster: ControlPlane, release: Release) -
     kinds = sorted({o["kind"] for o in release.manifest})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment",
                      "MutatingWebhookConfiguration", "Role", "RoleBinding", "Service",
-                     "ServiceAccount", "ValidatingWebhookConfiguration"]
+                     "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration"]
     for obj in release.manifest:
         where = ["--namespace", release.namespace] if obj["metadata"].get("namespace") else []
         cluster.kubectl("get", obj["kind"], obj["metadata"]["name"], *where)
@@ -370,7 +405,7 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
     configuration["webhooks"][0]["clientConfig"] = admission.url_client_config(
         f"https://127.0.0.1:{port}", path=validation.WEBHOOK_PATH)
     kube.request("PUT", validating, configuration)
-    controller_config = token_kubeconfig(cluster, release, f"{name}-controller", tmp_path)
+    controller_config = token_kubeconfig(cluster, ns, f"{name}-controller", tmp_path)
     log_path = tmp_path / "controller.log"
     # The chart's own arguments; the webhook reads with $KUBECONFIG outside a pod.
     env = {**cluster.env, "KUBECONFIG": str(controller_config), "POD_NAMESPACE": ns,
@@ -431,9 +466,11 @@ def test_rbac_is_enough_for_controller_and_agent(cluster: ControlPlane, release:
         assert [r["ip"] for r in vs["status"]["realServers"]] == ["10.0.9.1", "10.0.9.2"]
         assert condition(vs, "RealServersResolved")["status"] == "True"
 
-        # The agent's calls, as the agent's ServiceAccount: then the controller says Ready.
-        agent_config = token_kubeconfig(cluster, release, f"{name}-agent", tmp_path)
-        act_as_agent(agent_config, ns, "web", generation=vs["metadata"]["generation"])
+        # The agent's calls, as the agent's ServiceAccount with a token bound to a pod on
+        # "chart-node" (agent-policy.yaml): then the controller says Ready.
+        with agent_pod(kube, release, "chart-node") as pod:
+            agent_config = token_kubeconfig(cluster, ns, f"{name}-agent", tmp_path, pod=pod)
+            act_as_agent(agent_config, ns, "web", generation=vs["metadata"]["generation"])
         vs = wait_for("Ready=True", lambda: condition(
             kube.get(vs_path(ns, "web")), "Ready")["status"] == "True"
             and kube.get(vs_path(ns, "web")))
@@ -516,6 +553,7 @@ def act_as_agent(kubeconfig: Path, namespace: str, name: str, *, generation: int
     ("agent", "create", "pods"),
     ("agent", "patch", "nodes"),
     ("agent", "create", "leases.coordination.k8s.io/another-namespace"),
+    ("agent", "update", "leases.coordination.k8s.io"),  # it merge-patches its Lease
     ("agent", "create", "events"),  # core/v1: it posts events.k8s.io Events
     ("agent", "create", "vippools.lvs.dev"),
     ("agent", "update", "vippools.lvs.dev"),
@@ -565,6 +603,7 @@ def test_uninstall_leaves_no_workload(cluster: ControlPlane, release: Release) -
             "-o", "name").stdout.split()
         left += cluster.kubectl(
             "get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,"
+            "validatingadmissionpolicies,validatingadmissionpolicybindings,"
             "validatingwebhookconfigurations",
             "-l", selector, "-o", "name").stdout.split()
         pods = cluster.kubectl("get", "pods", "--namespace", release.namespace,

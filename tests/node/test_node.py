@@ -6,7 +6,8 @@ node, its two containers (agent, keepalived) with only NET_ADMIN and NET_RAW, th
 container's metrics answering; the DR example with ordinary pods as real servers, which the
 webhook (served from the controller pod) prepares with the realserver-init init container;
 HTTP traffic from the client namespace through the VIP; the Tunnel example the same way
-(`realserver-init --mode tunnel`, ipip to the pods); `lvs-operator ipvs show --stats` by
+(`realserver-init --mode tunnel`, ipip to the pods); the agent's own status entry and Lease,
+written through the chart's admission policies; `lvs-operator ipvs show --stats` by
 `kubectl exec` in the agent pod; `helm upgrade` with a changed value rolling the agent pod
 while a client sends requests to both VIPs, none failing; the VirtualServers deleted and
 `helm uninstall` leaving no IPVS service and no VIP. The scenario functions are
@@ -24,6 +25,7 @@ from nodelab import DR_VIP, NODE, RELEASE, RELEASE_NAMESPACE, TUNNEL_VIP, NodeLa
 
 import scenarios
 from conftest import REPORT
+from lvs_operator.agent import lease as agent_lease
 from scenarios import Site
 
 # Emulated (TCG) VM: Python processes start in seconds, the node's first pods in minutes.
@@ -184,6 +186,28 @@ def test_tunnel_traffic(installed: NodeLab, tunnel: Site) -> None:
     REPORT.append(f"Tunnel {tunnel.vip}:{tunnel.port}: {scenarios.REQUESTS} requests, "
                   f"HTTP 200 from {counts}")
     assert installed.vips_on_bridge() == {DR_VIP, TUNNEL_VIP}
+
+
+def test_the_agent_writes_its_own_report_and_lease(installed: NodeLab, dr: Site) -> None:
+    """The agent's writes pass the chart's admission policies (agent-policy.yaml) with the
+    kubelet's pod-bound token: the DR VirtualServer's status.directors holds node-1's
+    entry for its generation, node-1 holds the Lease lvs-director-node-1, and the agent
+    logged no refused status or Lease write."""
+    vs = scenarios.virtualserver(installed, dr.name)
+    entry = vs["status"]["directors"][NODE]
+    assert (entry["role"], entry["generation"], entry["error"]) == (
+        "Active", vs["metadata"]["generation"], ""), entry
+    name = agent_lease.lease_name(NODE)
+    lease = scenarios.get(installed, "lease", "-n", RELEASE_NAMESPACE, name)
+    assert lease["spec"]["holderIdentity"] == NODE, lease
+    pod = scenarios.agent_pod(installed, NODE)
+    assert pod, f"no ready agent pod on {NODE}"
+    refused = [line for line in scenarios.container_log(installed, pod, "agent").splitlines()
+               if "cannot write status" in line or "cannot renew Lease" in line]
+    assert not refused, "\n".join(refused[-10:])
+    REPORT.append(f"agent on {NODE}: status.directors.{NODE} role {entry['role']} "
+                  f"generation {entry['generation']}; Lease {name} renewed at "
+                  f"{lease['spec'].get('renewTime')}")
 
 
 def test_ipvs_show_stats_in_the_agent_pod(installed: NodeLab, dr: Site) -> None:
