@@ -105,7 +105,7 @@ def loadbalancer(site: stack.Site) -> None:
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": LB_NAME, "annotations": {"lvs.dev/forwarding": "DirectRouting",
                                                       "lvs.dev/scheduler": "rr",
-                                                         "lvs.dev/drain-timeout": "5"}},
+                                                      "lvs.dev/drain-timeout": "5"}},
         "spec": {"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
                  "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
     site.apply_slice(LB_NAME, {"rs1": True, "rs2": True, "rs3": True})
