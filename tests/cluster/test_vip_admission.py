@@ -325,4 +325,7 @@ def test_without_a_controller_no_virtualserver_is_written(site: Site) -> None:
 def test_the_controller_logged_the_refusals(site: Site) -> None:
     log = site.controller.log()
     assert f"VirtualServer {site.a}/outside: CREATE refused (VIPNotAllowed)" in log
-    assert "Traceback" not in log, log[-3000:]
+    # Up to its stop (the test before stops it): kopf's shutdown may log asyncio's
+    # "error occurred during closing of asynchronous generator" for its watch stream.
+    running = log.split("Signal SIGTERM is received", 1)[0]
+    assert "Traceback" not in running, running[-3000:]
