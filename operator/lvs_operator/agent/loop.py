@@ -163,50 +163,31 @@ class Agent:
         self._invalid_pools: set[desired.InvalidPool] = set()  # logged already
         self._refused: dict[str, str] = {}  # refusals told already: namespace/name -> why
         watch_settings = settings.watch
-        self.virtualservers = watch.Reflector(
-            "virtualservers",
-            lister=api.lister(client.VIRTUALSERVERS),
-            watcher=api.watcher(client.VIRTUALSERVERS,
-                                 timeout_seconds=watch_settings.timeout_seconds,
-                                 read_timeout=watch_settings.read_timeout_seconds),
-            transform=watch.keep,
-            on_change=self._wake_on(partial(desired.relevant, node=settings.node)),
-            on_synced=self._wake.set,
-            backoff_max=watch_settings.backoff_max_seconds)
-        only_mine = [("fieldSelector", f"metadata.name={settings.node}")]
-        self.node = watch.Reflector(
-            f"node {settings.node}",
-            lister=api.lister(client.NODES, query=only_mine),
-            watcher=api.watcher(client.NODES, query=only_mine,
-                                 timeout_seconds=watch_settings.timeout_seconds,
-                                 read_timeout=watch_settings.read_timeout_seconds),
-            transform=watch.keep,
-            # kubelet heartbeats change the Node's status, not its labels
-            on_change=self._wake_on(desired.labels_of),
-            on_synced=self._wake.set,
-            backoff_max=watch_settings.backoff_max_seconds)
+
+        def reflector(name: str, path: str, transform: Callable[[Any], Any],
+                      on_change: Callable[[watch.Key, Any, Any], None],
+                      query: Sequence[tuple[str, str]] = ()) -> watch.Reflector[Any]:
+            return watch.Reflector(
+                name, lister=api.lister(path, query=query),
+                watcher=api.watcher(path, query=query,
+                                    timeout_seconds=watch_settings.timeout_seconds,
+                                    read_timeout=watch_settings.read_timeout_seconds),
+                transform=transform, on_change=on_change, on_synced=self._wake.set,
+                backoff_max=watch_settings.backoff_max_seconds)
+
+        self.virtualservers = reflector(
+            "virtualservers", client.VIRTUALSERVERS, watch.keep,
+            self._wake_on(partial(desired.relevant, node=settings.node)))
+        # kubelet heartbeats change the Node's status, not its labels
+        self.node = reflector(
+            f"node {settings.node}", client.NODES, watch.keep,
+            self._wake_on(desired.labels_of),
+            query=[("fieldSelector", f"metadata.name={settings.node}")])
         # The VIP pools (cluster-scoped, few: whole objects) and the Namespaces' labels
         # (pools select namespaces by label; only the labels are kept).
-        self.pools = watch.Reflector(
-            "vippools",
-            lister=api.lister(client.VIPPOOLS),
-            watcher=api.watcher(client.VIPPOOLS,
-                                 timeout_seconds=watch_settings.timeout_seconds,
-                                 read_timeout=watch_settings.read_timeout_seconds),
-            transform=watch.keep,
-            on_change=self._gate_changed,
-            on_synced=self._wake.set,
-            backoff_max=watch_settings.backoff_max_seconds)
-        self.namespaces = watch.Reflector(
-            "namespaces",
-            lister=api.lister(client.NAMESPACES),
-            watcher=api.watcher(client.NAMESPACES,
-                                 timeout_seconds=watch_settings.timeout_seconds,
-                                 read_timeout=watch_settings.read_timeout_seconds),
-            transform=desired.labels_of,
-            on_change=self._gate_changed,
-            on_synced=self._wake.set,
-            backoff_max=watch_settings.backoff_max_seconds)
+        self.pools = reflector("vippools", client.VIPPOOLS, watch.keep, self._gate_changed)
+        self.namespaces = reflector("namespaces", client.NAMESPACES, desired.labels_of,
+                                    self._gate_changed)
         # This director's Lease and everyone's: who holds which VIP (`election`); None
         # without HA (a lone director holds every VIP).
         self.leases = lease.Keeper(settings.ha, node=settings.node, api=api,
