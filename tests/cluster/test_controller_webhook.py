@@ -113,3 +113,44 @@ def test_controller_serves_the_webhook_and_names_pods_that_lack_the_setup(
         controller.stop()
         cluster.kubectl("delete", "lease", "-n", "default", controller.lease,
                         "--ignore-not-found")
+
+
+def test_pods_behind_a_loadbalancer_service_get_the_setup(cluster, namespace, configuration,
+                                                          tmp_path):
+    """The VirtualServer generated for a Tunnel LoadBalancer Service is a VirtualServer like
+    any: the Service's new pods get realserver-init for its address."""
+    install_crd(cluster)
+    kube = Kube(cluster)
+    name, port = configuration
+    vip = "192.0.2.81"
+    lb = service(namespace, "shop", selector={"app": "shop"})
+    lb["metadata"]["annotations"] = {"lvs.dev/forwarding": "Tunnel", "lvs.dev/vip": vip}
+    lb["spec"].update({"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
+                       "allocateLoadBalancerNodePorts": False})
+    kube.create(service_path(namespace), lb)
+    controller = Controller(cluster, identity="ctl-lb-hook",
+                            lease=f"lvs-test-{secrets.token_hex(3)}", log_dir=tmp_path, extra=(
+                                "--webhook", "--webhook-port", str(port),
+                                "--webhook-configuration", name,
+                                "--webhook-extra-san", "127.0.0.1",
+                                "--realserver-image", IMAGE)).start()
+    try:
+        controller.wait_leading()
+        wait_for("the generated VirtualServer",
+                 lambda: kube.get(vs_path(namespace))["items"] or None, timeout=30)
+
+        def injected_pod() -> dict[str, Any] | None:
+            pod = _pod(namespace, f"shop-{secrets.token_hex(2)}")
+            pod["metadata"]["labels"] = {"app": "shop"}
+            created: dict[str, Any] = kube.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+            return created if created["spec"].get("initContainers") else None
+        pod = wait_for("a pod of the Service created with the init container", injected_pod,
+                       timeout=30)
+        (init,) = pod["spec"]["initContainers"]
+        command = init["command"]
+        assert command[command.index("--vip") + 1] == vip, command
+        assert command[command.index("--mode") + 1] == "tunnel", command
+    finally:
+        controller.stop()
+        cluster.kubectl("delete", "lease", "-n", "default", controller.lease,
+                        "--ignore-not-found")
