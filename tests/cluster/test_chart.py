@@ -625,3 +625,22 @@ def _event_in_another_namespace(line: str, namespace: str) -> bool:
     `namespace` could not be posted."""
     match = re.search(r"VirtualServer ([^/ ]+)/\S+: cannot post Event", line)
     return match is not None and match.group(1) != namespace
+
+
+def test_a_default_pool_only_when_its_addresses_are_given(cluster: ControlPlane) -> None:
+    """No pool, no VIPs (deny by default): the chart makes the VIPPool `default` only from
+    `defaultPool.addresses`; the API server takes what it renders."""
+    assert not [o for o in render(cluster) if o["kind"] == "VIPPool"]
+    objects = render(cluster, set_json=['defaultPool={"addresses": ["192.0.2.0/28", '
+                                        '"2001:db8::/124"], "namespaces": ["shop"], '
+                                        '"namespaceSelector": null, "backendAddresses": '
+                                        '["10.20.0.0/16"], "autoAssign": true}'])
+    pool = find(objects, "VIPPool", "default")
+    assert pool["spec"] == {"addresses": ["192.0.2.0/28", "2001:db8::/124"],
+                            "namespaces": ["shop"], "backendAddresses": ["10.20.0.0/16"],
+                            "autoAssign": True}
+    everyone = find(render(cluster, "defaultPool.addresses={192.0.2.0/28}"), "VIPPool")
+    assert everyone["spec"]["namespaceSelector"] == {}  # the default: every namespace
+    install_crd(cluster)
+    pool["metadata"]["name"] = f"chart-default-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pool))
