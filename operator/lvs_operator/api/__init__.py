@@ -6,7 +6,11 @@
   and the timestamp format;
 - `realservers`: the wire format of `status.realServers` (the controller writes it, the agents
   program it);
-- `conflicts`: which VirtualServer keeps a contested VIP:port/protocol.
+- `conflicts`: which VirtualServer keeps a contested VIP:port/protocol;
+- `pools`: VIPPools (which addresses a namespace may use, on what terms) and `admit`, the
+  one deny-by-default check the webhook, the controller and every agent run;
+- `claims`: VIPClaims, the controller's record of which namespace owns a VIP (and which
+  LoadBalancer Service an address was allocated to).
 
 May import: the standard library, `lvs_operator.model` and the rest of `api`. Never `kube`,
 `controller`, `agent`, `ipvs` or `network`: both binaries (and `ipvs apply`, which parses

@@ -8,9 +8,14 @@ VirtualServers outside their namespace's VIP pools.
 - `settings`: what the controller is told (its command-line options).
 - `handlers`: the kopf glue: credentials (`credentials`), the `@kopf.on.event` handler
   through which VirtualServers arrive, start-up and clean-up, `run`.
-- `reconciler`: the `Controller`: Services and EndpointSlices from `kube.watch` reflectors,
-  what changed -> which VirtualServers to reconcile, the queue, one reconcile (compute the
-  status, write only a difference), Events.
+- `reconciler`: the `Controller`: Services, EndpointSlices, VIPPools, VIPClaims and
+  Namespaces from `kube.watch` reflectors, what changed -> which VirtualServers to
+  reconcile, the queue, one reconcile (grant the VIP's claim, compute the status, write only
+  a difference), Events.
+- `balancers`: `type: LoadBalancer` Services (on the Controller's caches, queue and Lease):
+  their addresses (VIPClaims), generated VirtualServers and `status.loadBalancer`.
+- `loadbalancer` (pure): which Services are served, their annotations, address candidates,
+  the generated VirtualServer.
 - `objects` (pure): the in-memory forms of the watched objects.
 - `leader`: leader election among replicas on a Lease (only the leader writes).
 - `resolve` (pure): a backend Service and its EndpointSlices -> `status.realServers`.
