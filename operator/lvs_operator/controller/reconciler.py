@@ -9,6 +9,11 @@ The glue over the pure `resolve`, `conflicts` and `report`. Event-driven, no pol
 - each change is mapped to the VirtualServers it concerns (a Service or EndpointSlice to the
   VirtualServers whose backend it is; a VirtualServer to itself and to those it contests a
   VIP:port with) and queued;
+- VIP pools and ownership (deny by default): a VirtualServer its pools refuse
+  (`pools.admit`) or whose VIP another namespace owns (`claims.check`) is Ready=False with
+  no real servers; before a VirtualServer's status is computed its VIP's VIPClaim is settled
+  (`_settle`: granted to the oldest eligible namespace, kept while it uses the VIP, handed to
+  a sharer or released), one write per VIP at a time, only by the leader;
 - a queue reconciles one VirtualServer at a time per object, coalescing bursts: compute the
   status, compare, and only if it differs apply it (server-side apply of the fields this
   controller owns, on the status subresource, with a resourceVersion precondition: a
