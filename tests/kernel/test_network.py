@@ -28,6 +28,7 @@ from lvs_operator.network.links import ensure_link, get_link, interface_exists, 
 from lvs_operator.network.sysctl import DirectorSysctls, apply_director_sysctls
 from lvs_operator.network.vip import (
     add_vip,
+    list_created,
     list_lifetimes,
     list_vips,
     remove_vip,
@@ -110,6 +111,24 @@ def test_a_vip_lifetime_is_set_refreshed_and_expires(lab):
     host.call(set_lifetime, "eth0", [v4, v6], 1)  # not refreshed again: the kernel deletes
     wait_until(lambda: host.call(list_vips, "eth0") == [], "the VIPs to expire", timeout=10)
     assert host.call(list_lifetimes, "eth0") == {}
+
+
+def test_a_vips_creation_stamp_survives_a_refresh_not_a_new_address(lab):
+    """What the keepalived watchdog relies on to catch a VIP its refresh made again."""
+    host = lab.lan(["host"])["host"]
+    v4, v6 = ip_address("192.0.2.31"), ip_address("2001:db8::31")
+    for vip in (v4, v6):
+        host.call(add_vip, "eth0", vip)
+    first = host.call(list_created, "eth0")
+    assert first.keys() == {v4, v6} and all(first.values())
+    time.sleep(0.05)
+    host.call(set_lifetime, "eth0", [v4, v6], 30)
+    assert host.call(list_created, "eth0") == first  # a refresh keeps the stamp
+    host.call(remove_vip, "eth0", v4)
+    time.sleep(0.05)  # the stamp counts hundredths of a second
+    host.call(set_lifetime, "eth0", [v4], 30)  # rtnetlink: a replacement creates it again
+    again = host.call(list_created, "eth0")
+    assert again[v6] == first[v6] and again[v4] > first[v4]
 
 
 def test_vips_on_lo_leave_the_loopback_addresses_out(lab):

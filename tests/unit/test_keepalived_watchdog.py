@@ -42,14 +42,24 @@ class FakeAddresses:
         self.held = held
         self.lifetimes: list[tuple[str, tuple[IPAddress, ...], int]] = []
         self.removed: list[tuple[str, object]] = []
+        self.stamps: dict[IPAddress, int] = {}
+        self.resurrect: set[IPAddress] = set()
 
     def list_vips(self, interface):
         if interface not in self.held:
             raise InterfaceNotFound(interface)
         return sorted(self.held[interface], key=lambda a: (a.version, int(a)))
 
+    def list_created(self, interface):
+        return {a: self.stamps.get(a, 1) for a in self.list_vips(interface)}
+
     def set_lifetime(self, interface, addresses, seconds):
         self.lifetimes.append((interface, tuple(addresses), seconds))
+        for address in addresses:
+            if address in self.resurrect:
+                # keepalived deleted it just before: the replacement made it anew.
+                self.stamps[address] = self.stamps.get(address, 1) + 1
+                self.held[interface].add(address)
 
     def remove_vip(self, interface, address):
         self.removed.append((interface, address))
@@ -111,6 +121,25 @@ def test_adverts_flowing_refresh_the_lifetime_of_the_listed_vips_held():
     assert kernel.removed == []
     assert metrics.value("lvs_vrrp_vip_lifetime_refreshes_total") == 2
     assert metrics.value("lvs_vrrp_adverts_sent_total", vrid="51") == 1
+
+
+def test_a_vip_the_refresh_made_again_is_deleted_at_once():
+    """keepalived went BACKUP and deleted the VIP between the listing and the refresh: the
+    replacement created it anew (rtnetlink has no "replace only"); its new creation stamp
+    gives it away, and it goes in the same pass (not 1.5 s later, on silence)."""
+    dog, kernel, clock, _ = make({"eth0": {VIP, VIP6}})
+    clock.now += 5
+    dog.advert(51)
+    kernel.resurrect = {VIP}
+    dog.tick()
+    assert kernel.removed == [("eth0", VIP)]
+    assert kernel.held["eth0"] == {VIP6}
+    # A refresh that only updates the lifetime (same stamp) deletes nothing.
+    kernel.resurrect = set()
+    kernel.held["eth0"].add(VIP)
+    dog.advert(51)
+    dog.tick()
+    assert kernel.removed == [("eth0", VIP)]
 
 
 def test_adverts_stopping_delete_the_vips_at_once_and_only_the_listed_ones():

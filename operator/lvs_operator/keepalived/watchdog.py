@@ -245,7 +245,7 @@ class Capture:
 class Addresses(Protocol):
     """The address operations the watchdog needs (`network.vip` provides them)."""
 
-    def list_vips(self, interface: str) -> list[IPAddress]: ...
+    def list_created(self, interface: str) -> dict[IPAddress, int]: ...
 
     def set_lifetime(self, interface: str, addresses: Iterable[IPAddress],
                      seconds: int) -> None: ...
@@ -289,6 +289,7 @@ class Watchdog:
         self._shared: vrrp.Shared | None = None
         self._changed = clock()  # when instances.json last changed
         self._first_seen: dict[Key, float] = {}
+        self._stamps: dict[Key, int] = {}  # the kernel's creation stamp of each, as listed
         self._capture: CaptureLike | None = None
         self._capture_since = 0.0
         self._capture_error = ""
@@ -389,12 +390,34 @@ class Watchdog:
                 self._metrics.refreshed(len(addresses))
             except NetworkError as e:
                 log.error("refreshing the lifetime of VIPs %s: %s", _names(addresses), e)
+            self._unresurrect(interface, addresses)
         for interface, address, why in verdict.delete:
             log.warning("deleting VIP %s from %s: %s", address, interface, why)
             if self._remove(interface, address):
                 self._metrics.deleted(NO_ADVERTS)
                 self._first_seen.pop((interface, address), None)
         return verdict
+
+    def _unresurrect(self, interface: str, refreshed: Sequence[IPAddress]) -> None:
+        """Delete the refreshed VIPs that the refresh itself made again: rtnetlink has no
+        "replace only", so a VIP keepalived deleted between the listing and the refresh
+        (it went BACKUP) came back, and two directors would answer for it until the
+        watchdog saw keepalived's silence (1.5 s; seen in the full-stack tier). Such a VIP
+        has a new creation stamp."""
+        try:
+            now = self._addresses.list_created(interface)
+        except NetworkError as e:
+            log.error("listing the VIPs of %s: %s", interface, e)
+            return
+        for address in refreshed:
+            key = (interface, address)
+            if address in now and now[address] != self._stamps.get(key, now[address]):
+                log.warning("deleting VIP %s from %s: keepalived deleted it while its "
+                            "lifetime was being refreshed, which made it again", address,
+                            interface)
+                if self._remove(interface, address):
+                    self._first_seen.pop(key, None)
+                    self._stamps.pop(key, None)
 
     def release(self) -> list[Key]:
         """Delete every listed VIP the kernel still holds (keepalived is gone).
@@ -417,13 +440,18 @@ class Watchdog:
         (and forget those that left)."""
         wanted = listed(shared)
         present: set[Key] = set()
+        stamps: dict[Key, int] = {}
         for interface in sorted({key[0] for key in wanted}):
             try:
-                there = set(self._addresses.list_vips(interface))
+                there = self._addresses.list_created(interface)
             except NetworkError as e:
                 log.error("listing the VIPs of %s: %s", interface, e)
                 continue
-            present.update(key for key in wanted if key[0] == interface and key[1] in there)
+            for key in wanted:
+                if key[0] == interface and key[1] in there:
+                    present.add(key)
+                    stamps[key] = there[key[1]]
+        self._stamps = stamps
         # In a stable order (interface, IPv4 first, by address): logs and requests too.
         order = sorted(present, key=lambda key: (key[0], key[1].version, int(key[1])))
         self._first_seen = {key: self._first_seen.get(key, now) for key in order}

@@ -209,6 +209,16 @@ def lifetimes(value: bytes) -> tuple[int | None, int | None]:
             None if preferred == INFINITY_LIFE_TIME else preferred)
 
 
+def created(value: bytes) -> int:
+    """Return when an address was created, from its IFA_CACHEINFO value (the kernel's
+    stamp: hundredths of a second since boot; it never changes while the address lives).
+
+    Raises:
+        struct.error: when the value is too short.
+    """
+    return int(_IFA_CACHEINFO.unpack_from(value)[2])
+
+
 def link_fields(data: bytes) -> tuple[int, int, dict[int, bytes]]:
     """Return (index, flags, attributes) of one RTM_NEWLINK message (header included)."""
     _, _, index, flags, _ = _IFINFOMSG.unpack_from(data, _HEADER.size)

@@ -152,6 +152,24 @@ def list_lifetimes(interface: str) -> dict[IPAddress, int | None]:
     return found
 
 
+def list_created(interface: str) -> dict[IPAddress, int]:
+    """Return the VIPs held on `interface` (as `list_vips`) with when each was created (the
+    kernel's stamp, hundredths of a second since boot): an address deleted and added again
+    in between two calls has a new one.
+
+    Raises:
+        InterfaceNotFound: when `interface` does not exist in this network namespace.
+        NetlinkError: when the kernel refuses the dump.
+    """
+    found: dict[IPAddress, int] = {}
+    for address, prefixlen, attrs in _dump(interface):
+        if prefixlen != host_prefix(address) or address.is_loopback:
+            continue
+        info = attrs.get(nl.IFA_CACHEINFO)
+        found[address] = nl.created(info) if info else 0
+    return found
+
+
 def set_lifetime(interface: str, addresses: Iterable[IPAddress], seconds: int) -> None:
     """Make the host addresses `addresses` of `interface` expire `seconds` from now (valid
     and preferred lifetime): unless this is done again before then, the kernel deletes
