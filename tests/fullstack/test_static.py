@@ -183,7 +183,7 @@ def test_agent_dead_or_frozen_the_vip_stays_served(pair: stack.Site, sig: signal
             os.kill(pid, signal.SIGCONT)
         if not agent.alive():
             agent.start()
-    remove(pair, "agent")
+        remove(pair, "agent")  # a failure must not leave it to the next case
 
 
 @pytest.mark.parametrize("what", ["keepalived-kill", "keepalived-stop", "container-kill",
@@ -230,9 +230,11 @@ def test_keepalived_dead_or_frozen_no_vip_outlives_it(pair: stack.Site, what: st
         if (what.startswith("keepalived") and sig == signal.SIGKILL) or not ka.alive():
             ka.kill()  # a supervisor whose keepalived died exits; make sure, then restart
             ka.start()
-        stack.wait_for(f"one director holding {vip} again", lambda: len(pair.holders(vip)) == 1,
-                       interval=0.2)
-    remove(pair, "engine")
+        try:
+            stack.wait_for(f"one director holding {vip} again",
+                           lambda: len(pair.holders(vip)) == 1, interval=0.2)
+        finally:
+            remove(pair, "engine")  # a failure must not leave it to the next case
 
 
 def test_forged_adverts_change_no_role(pair: stack.Site) -> None:
