@@ -47,6 +47,18 @@ def _pod(namespace: str, name: str) -> dict[str, Any]:
             "spec": {"containers": [{"name": "web", "image": "nginx"}]}}
 
 
+def _webhook_controller(cluster: ControlPlane, identity: str, configuration: str, port: int,
+                        log_dir: Any) -> Controller:
+    """Start a controller that serves the Pod webhook on `port` and keeps `configuration`'s
+    caBundle."""
+    return Controller(cluster, identity=identity, lease=f"lvs-test-{secrets.token_hex(3)}",
+                      log_dir=log_dir, extra=(
+                          "--webhook", "--webhook-port", str(port),
+                          "--webhook-configuration", configuration,
+                          "--webhook-extra-san", "127.0.0.1",
+                          "--realserver-image", IMAGE)).start()
+
+
 @pytest.fixture
 def configuration(cluster: ControlPlane, namespace: str) -> Iterator[tuple[str, int]]:
     """A webhook configuration for pods of `namespace` only, pointing at a free port, with
@@ -74,12 +86,7 @@ def test_controller_serves_the_webhook_and_names_pods_that_lack_the_setup(
     kube.create(f"/api/v1/namespaces/{namespace}/pods", _pod(namespace, "early"))
     kube.create(vs_path(namespace), virtual_server(namespace, "web", vip="192.0.2.80",
                                                    service="web"))
-    controller = Controller(cluster, identity="ctl-hook", lease=f"lvs-test-{secrets.token_hex(3)}",
-                            log_dir=tmp_path, extra=(
-                                "--webhook", "--webhook-port", str(port),
-                                "--webhook-configuration", name,
-                                "--webhook-extra-san", "127.0.0.1",
-                                "--realserver-image", IMAGE)).start()
+    controller = _webhook_controller(cluster, "ctl-hook", name, port, tmp_path)
     try:
         controller.wait_leading()
 
@@ -128,12 +135,7 @@ def test_pods_behind_a_loadbalancer_service_get_the_setup(cluster, namespace, co
     lb["spec"].update({"type": "LoadBalancer", "loadBalancerClass": "lvs.dev/ipvs",
                        "allocateLoadBalancerNodePorts": False})
     kube.create(service_path(namespace), lb)
-    controller = Controller(cluster, identity="ctl-lb-hook",
-                            lease=f"lvs-test-{secrets.token_hex(3)}", log_dir=tmp_path, extra=(
-                                "--webhook", "--webhook-port", str(port),
-                                "--webhook-configuration", name,
-                                "--webhook-extra-san", "127.0.0.1",
-                                "--realserver-image", IMAGE)).start()
+    controller = _webhook_controller(cluster, "ctl-lb-hook", name, port, tmp_path)
     try:
         controller.wait_leading()
         wait_for("the generated VirtualServer",

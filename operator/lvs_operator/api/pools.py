@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,11 +83,6 @@ class Range:
             if net.network_address == self.first and net.broadcast_address == self.last:
                 return str(net)
         return f"{self.first}-{self.last}"
-
-    @property
-    def size(self) -> int:
-        """Return how many addresses the range holds."""
-        return int(self.last) - int(self.first) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +181,7 @@ def admit(vs: spec.VirtualServer, pools: Iterable[Pool],
     directors and its static backend addresses admits it. When none does, the refusal is
     the first such pool's, or `VIP_NOT_ALLOWED` when none holds the VIP.
     """
-    usable = sorted((p for p in pools if p.serves(vs.namespace, namespace_labels)),
-                    key=lambda p: p.name)
+    usable = serving(pools, vs.namespace, namespace_labels)
     holding = [p for p in usable if vs.vip in p]
     if not holding:
         if usable:
@@ -422,7 +416,7 @@ def _known(raw: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
                              f"unknown field (known fields: {', '.join(sorted(allowed))})")
 
 
-def serving(pools: Sequence[Pool], namespace: str,
+def serving(pools: Iterable[Pool], namespace: str,
             labels: Mapping[str, str] | None) -> list[Pool]:
     """Return the pools `namespace` (with `labels`) may use, by name."""
     return sorted((p for p in pools if p.serves(namespace, labels)), key=lambda p: p.name)
